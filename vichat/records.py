@@ -1,0 +1,86 @@
+"""The one record type every dataset is normalised into, and the errors that point at bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+RECORD_FIELDS = ("id", "instruction", "input", "output", "source", "language")
+
+
+class VichatError(Exception):
+    """An error a user can act on: the message says what, where and what to do."""
+
+
+class InvalidRecordError(VichatError):
+    """A record that cannot be read or lacks a required field.
+
+    ``location`` is ``"path:line"`` (or ``"path:row N"`` for tabular files) so the user can open it.
+    """
+
+    def __init__(self, location: str, problem: str, hint: str = "") -> None:
+        self.location = location
+        self.problem = problem
+        self.hint = hint or "fix the record, or pass --skip-invalid to skip and report bad records"
+        super().__init__(f"{location}: {problem} ({self.hint})")
+
+
+def nfc(text: str) -> str:
+    """Unicode NFC: Vietnamese text arrives decomposed (``a\\u0300``) as well as composed (``à``)."""
+    return unicodedata.normalize("NFC", text)
+
+
+def is_nfc(text: str) -> bool:
+    return unicodedata.is_normalized("NFC", text)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One instruction-following example.
+
+    ``input`` is optional context for the instruction (Alpaca style); ``source`` names the dataset
+    (and subset) the record came from; ``language`` is an ISO 639-1 code such as ``"vi"``.
+    """
+
+    id: str
+    instruction: str
+    output: str
+    input: str = ""
+    source: str = ""
+    language: str = "vi"
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if not d["meta"]:
+            d.pop("meta")
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Record":
+        return cls(
+            id=str(d["id"]),
+            instruction=d["instruction"],
+            output=d["output"],
+            input=d.get("input") or "",
+            source=d.get("source") or "",
+            language=d.get("language") or "vi",
+            meta=d.get("meta") or {},
+        )
+
+    def content_key(self) -> str:
+        """Hash of the text fields: two records with the same key are exact duplicates."""
+        h = hashlib.sha1()
+        for part in (self.instruction, self.input, self.output):
+            h.update(part.encode("utf-8"))
+            h.update(b"\x00")
+        return h.hexdigest()
+
+    def text(self) -> str:
+        return "\n".join(p for p in (self.instruction, self.input, self.output) if p)

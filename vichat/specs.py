@@ -1,0 +1,289 @@
+"""What plugins register: one frozen dataclass per kind of component.
+
+Every spec carries a unique ``name`` (``^[a-z0-9][a-z0-9._-]*$``: names end up in stored votes and
+reports) and a one-line ``description``. ``validate()`` raises :class:`SpecError` with the field at
+fault; the plugin manager calls it on everything a plugin registers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+
+from .records import Record
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+class SpecError(ValueError):
+    """A registered spec is invalid; the message names the field and what is expected."""
+
+
+def _check_common(spec: Any) -> None:
+    kind = type(spec).__name__
+    name = getattr(spec, "name", None)
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise SpecError(
+            f"{kind}.name={name!r} is invalid: use lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    desc = getattr(spec, "description", None)
+    if not isinstance(desc, str) or not desc.strip():
+        raise SpecError(f"{kind} {name!r}: description must be a non-empty string")
+    if "\n" in desc.strip():
+        raise SpecError(f"{kind} {name!r}: description must be one line")
+
+
+def _check_callable(spec: Any, attr: str, required: bool = True) -> None:
+    value = getattr(spec, attr)
+    if value is None and not required:
+        return
+    if not callable(value):
+        raise SpecError(f"{type(spec).__name__} {spec.name!r}: {attr} must be callable, got {value!r}")
+
+
+def _check_str_tuple(spec: Any, attr: str) -> None:
+    value = getattr(spec, attr)
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise SpecError(
+            f"{type(spec).__name__} {spec.name!r}: {attr} must be a sequence of strings, got {value!r}"
+        )
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One raw row read from a file, with where it came from (``"path:line"``)."""
+
+    location: str
+    data: Mapping[str, Any]
+
+
+#: A dataset loader yields raw rows (mapped to records through ``field_map``) or finished records.
+DatasetItem = Union[Row, Record]
+
+DEFAULT_FIELD_MAP: Mapping[str, tuple[str, ...]] = {
+    "instruction": ("instruction", "prompt"),
+    "input": ("input",),
+    "output": ("output", "response"),
+    "id": ("id",),
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """An instruction dataset.
+
+    ``load(path, subset=None)`` yields :class:`Row` or :class:`Record` items. With ``path=None``
+    it fetches the public data from ``source`` (a hub id or URL); without network it must raise
+    :class:`vichat.records.VichatError` saying to pass a local file or folder.
+    """
+
+    name: str
+    description: str
+    load: Callable[..., Iterable[DatasetItem]]
+    languages: Sequence[str] = ("vi",)
+    license: str = ""
+    citation: str = ""
+    source: str = ""
+    homepage: str = ""
+    subsets: Sequence[str] = ()
+    domain: str = "general"
+    field_map: Mapping[str, Sequence[str]] = field(default_factory=lambda: dict(DEFAULT_FIELD_MAP))
+
+    def validate(self) -> None:
+        _check_common(self)
+        _check_callable(self, "load")
+        _check_str_tuple(self, "languages")
+        _check_str_tuple(self, "subsets")
+        if not self.languages:
+            raise SpecError(f"DatasetSpec {self.name!r}: languages must name at least one language")
+        for key in ("instruction", "output"):
+            if key not in self.field_map:
+                raise SpecError(f"DatasetSpec {self.name!r}: field_map lacks {key!r}")
+
+
+# --------------------------------------------------------------------------- base models
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The shape numbers a dry run needs without downloading weights."""
+
+    family: str
+    n_layers: int
+    hidden_size: int
+    n_heads: int
+    vocab_size: int
+    intermediate_size: int = 0
+    max_positions: int = 2048
+    n_params: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.intermediate_size:
+            object.__setattr__(self, "intermediate_size", 4 * self.hidden_size)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Sampling settings; the defaults are the paper's (section IV-C)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.5
+    top_k: int = 20
+    top_p: float = 1.0
+    repetition_penalty: float = 1.2
+
+    def as_generate_kwargs(self) -> dict[str, Any]:
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.temperature > 0,
+            "temperature": self.temperature if self.temperature > 0 else None,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+        }
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """A base model LoRA adapters are trained on.
+
+    ``load(path_or_id=None, **options)`` returns ``(model, tokenizer)``; it imports torch and
+    transformers lazily. ``pad_token="eos"`` means the tokenizer has no pad token and EOS is used
+    (labels are then masked by position, never by pad id).
+    """
+
+    name: str
+    description: str
+    hub_id: str
+    architecture: Architecture
+    lora_targets: Sequence[str]
+    load: Callable[..., Any] | None = None
+    default_template: str = "chat"
+    templates: Sequence[str] = ("chat", "doctor")
+    decoding: Decoding = field(default_factory=Decoding)
+    pad_token: str | None = None
+    padding_side: str = "right"
+    license: str = ""
+
+    def validate(self) -> None:
+        _check_common(self)
+        _check_callable(self, "load", required=False)
+        _check_str_tuple(self, "lora_targets")
+        _check_str_tuple(self, "templates")
+        if not isinstance(self.hub_id, str):
+            raise SpecError(f"BaseModelSpec {self.name!r}: hub_id must be a string")
+        if not isinstance(self.architecture, Architecture):
+            raise SpecError(f"BaseModelSpec {self.name!r}: architecture must be an Architecture")
+        if not self.lora_targets:
+            raise SpecError(f"BaseModelSpec {self.name!r}: lora_targets must name at least one module")
+        if self.padding_side not in ("left", "right"):
+            raise SpecError(f"BaseModelSpec {self.name!r}: padding_side must be 'left' or 'right'")
+
+
+# --------------------------------------------------------------------------- translators
+
+
+@dataclass(frozen=True)
+class TranslatorSpec:
+    """A machine translator.
+
+    ``translate(texts, source, target, **options) -> list[str]``: a batch in, a batch of the same
+    length and order out. Raise :class:`vichat.translate.errors.RetryableError` (optionally with
+    ``retry_after``) for 429/5xx/timeouts so the job retries with backoff; any other exception
+    marks the batch failed. ``env_vars`` lists the environment variables it reads (keys).
+    """
+
+    name: str
+    description: str
+    translate: Callable[..., list[str]]
+    env_vars: Sequence[str] = ()
+    max_batch_size: int = 64
+    max_batch_chars: int = 20_000
+    cost_per_million_chars: float = 0.0
+
+    def validate(self) -> None:
+        _check_common(self)
+        _check_callable(self, "translate")
+        _check_str_tuple(self, "env_vars")
+        if self.max_batch_size < 1 or self.max_batch_chars < 1:
+            raise SpecError(f"TranslatorSpec {self.name!r}: batch limits must be positive")
+
+
+# --------------------------------------------------------------------------- judges
+
+
+@dataclass(frozen=True)
+class JudgeResult:
+    """Scores for assistant 1 and 2 (``None`` when the judge's text could not be read)."""
+
+    score1: float | None
+    score2: float | None
+    raw: str
+    aspects: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.score1 is not None and self.score2 is not None
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """A pairwise judge: ``judge(question, answer1, answer2, prompt, **options) -> JudgeResult``."""
+
+    name: str
+    description: str
+    judge: Callable[..., JudgeResult]
+    env_vars: Sequence[str] = ()
+    default_model: str = ""
+
+    def validate(self) -> None:
+        _check_common(self)
+        _check_callable(self, "judge")
+        _check_str_tuple(self, "env_vars")
+
+
+# --------------------------------------------------------------------------- templates
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    """A prompt template.
+
+    ``prompt`` contains ``{instruction}`` once and ends right where the response starts. When a
+    record has an ``input``, ``input_format`` (with ``{instruction}`` and ``{input}``) builds the
+    text substituted for ``{instruction}``. ``stop`` lists markers that end generation.
+    """
+
+    name: str
+    description: str
+    prompt: str
+    input_format: str = "{instruction}\n\n{input}"
+    stop: Sequence[str] = ("### Instruction:",)
+
+    def validate(self) -> None:
+        _check_common(self)
+        if self.prompt.count("{instruction}") != 1:
+            raise SpecError(f"TemplateSpec {self.name!r}: prompt must contain {{instruction}} exactly once")
+        for key in ("{instruction}", "{input}"):
+            if key not in self.input_format:
+                raise SpecError(f"TemplateSpec {self.name!r}: input_format must contain {key}")
+        _check_str_tuple(self, "stop")
+
+
+KINDS: dict[str, type] = {
+    "datasets": DatasetSpec,
+    "base_models": BaseModelSpec,
+    "translators": TranslatorSpec,
+    "judges": JudgeSpec,
+    "templates": TemplateSpec,
+}
+
+
+def spec_fields(spec_type: type) -> list[str]:
+    return [f.name for f in fields(spec_type)]

@@ -1,0 +1,1 @@
+"""Translation job: protection of code and placeholders, cache, batching, retries, resume."""

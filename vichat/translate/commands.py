@@ -1,0 +1,8 @@
+"""`vichat translate` command."""
+
+import click
+
+
+@click.command()
+def translate() -> None:
+    """Translate a dataset file."""
