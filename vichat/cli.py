@@ -71,10 +71,12 @@ def plugins_cmd(as_json: bool) -> None:
 def _add_optional_commands() -> None:
     # Each feature module owns its commands; they are attached here so `vichat --help` lists all.
     from .data.commands import data
+    from .train.commands import train
     from .translate.commands import translate
 
     main.add_command(data)
     main.add_command(translate)
+    main.add_command(train)
 
 
 _add_optional_commands()

@@ -1,0 +1,30 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+# torch==2.13.0 first: on a CPU machine it is the local CPU wheel; an open range would pull a
+# multi-GB CUDA build. On a GPU machine the same pin gets PyPI's CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/vichat plugins
+	$(VENV)/bin/vichat data stats vi-sample-chat
+	$(VENV)/bin/vichat data prepare --dataset vi-sample-chat --dataset vi-sample-doctor --out runs/data
+	$(VENV)/bin/vichat translate runs/data/validation.jsonl runs/data/validation.identity.jsonl --translator identity --source vi --target vi
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
