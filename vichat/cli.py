@@ -72,11 +72,13 @@ def _add_optional_commands() -> None:
     # Each feature module owns its commands; they are attached here so `vichat --help` lists all.
     from .data.commands import data
     from .train.commands import train
+    from .train.tiny_commands import tiny
     from .translate.commands import translate
 
     main.add_command(data)
     main.add_command(translate)
     main.add_command(train)
+    main.add_command(tiny)
 
 
 _add_optional_commands()

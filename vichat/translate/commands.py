@@ -1,8 +1,106 @@
-"""`vichat translate` command."""
+"""`vichat translate`: a thin command over :func:`vichat.translate.job.translate_file`.
+
+Only click and the standard library are imported here at import time, so ``vichat --help``
+stays fast; the job modules load when the command runs.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
 
 import click
 
 
+def _parse_options(values: tuple[str, ...]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not key=value (e.g. --option model=gpt-4o-mini)", param_hint="--option")
+        options[key.strip()] = value
+    return options
+
+
+def format_plan(plan) -> list[str]:  # noqa: ANN001 - engine.Plan, imported lazily
+    """The ``--dry-run`` table."""
+    rows = [
+        ("records", f"{plan.records:,}"),
+        ("segments", f"{plan.segments:,} ({plan.cached:,} cached, {plan.skipped:,} with nothing to translate)"),
+        ("to send", f"{plan.to_send:,} segments as {plan.chunks:,} unique texts"),
+        ("characters", f"{plan.characters:,}"),
+        ("requests", f"{plan.requests:,} (at most {plan.batch_size} texts / {plan.batch_chars:,} characters each)"),
+        ("estimated cost", f"${plan.cost:,.2f} at ${plan.cost_per_million_chars:g} per million characters ({plan.translator})"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    out = ["dry run: nothing was sent"] + [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    if plan.missing_env:
+        out.append(f"  note: set {', '.join(plan.missing_env)} before the real run")
+    return out
+
+
+def _sigterm_as_interrupt(signum, frame):  # noqa: ANN001
+    # `kill PID` should stop as cleanly as Ctrl-C: cache committed, summary printed.
+    raise KeyboardInterrupt
+
+
 @click.command()
-def translate() -> None:
-    """Translate a dataset file."""
+@click.argument("input", type=click.Path(exists=True, dir_okay=True))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--translator", "-t", required=True, help="Translator name (see `vichat plugins`): google, openai, identity...")
+@click.option("--source", default="en", show_default=True, help="Source language code.")
+@click.option("--target", default="vi", show_default=True, help="Target language code.")
+@click.option("--fields", default="instruction,input,output", show_default=True, help="Comma-separated fields to translate; others are copied.")
+@click.option("--concurrency", "-j", default=8, show_default=True, type=click.IntRange(1, 256), help="Requests in flight at once.")
+@click.option("--option", "-o", "option_values", multiple=True, metavar="KEY=VALUE", help="Translator option, e.g. model=gpt-4o-mini or timeout=30 (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print characters, requests and estimated cost; send nothing.")
+@click.option("--limit", type=click.IntRange(0), default=None, help="Only the first N records.")
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None, help="Cache file [default: $VICHAT_CACHE_DIR/translate.sqlite].")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="At most N texts per request (never above the translator's limit).")
+@click.option("--batch-chars", type=click.IntRange(1), default=None, help="At most N characters per request (never above the translator's limit).")
+@click.option("--retries", type=click.IntRange(0), default=6, show_default=True, help="Retries per request on 429, 5xx and timeouts.")
+@click.option("--backoff-base", type=click.FloatRange(0), default=0.5, show_default=True, help="First retry waits up to this many seconds; doubles each retry.")
+@click.option("--backoff-max", type=click.FloatRange(0), default=30.0, show_default=True, help="Longest wait between retries (a server's Retry-After wins).")
+@click.option("--code-lines/--no-code-lines", default=True, show_default=True, help="Also protect unfenced lines that look like code.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: when stderr is a terminal].")
+def translate(
+    input: str, output: str, translator: str, source: str, target: str, fields: str, concurrency: int,
+    option_values: tuple[str, ...], dry_run: bool, limit: int | None, cache_path: str | None,
+    batch_size: int | None, batch_chars: int | None, retries: int, backoff_base: float,
+    backoff_max: float, code_lines: bool, progress: bool | None,
+) -> None:
+    """Translate FIELDS of every record in INPUT (JSONL, JSON, CSV, Parquet) into OUTPUT (JSONL).
+
+    Code, URLs, e-mail addresses, numbers and placeholders come back unchanged. Every finished
+    batch is cached, so an interrupted run resumes where it stopped and a rerun costs nothing.
+    Records that could not be translated go to OUTPUT's .failed.jsonl side file.
+    """
+    from .job import plan_file, translate_file
+    from .retry import Backoff
+
+    options = _parse_options(option_values)
+    field_list = [f.strip() for f in fields.split(",") if f.strip()]
+    common = dict(fields=field_list, options=options, limit=limit, cache=cache_path,
+                  batch_size=batch_size, batch_chars=batch_chars, code_lines=code_lines)
+    if dry_run:
+        plan = plan_file(input, translator, source, target, **common)
+        click.echo("\n".join(format_plan(plan)))
+        return
+
+    from .errors import TranslationInterrupted
+
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        summary = translate_file(
+            input, output, translator, source, target, concurrency=concurrency,
+            backoff=Backoff(base=backoff_base, cap=backoff_max, max_retries=retries),
+            progress=progress, **common,
+        )
+    except TranslationInterrupted as exc:
+        click.echo("\n".join(exc.summary.lines()), err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo("\n".join(summary.lines()))
+    if summary.failed_records:
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""The tiny offline base model (placeholder until `vichat tiny build` lands)."""

@@ -1,0 +1,235 @@
+"""Training mixtures: which datasets a model is trained on, as data.
+
+The paper trains two kinds of model (section IV-A, Table II):
+
+* ``chat``   = Alpaca + GPT4All     (Bloomz-Chat, GPTJ-Chat), ``chat`` template;
+* ``doctor`` = Alpaca + ChatDoctor  (Bloomz-Doctor, GPTJ-Doctor), ``doctor`` template.
+
+Each source has a *key* (``alpaca``, ``gpt4all``, ``chatdoctor``) that the command line uses:
+``--limit alpaca=1000`` caps a source, ``--source alpaca=/path/file.jsonl`` replaces its data by a
+local file or folder (read through the same dataset plugin) or by another registered dataset
+(``--source alpaca=vi-sample-chat``). ``sample-chat`` and ``sample-doctor`` are the same mixtures
+built from the bundled sample, for offline runs and tests.
+
+Determinism: a limited source keeps a random subset drawn with ``Random(f"{seed}:{key}")``, and the
+mixed records are shuffled with ``Random(seed)``; the same inputs and seed give the same order.
+Records repeated across sources are removed (first source wins) and counted.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..records import Record, VichatError
+from ..specs import NAME_RE
+from .loading import LoadResult, SkipReport, load, looks_like_path
+
+
+@dataclass(frozen=True)
+class MixtureSource:
+    """One source of a mixture: a key for the command line, a dataset reference, an optional cap."""
+
+    key: str
+    dataset: str  # a registered ``NAME`` or ``NAME:SUBSET``
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """A named training mixture and the prompt template its models use."""
+
+    name: str
+    description: str
+    template: str
+    sources: tuple[MixtureSource, ...]
+
+    def keys(self) -> list[str]:
+        return [s.key for s in self.sources]
+
+
+MIXTURES: dict[str, Mixture] = {
+    m.name: m
+    for m in (
+        Mixture(
+            "chat",
+            "Alpaca + GPT4All in Vietnamese (the paper's Bloomz-Chat / GPTJ-Chat data)",
+            "chat",
+            (MixtureSource("alpaca", "vi-alpaca"), MixtureSource("gpt4all", "gpt4all:vi")),
+        ),
+        Mixture(
+            "doctor",
+            "Alpaca + ChatDoctor (the paper's Bloomz-Doctor / GPTJ-Doctor data)",
+            "doctor",
+            (MixtureSource("alpaca", "vi-alpaca"), MixtureSource("chatdoctor", "chatdoctor")),
+        ),
+        Mixture(
+            "sample-chat",
+            "The bundled Vietnamese general sample (offline stand-in for chat)",
+            "chat",
+            (MixtureSource("alpaca", "vi-sample-chat"),),
+        ),
+        Mixture(
+            "sample-doctor",
+            "The bundled general + medical samples (offline stand-in for doctor)",
+            "doctor",
+            (MixtureSource("alpaca", "vi-sample-chat"), MixtureSource("chatdoctor", "vi-sample-doctor")),
+        ),
+    )
+}
+
+
+@dataclass
+class SourceResult:
+    """What one source contributed: its load account, the limit applied and the records used."""
+
+    key: str
+    dataset: str
+    path: str | None
+    load: LoadResult
+    limit: int | None
+    used: int = 0
+    duplicates_across: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "dataset": self.dataset,
+            "path": self.path,
+            "limit": self.limit,
+            "used": self.used,
+            "duplicates_across_sources": self.duplicates_across,
+            **self.load.to_dict(),
+        }
+
+
+@dataclass
+class MixtureResult:
+    """The mixed, shuffled records and the account of every source."""
+
+    name: str
+    template: str
+    seed: int
+    records: list[Record]
+    sources: list[SourceResult] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> SkipReport:
+        report = SkipReport()
+        for s in self.sources:
+            report.merge(s.load.skipped)
+        return report
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "read": sum(s.load.read for s in self.sources),
+            "skipped_invalid": sum(s.load.skipped_invalid for s in self.sources),
+            "duplicates_removed": sum(s.load.duplicates_removed + s.duplicates_across for s in self.sources),
+            "dropped_by_limit": sum(s.load.kept - s.duplicates_across - s.used for s in self.sources),
+            "records": len(self.records),
+        }
+
+
+def parse_assignments(values: Sequence[str], what: str) -> dict[str, str]:
+    """``["alpaca=1000", ...]`` → ``{"alpaca": "1000"}``; a malformed item raises naming the flag."""
+    out: dict[str, str] = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key.strip() or not rest.strip():
+            raise VichatError(f"--{what} {value!r}: expected KEY=VALUE, e.g. --{what} alpaca=...")
+        out[key.strip()] = rest.strip()
+    return out
+
+
+def parse_limits(values: Sequence[str] | Mapping[str, Any]) -> dict[str, int]:
+    """``--limit`` values (``KEY=N``) as integers."""
+    raw = dict(values) if isinstance(values, Mapping) else parse_assignments(values, "limit")
+    limits: dict[str, int] = {}
+    for key, value in raw.items():
+        try:
+            limits[key] = int(value)
+        except (TypeError, ValueError):
+            raise VichatError(f"--limit {key}={value}: the limit must be a whole number") from None
+        if limits[key] < 0:
+            raise VichatError(f"--limit {key}={value}: the limit must not be negative")
+    return limits
+
+
+def get_mixture(name: str) -> Mixture:
+    """A built-in mixture by name (the error lists them)."""
+    try:
+        return MIXTURES[name]
+    except KeyError:
+        raise VichatError(f"no mixture named {name!r}; mixtures: {', '.join(MIXTURES)}") from None
+
+
+def adhoc_mixture(refs: Sequence[str], template: str = "chat") -> Mixture:
+    """A mixture of the given datasets (``REF`` or ``KEY=REF``); a path's key is its file stem."""
+    sources: list[MixtureSource] = []
+    for ref in refs:
+        key, sep, rest = ref.partition("=")
+        if sep and NAME_RE.match(key) and not Path(ref).exists():
+            sources.append(MixtureSource(key, rest))
+            continue
+        if Path(ref).expanduser().exists() or looks_like_path(ref):
+            key = "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(ref).stem.lower()) or "data"
+        else:
+            key = ref.replace(":", "-")
+        if key in {s.key for s in sources}:
+            key = f"{key}-{len(sources) + 1}"
+        sources.append(MixtureSource(key, ref))
+    if not sources:
+        raise VichatError("no datasets given: pass --mixture NAME or --dataset NAME_OR_PATH")
+    return Mixture("+".join(s.key for s in sources), "ad hoc mixture", template, tuple(sources))
+
+
+def build_mixture(
+    mixture: Mixture | str,
+    *,
+    sources: Mapping[str, str] | None = None,
+    limits: Mapping[str, int] | None = None,
+    seed: int = 42,
+    skip_invalid: bool = False,
+    registry: Any = None,
+) -> MixtureResult:
+    """Load every source of ``mixture``, apply limits, remove cross-source duplicates, shuffle.
+
+    :param sources: ``{key: path_or_dataset}`` replacing a source's data (``--source``).
+    :param limits: ``{key: n}`` capping a source (``--limit``), on top of the mixture's own caps.
+    """
+    mix = get_mixture(mixture) if isinstance(mixture, str) else mixture
+    sources, limits = dict(sources or {}), dict(limits or {})
+    for flag, given in (("source", sources), ("limit", limits)):
+        unknown = sorted(set(given) - set(mix.keys()))
+        if unknown:
+            raise VichatError(
+                f"--{flag} {unknown[0]}=...: mixture {mix.name!r} has no source {unknown[0]!r}; "
+                f"its sources: {', '.join(mix.keys())}"
+            )
+    seen: set[tuple[str, str, str]] = set()
+    results: list[SourceResult] = []
+    mixed: list[Record] = []
+    for src in mix.sources:
+        override = sources.get(src.key)
+        dataset, path = src.dataset, None
+        if override is not None:
+            if Path(override).expanduser().exists() or looks_like_path(override):
+                path = override  # read through the source's own plugin (its field mapping)
+            else:
+                dataset = override  # another registered dataset
+        loaded = load(dataset, path=path, skip_invalid=skip_invalid, registry=registry)
+        # Only records actually used by an earlier source count as taken: a record that an earlier
+        # source's limit left out stays available here.
+        unique = [r for r in loaded.records if (r.instruction, r.input, r.output) not in seen]
+        across = loaded.kept - len(unique)
+        limit = limits.get(src.key, src.limit)
+        if limit is not None and limit < len(unique):
+            picked = sorted(random.Random(f"{seed}:{src.key}").sample(range(len(unique)), limit))
+            unique = [unique[i] for i in picked]  # keeps file order within the source
+        seen.update((r.instruction, r.input, r.output) for r in unique)
+        results.append(SourceResult(src.key, dataset, path, loaded, limit, len(unique), across))
+        mixed.extend(unique)
+    random.Random(seed).shuffle(mixed)
+    return MixtureResult(mix.name, mix.template, seed, mixed, results)

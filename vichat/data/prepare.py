@@ -1,0 +1,212 @@
+"""``vichat data prepare``: write a normalised, mixed, split training set that training reads.
+
+Output folder::
+
+    DIR/train.jsonl        one Record.to_json() per line
+    DIR/validation.jsonl   same format (may be empty with --val-size 0)
+    DIR/manifest.json      what was built from what: sources and their counts, seed, template,
+                           skipped / duplicate report, and the sha256 of each output file
+
+Every file is written to a temporary name in DIR and renamed into place (atomic on POSIX), and the
+manifest is written last: a folder with a manifest always has complete, matching data files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..records import Record, VichatError
+from .mixtures import Mixture, MixtureResult, adhoc_mixture, build_mixture, get_mixture
+
+FORMAT = "vichat-prepared/1"
+TRAIN_FILE, VALIDATION_FILE, MANIFEST_FILE = "train.jsonl", "validation.jsonl", "manifest.json"
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What was written: file name, record count, size and sha256."""
+
+    name: str
+    records: int
+    bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"records": self.records, "bytes": self.bytes, "sha256": self.sha256}
+
+
+def parse_val_size(value: str | float | int) -> float | int:
+    """``"0.02"`` → a fraction (0 <= f < 1); ``"200"`` → a count. Errors name the flag."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        raise VichatError(f"--val-size {value!r}: expected a fraction such as 0.02 or a count such as 500") from None
+    if number < 0:
+        raise VichatError(f"--val-size {value!r} must not be negative")
+    if "." in text or "e" in text.lower() or isinstance(value, float):
+        if number >= 1:
+            raise VichatError(f"--val-size {value!r}: a fraction must be below 1 (or give a whole count)")
+        return number
+    return int(number)
+
+
+def validation_count(total: int, val_size: float | int) -> int:
+    """How many of ``total`` records go to validation: a count as given, a fraction rounded (at
+    least 1 when the fraction is positive and there are 2 or more records)."""
+    if isinstance(val_size, int):
+        n = val_size
+    else:
+        n = round(total * val_size)
+        if val_size > 0 and total >= 2:
+            n = max(n, 1)
+    if n >= total and total > 0 and n > 0:
+        raise VichatError(
+            f"--val-size {val_size}: {n} validation records would leave none of the {total} for training"
+        )
+    return n
+
+
+def write_jsonl_atomic(path: Path, records: Iterable[Record]) -> FileInfo:
+    """Write ``records`` as JSON Lines to ``path`` atomically; return its count, size and sha256."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    digest, size, count = hashlib.sha256(), 0, 0
+    try:
+        with open(tmp, "wb") as fh:
+            for record in records:
+                line = (record.to_json() + "\n").encode("utf-8")
+                fh.write(line)
+                digest.update(line)
+                size += len(line)
+                count += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return FileInfo(path.name, count, size, digest.hexdigest())
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as indented UTF-8 JSON to ``path`` atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _unique_ids(records: list[Record]) -> tuple[list[Record], int]:
+    # Ids from different files can collide ("1", "2", ...); training and evaluation key on them,
+    # so a repeated id is prefixed with its source (and counted in the manifest).
+    seen: set[str] = set()
+    out, renamed = [], 0
+    for r in records:
+        rid = r.id
+        if rid in seen:
+            base = f"{r.source}/{r.id}"
+            rid, n = base, 2
+            while rid in seen:
+                rid, n = f"{base}-{n}", n + 1
+            r = Record(rid, r.instruction, r.output, r.input, r.source, r.language, r.meta)
+            renamed += 1
+        seen.add(rid)
+        out.append(r)
+    return out, renamed
+
+
+def prepare(
+    out: str | Path,
+    *,
+    mixture: str | Mixture | None = None,
+    datasets: Sequence[str] = (),
+    sources: Mapping[str, str] | None = None,
+    limits: Mapping[str, int] | None = None,
+    val_size: float | int | str = 0.02,
+    seed: int = 42,
+    skip_invalid: bool = False,
+    template: str | None = None,
+    registry: Any = None,
+) -> dict[str, Any]:
+    """Build a mixture (``mixture`` or ad hoc from ``datasets``), split it, write it; return the manifest.
+
+    The validation set is the first ``n`` records of the seeded shuffle, the rest is training.
+    """
+    if (mixture is None) == (not datasets):
+        raise VichatError("pass either --mixture NAME or one or more --dataset NAME_OR_PATH (not both)")
+    if mixture is not None:
+        mix = get_mixture(mixture) if isinstance(mixture, str) else mixture
+        if template:
+            mix = Mixture(mix.name, mix.description, template, mix.sources)
+    else:
+        mix = adhoc_mixture(datasets, template or "chat")
+    val = parse_val_size(val_size)
+    result: MixtureResult = build_mixture(
+        mix, sources=sources, limits=limits, seed=seed, skip_invalid=skip_invalid, registry=registry
+    )
+    if not result.records:
+        raise VichatError(f"mixture {mix.name!r} has no records to write (check --limit and the sources)")
+    records, renamed = _unique_ids(result.records)
+    n_val = validation_count(len(records), val)
+    out_dir = Path(out).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = write_jsonl_atomic(out_dir / TRAIN_FILE, records[n_val:])
+    validation = write_jsonl_atomic(out_dir / VALIDATION_FILE, records[:n_val])
+    manifest = {
+        "format": FORMAT,
+        "mixture": mix.name,
+        "description": mix.description,
+        "template": mix.template,
+        "seed": seed,
+        "val_size": val,
+        "skip_invalid": skip_invalid,
+        "counts": {**result.counts(), "train": train.records, "validation": validation.records, "ids_renamed": renamed},
+        "sources": [s.to_dict() for s in result.sources],
+        "skipped": result.skipped.to_dict(),
+        "files": {f.name: f.to_dict() for f in (train, validation)},
+        "record_fields": ["id", "instruction", "input", "output", "source", "language"],
+    }
+    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def read_manifest(folder: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Read ``folder/manifest.json``; with ``verify``, check each file's sha256 against it."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not path.exists():
+        raise VichatError(f"{folder}: no {MANIFEST_FILE}; build the folder with `vichat data prepare --out {folder}`")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if verify:
+        for name, info in manifest.get("files", {}).items():
+            digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            if digest != info["sha256"]:
+                raise VichatError(f"{folder / name}: sha256 differs from {MANIFEST_FILE}; re-run `vichat data prepare`")
+    return manifest
+
+
+def summarise(manifest: Mapping[str, Any]) -> str:
+    """Lines for people: one per source, then the totals and the files."""
+    lines = [f"mixture {manifest['mixture']} (template {manifest['template']}, seed {manifest['seed']})"]
+    for s in manifest["sources"]:
+        where = f" from {s['path']}" if s.get("path") else ""
+        lines.append(
+            f"  {s['key']}: {s['dataset']}{where}: read {s['read']}, kept {s['kept']}, "
+            f"skipped {s['skipped_invalid']} invalid, removed {s['duplicates_removed']} duplicates"
+            f" (+{s['duplicates_across_sources']} across sources), used {s['used']}"
+            + (f" (limit {s['limit']})" if s["limit"] is not None else "")
+        )
+        if s["skipped"]["count"]:
+            reasons = "; ".join(f"{r} ({n})" for r, n in s["skipped"]["reasons"].items())
+            lines.append(f"    skipped: {reasons}; first: " + " | ".join(s["skipped"]["first"]))
+    c = manifest["counts"]
+    lines.append(f"  total: {c['records']} records -> train {c['train']}, validation {c['validation']}")
+    for name, info in manifest["files"].items():
+        lines.append(f"  {name}: {info['records']} records, sha256 {info['sha256'][:16]}…")
+    return "\n".join(lines)

@@ -1,0 +1,402 @@
+"""The translation engine: protect, split, look up the cache, batch, send concurrently, restore.
+
+One :class:`Engine` translates a list of texts ("segments"). Each segment is protected (code,
+numbers... become markers), split into parts that fit one request, and each part is looked up in
+the cache by its key. Parts that miss are deduplicated (a text that appears twice is paid once)
+and packed into batches within the translator's limits. Worker threads send batches with retries;
+the main thread alone validates answers, commits each finished batch to the cache and hands
+finished segments to the caller, in completion order.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from ..records import VichatError, nfc
+from ..specs import TranslatorSpec
+from .cache import TranslationCache, cache_key
+from .errors import FatalTranslatorError, ProtectionError, RetryableError
+from .protect import Protected, canonical_markers, check_markers, protect
+from .retry import Backoff, Cancelled, call_with_retries
+from .split import join_parts, split_text
+
+#: Options that change how a request is made, not what comes back: left out of the cache key.
+NON_OUTPUT_OPTIONS = frozenset({"timeout", "api_key", "base_url", "max_retries"})
+
+
+@dataclass
+class Segment:
+    """One text to translate and, once ``done``, its ``result`` or ``error``."""
+
+    index: int
+    source_text: str
+    lead: str = ""
+    trail: str = ""
+    protected: Protected | None = None
+    parts: list[str] = field(default_factory=list)
+    seps: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    results: list[str | None] = field(default_factory=list)
+    pending: int = 0
+    from_network: bool = False
+    skipped: bool = False
+    done: bool = False
+    result: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Plan:
+    """What a run would send: the dry-run numbers (cache hits and duplicates excluded)."""
+
+    translator: str
+    records: int = 0
+    segments: int = 0
+    skipped: int = 0
+    cached: int = 0
+    to_send: int = 0
+    chunks: int = 0
+    characters: int = 0
+    requests: int = 0
+    cost_per_million_chars: float = 0.0
+    batch_size: int = 0
+    batch_chars: int = 0
+    missing_env: list[str] = field(default_factory=list)
+
+    @property
+    def cost(self) -> float:
+        """Estimated cost in US dollars of the characters still to send."""
+        return self.characters / 1_000_000 * self.cost_per_million_chars
+
+
+@dataclass
+class RunStats:
+    """What a run did."""
+
+    requests: int = 0
+    characters_sent: int = 0
+    batches_failed: int = 0
+    elapsed: float = 0.0
+
+
+@dataclass
+class _Batch:
+    keys: list[str]
+    texts: list[str]
+
+
+def output_options(spec: TranslatorSpec, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options that select the output (for the cache key): the translate function's keyword
+    defaults (so a plugin's default model is part of the key), overridden by ``options``."""
+    merged: dict[str, Any] = {}
+    try:
+        params = inspect.signature(spec.translate).parameters.values()
+    except (TypeError, ValueError):
+        params = []
+    for p in params:
+        if p.default is not inspect.Parameter.empty and p.name not in ("texts", "source", "target"):
+            merged[p.name] = p.default
+    merged.update(options)
+    return {k: v for k, v in merged.items() if k not in NON_OUTPUT_OPTIONS}
+
+
+class Engine:
+    """Translate segments through one translator with one cache; see the module docstring."""
+
+    def __init__(
+        self,
+        spec: TranslatorSpec,
+        source: str,
+        target: str,
+        cache: TranslationCache,
+        *,
+        options: Mapping[str, Any] | None = None,
+        concurrency: int = 8,
+        backoff: Backoff | None = None,
+        batch_size: int | None = None,
+        batch_chars: int | None = None,
+        code_lines: bool = True,
+        progress: bool | None = None,
+        grace: float = 10.0,
+    ) -> None:
+        if concurrency < 1:
+            raise VichatError("--concurrency must be at least 1")
+        self.spec, self.source, self.target, self.cache = spec, source, target, cache
+        self.options = dict(options or {})
+        self.key_options = output_options(spec, self.options)
+        self.concurrency = concurrency
+        self.backoff = backoff or Backoff()
+        self.batch_size = min(spec.max_batch_size, batch_size or spec.max_batch_size)
+        self.batch_chars = min(spec.max_batch_chars, batch_chars or spec.max_batch_chars)
+        if self.batch_size < 1 or self.batch_chars < 1:
+            raise VichatError("--batch-size and --batch-chars must be positive")
+        self.code_lines = code_lines
+        self.progress = progress
+        self.grace = grace
+        self.segments: list[Segment] = []
+        self._refs: dict[str, list[tuple[Segment, int]]] = {}
+        self._batches: list[_Batch] | None = None
+        self.stats = RunStats()
+
+    # ---------------------------------------------------------------------------- planning
+    def add(self, text: str) -> Segment:
+        """Queue one text; returns its segment (already ``done`` when nothing needs sending)."""
+        seg = Segment(index=len(self.segments), source_text=text)
+        self.segments.append(seg)
+        core = text.strip()
+        # Translators drop surrounding whitespace; keep it aside and put it back exactly.
+        seg.lead, seg.trail = text[: len(text) - len(text.lstrip())], text[len(text.rstrip()) :]
+        raw = protect(core, code_lines=self.code_lines)
+        seg.protected = Protected(nfc(raw.text), raw.spans)
+        if not core or not seg.protected.translatable:
+            seg.skipped = seg.done = True  # empty, or only code/numbers/links: nothing to pay for
+            seg.result = seg.lead + seg.protected.restore(seg.protected.text) + seg.trail
+            return seg
+        seg.parts, seg.seps = split_text(seg.protected.text, self.batch_chars)
+        seg.keys = [cache_key(self.spec.name, self.key_options, self.source, self.target, p) for p in seg.parts]
+        seg.results = [None] * len(seg.parts)
+        seg.pending = len(seg.parts)
+        for i, key in enumerate(seg.keys):
+            self._refs.setdefault(key, []).append((seg, i))
+        return seg
+
+    def plan(self) -> Plan:
+        """Look up the cache and pack what is missing into batches (done once)."""
+        if self._batches is None:
+            hits = self.cache.get_many(self._refs)
+            for key, text in hits.items():
+                for seg, i in self._refs.pop(key):
+                    seg.results[i] = text
+                    seg.pending -= 1
+            self._batches = self._pack()
+        plan = Plan(
+            translator=self.spec.name,
+            segments=len(self.segments),
+            cost_per_million_chars=self.spec.cost_per_million_chars,
+            batch_size=self.batch_size,
+            batch_chars=self.batch_chars,
+        )
+        for seg in self.segments:
+            if seg.skipped:
+                plan.skipped += 1
+            elif seg.done or seg.pending == 0:
+                plan.cached += 1
+            else:
+                plan.to_send += 1
+        plan.chunks = sum(len(b.keys) for b in self._batches)
+        plan.characters = sum(len(t) for b in self._batches for t in b.texts)
+        plan.requests = len(self._batches)
+        plan.missing_env = [v for v in self.spec.env_vars if not os.environ.get(v)]
+        return plan
+
+    def require_env(self) -> None:
+        """Raise :class:`VichatError` naming the variables the translator needs, if anything is
+        left to send (a run served entirely from the cache needs no key)."""
+        plan = self.plan()
+        if plan.requests and plan.missing_env:
+            raise VichatError(
+                f"translator {self.spec.name!r} needs the environment variable "
+                f"{', '.join(plan.missing_env)}; set it (or run with --dry-run to see the cost first)"
+            )
+
+    def _pack(self) -> list[_Batch]:
+        batches: list[_Batch] = []
+        current = _Batch([], [])
+        size = 0
+        for key, refs in self._refs.items():  # first-appearance order: early records finish first
+            seg, i = refs[0]
+            text = seg.parts[i]
+            if current.keys and (len(current.keys) >= self.batch_size or size + len(text) > self.batch_chars):
+                batches.append(current)
+                current, size = _Batch([], []), 0
+            current.keys.append(key)
+            current.texts.append(text)
+            size += len(text)
+        if current.keys:
+            batches.append(current)
+        return batches
+
+    # ---------------------------------------------------------------------------- running
+    def run(self, on_done: Callable[[Segment], None] = lambda seg: None) -> RunStats:
+        """Translate everything planned; call ``on_done`` for every segment as it finishes.
+
+        Raises :class:`FatalTranslatorError` (after committing what finished) when the translator
+        says no request can succeed, and ``KeyboardInterrupt`` after a clean stop on Ctrl-C.
+        """
+        start = time.monotonic()
+        self.require_env()
+        for seg in self.segments:
+            if seg.done:
+                on_done(seg)
+            elif seg.pending == 0:
+                self._finish(seg, on_done)
+        try:
+            if self._batches:
+                self._dispatch(self._batches, on_done)
+        finally:
+            self.stats.elapsed = time.monotonic() - start
+        return self.stats
+
+    def _dispatch(self, batches: list[_Batch], on_done: Callable[[Segment], None]) -> None:
+        work: queue.Queue = queue.Queue()
+        results: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        lock = threading.Lock()
+        for batch in batches:
+            work.put(batch)
+
+        def count_request() -> None:
+            with lock:
+                self.stats.requests += 1
+
+        def worker() -> None:
+            while True:
+                try:
+                    batch = work.get_nowait()
+                except queue.Empty:
+                    return
+                if stop.is_set():
+                    results.put(("cancelled", batch, None))
+                    continue
+                results.put(self._send(batch, stop, count_request))
+
+        # Daemon threads: Ctrl-C must not wait for a slow request to time out.
+        for _ in range(min(self.concurrency, len(batches))):
+            threading.Thread(target=worker, daemon=True, name="vichat-translate").start()
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=sum(len(b.keys) for b in batches),
+            unit="seg",
+            desc=f"translate ({self.spec.name})",
+            disable=(not self.progress) if self.progress is not None else None,
+            dynamic_ncols=True,
+        )
+        outstanding = len(batches)
+        fatal: BaseException | None = None
+        try:
+            while outstanding:
+                try:
+                    outcome = results.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                outstanding -= 1
+                fatal = self._absorb(outcome, on_done, bar) or fatal
+                if fatal is not None:
+                    stop.set()
+                    break
+        except KeyboardInterrupt:
+            stop.set()
+            self._drain(results, outstanding, on_done, bar)
+            bar.close()
+            raise
+        if fatal is not None:
+            self._drain(results, outstanding, on_done, bar)
+        bar.close()
+        if fatal is not None:
+            raise fatal
+
+    def _drain(self, results: queue.Queue, outstanding: int, on_done: Callable, bar: Any) -> None:
+        # Batches already in flight have probably been paid for: give them a moment to land in
+        # the cache. A second Ctrl-C stops waiting.
+        deadline = time.monotonic() + self.grace
+        try:
+            while outstanding and time.monotonic() < deadline:
+                try:
+                    outcome = results.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                outstanding -= 1
+                if outcome[0] == "ok":
+                    self._absorb(outcome, on_done, bar)
+        except KeyboardInterrupt:
+            pass
+
+    def _send(self, batch: _Batch, stop: threading.Event, count_request: Callable[[], None]) -> tuple:
+        def attempt() -> list[str]:
+            return self.spec.translate(list(batch.texts), self.source, self.target, **self.options)
+
+        try:
+            out = call_with_retries(attempt, self.backoff, stop, on_attempt=count_request)
+        except Cancelled:
+            return ("cancelled", batch, None)
+        except VichatError as exc:  # missing key, rejected key, exhausted quota: stop the job
+            return ("fatal", batch, exc if isinstance(exc, FatalTranslatorError) else FatalTranslatorError(str(exc)))
+        except RetryableError as exc:
+            return ("failed", batch, f"gave up after {self.backoff.max_retries + 1} attempts: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a plugin's failure fails this batch only
+            return ("failed", batch, f"{type(exc).__name__}: {exc}")
+        if not isinstance(out, (list, tuple)) or len(out) != len(batch.texts):
+            n = len(out) if isinstance(out, (list, tuple)) else type(out).__name__
+            return ("failed", batch, f"translator returned {n} texts for {len(batch.texts)}")
+        return ("ok", batch, list(out))
+
+    def _absorb(self, outcome: tuple, on_done: Callable[[Segment], None], bar: Any) -> BaseException | None:
+        kind, batch, payload = outcome
+        if kind == "fatal":
+            return payload
+        if kind == "cancelled":
+            return None
+        bar.update(len(batch.keys))
+        if kind == "failed":
+            self.stats.batches_failed += 1
+            for key in batch.keys:
+                self._resolve(key, None, payload, on_done)
+            bar.set_postfix(failed_batches=self.stats.batches_failed, refresh=False)
+            return None
+        good: list[tuple[str, str]] = []
+        bad: list[tuple[str, str]] = []
+        for key, sent, got in zip(batch.keys, batch.texts, payload):
+            if not isinstance(got, str):
+                bad.append((key, f"translator returned {type(got).__name__}, not text"))
+                continue
+            got = canonical_markers(nfc(got))
+            problem = check_markers(sent, got)
+            if problem is None and not got.strip():
+                problem = "translator returned an empty text"
+            if problem:  # never cached: a rerun asks again
+                bad.append((key, problem))
+            else:
+                good.append((key, got))
+        self.stats.characters_sent += sum(len(t) for t in batch.texts)
+        self.cache.put_many(good, self.spec.name, self.source, self.target)  # before anyone relies on it
+        for key, text in good:
+            self._resolve(key, text, None, on_done)
+        for key, problem in bad:
+            self._resolve(key, None, problem, on_done)
+        return None
+
+    def _resolve(self, key: str, text: str | None, error: str | None, on_done: Callable[[Segment], None]) -> None:
+        for seg, i in self._refs.get(key, ()):
+            seg.results[i] = text
+            seg.from_network = True
+            if error and not seg.error:
+                seg.error = error
+            seg.pending -= 1
+            if seg.pending == 0:
+                self._finish(seg, on_done)
+
+    def _finish(self, seg: Segment, on_done: Callable[[Segment], None]) -> None:
+        if seg.error is None:
+            assert seg.protected is not None
+            try:
+                joined = join_parts([r or "" for r in seg.results], seg.seps)
+                seg.result = seg.lead + seg.protected.restore(joined) + seg.trail
+            except ProtectionError as exc:
+                seg.error = str(exc)
+        seg.done = True
+        on_done(seg)
+
+
+def run_texts(engine: Engine, texts: Sequence[str]) -> list[Segment]:
+    """Add ``texts`` to ``engine``, run it, and return their segments in order."""
+    segs = [engine.add(t) for t in texts]
+    engine.run()
+    return segs
