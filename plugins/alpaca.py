@@ -48,7 +48,8 @@ def load_alpaca(path: Path | None = None, subset: str | None = None) -> Iterator
         # Without a subset, loading detects the language from the text (spec has two languages).
         return tag_rows(rows, language=subset) if subset else rows
     if subset == "vi":
-        return tag_rows(hub_rows("alpaca", ALPACA_VI_HUB, homepage=f"https://huggingface.co/datasets/{ALPACA_VI_HUB}"), language="vi")
+        rows = hub_rows("alpaca", ALPACA_VI_HUB, homepage=f"https://huggingface.co/datasets/{ALPACA_VI_HUB}")
+        return tag_rows(rows, language="vi")
     return tag_rows(url_rows("alpaca", [ALPACA_URL], homepage=ALPACA_HOMEPAGE), language="en")
 
 
@@ -61,7 +62,7 @@ def load_vi_alpaca(path: Path | None = None, subset: str | None = None) -> Itera
 
 ALPACA = DatasetSpec(
     name="alpaca",
-    description="Stanford Alpaca 52k instructions (instruction/input/output), English original or a Vietnamese translation.",
+    description="Stanford Alpaca 52k (instruction/input/output): the English original or a Vietnamese translation.",
     load=load_alpaca,
     languages=("en", "vi"),
     subsets=("en", "vi"),
@@ -74,11 +75,11 @@ ALPACA = DatasetSpec(
 
 VI_ALPACA = DatasetSpec(
     name="vi-alpaca",
-    description="Vietnamese Alpaca of telexyz/GPT4VN (~51k prompt/response, machine-translated from AlpacaDataCleaned).",
+    description="Vietnamese Alpaca of telexyz/GPT4VN (~51k prompt/response, translated AlpacaDataCleaned).",
     load=load_vi_alpaca,
     languages=("vi",),
     license="none stated by GPT4VN; upstream Alpaca data is CC BY-NC 4.0 (non-commercial)",
-    citation=ALPACA_CITATION + " Vietnamese translation: telexyz/GPT4VN (Tuộc and binhvq), https://github.com/telexyz/GPT4VN",
+    citation=ALPACA_CITATION + " Vietnamese translation: telexyz/GPT4VN (Tuộc and binhvq), " + VI_ALPACA_HOMEPAGE,
     source=VI_ALPACA_URLS[0].rsplit("_", 1)[0] + "_{1..11}.jsonl",
     homepage=VI_ALPACA_HOMEPAGE,
     domain="general",

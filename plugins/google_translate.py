@@ -12,6 +12,7 @@ Pricing: $20 per million characters sent (Basic edition, beyond the free tier).
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 
@@ -34,6 +35,7 @@ def _http():
             import httpx
 
             _client = httpx.Client(limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+            atexit.register(_client.close)  # no "unclosed socket" warnings at exit
         return _client
 
 

@@ -17,6 +17,7 @@ Other models cost differently; ``--dry-run`` always uses this figure.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -53,6 +54,7 @@ def _client(timeout: float):
         ident = (key, base_url, timeout)
         if ident not in _clients:
             _clients[ident] = OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout)
+            atexit.register(_clients[ident].close)  # no "unclosed socket" warnings at exit
         return _clients[ident]
 
 

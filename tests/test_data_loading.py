@@ -80,7 +80,7 @@ def test_alpaca_en_empty_outputs_stop_the_load_and_name_the_flag(shared_data):
     path = shared_data / "en_reference" / "alpaca_data_first2000_en.json"
     with pytest.raises(InvalidRecordError) as err:
         load("alpaca", path=path)
-    assert err.value.location == f"{path}:[284]"
+    assert err.value.location == f"{path}:1422 (item 284)"
     assert "empty 'output'" in str(err.value)
     assert "--skip-invalid" in str(err.value)
 
@@ -90,7 +90,7 @@ def test_alpaca_en_skip_invalid_reports_all_four(shared_data):
     result = load("alpaca", path=path, skip_invalid=True)
     assert (result.read, result.kept, result.skipped_invalid) == (2000, 1996, 4)
     assert dict(result.skipped.reasons) == {"empty 'output'": 4}
-    assert result.skipped.examples[0] == f"{path}:[284]: empty 'output'"
+    assert result.skipped.examples[0] == f"{path}:1422 (item 284): empty 'output'"
     assert result.language == "en"  # detected: the alpaca spec has two languages
     assert "skipped 4 invalid records" in result.summary()
     # ids stay those of the original positions, also after skipped records

@@ -36,6 +36,20 @@ def test_builtin_datasets_are_registered_with_source_licence_and_citation():
 # --------------------------------------------------------------------------- offline failures
 
 
+def _force_hub_offline(monkeypatch) -> None:
+    # huggingface_hub and datasets read the offline variables when first imported; an earlier test
+    # may have imported them already, so their module constants are switched too (and restored).
+    import sys
+
+    hub_constants = sys.modules.get("huggingface_hub.constants")
+    if hub_constants is not None:
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    ds_config = sys.modules.get("datasets.config")
+    if ds_config is not None:
+        monkeypatch.setattr(ds_config, "HF_HUB_OFFLINE", True)
+        monkeypatch.setattr(ds_config, "HF_DATASETS_OFFLINE", True)
+
+
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No network: hub offline mode and every dataset URL pointed at a closed local port."""
@@ -43,6 +57,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
     monkeypatch.setenv("VICHAT_CACHE_DIR", str(tmp_path / "cache"))
+    _force_hub_offline(monkeypatch)
     closed = "http://127.0.0.1:9/data.jsonl"  # discard port: connection refused at once
     for name, subset in (("alpaca", None), ("vi-alpaca", None), ("gpt4all", "vi"), ("chatdoctor", "genmedgpt")):
         monkeypatch.setenv(fetch.url_env_var(name, subset), closed)
@@ -170,13 +185,6 @@ def test_chatdoctor_mapping_variants(tmp_path):
 # --------------------------------------------------------------------------- bundled sample
 
 
-def _sample_present() -> bool:
-    from vichat_plugins.sample import sample_file
-
-    return sample_file("vi-sample-chat").is_file() and sample_file("vi-sample-doctor").is_file()
-
-
-@pytest.mark.skipif(not _sample_present(), reason="bundled sample not written yet")
 def test_bundled_samples_load_offline_and_are_clean():
     chat = load("vi-sample-chat")
     doctor = load("vi-sample-doctor")
@@ -210,3 +218,16 @@ def test_path_must_exist_for_url_override_files(tmp_path):
     assert fetch.url_env_var("gpt4all", "vi") == "VICHAT_DATASET_URL_GPT4ALL_VI"
     assert fetch.url_env_var("vi-alpaca") == "VICHAT_DATASET_URL_VI_ALPACA"
     assert isinstance(fetch.cache_dir(), Path)
+
+
+def test_sample_loader_uses_the_package_resource(monkeypatch, tmp_path):
+    import vichat_plugins.sample as sample
+
+    fake = tmp_path / "general.jsonl"
+    fake.write_text(json.dumps({"id": "g1", "instruction": "Chào", "input": "", "output": "Xin chào"},
+                               ensure_ascii=False) + "\n", encoding="utf-8")
+    monkeypatch.setattr(sample, "sample_file", lambda name: fake)
+    assert [r.id for r in load("vi-sample-chat").records] == ["g1"]
+    monkeypatch.setattr(sample, "sample_file", lambda name: tmp_path / "missing.jsonl")
+    with pytest.raises(VichatError, match="missing from package vichat.data; reinstall"):
+        load("vi-sample-doctor")

@@ -143,16 +143,29 @@ def looks_like_path(ref: str) -> bool:
 
 
 def resolve(ref: str, registry: Any = None) -> tuple[DatasetSpec | None, Path | None, str | None]:
-    """``(spec, path, subset)`` for a reference: an existing path, ``NAME`` or ``NAME:SUBSET``."""
+    """``(spec, path, subset)`` for a reference: ``NAME``, ``NAME:SUBSET`` or a path.
+
+    A registered name wins over a same-named file in the current folder (write ``./alpaca`` for
+    the file); anything that looks like a path (a separator, a data-file suffix) is a path.
+    """
+    name, _, subset = ref.partition(":")
+    reg = None if looks_like_path(ref) else _registry(registry)
+    if reg is not None and name in reg.names("datasets"):
+        spec = reg.dataset(name)
+        check_subset(spec, subset or None)
+        return spec, None, subset or None
     candidate = Path(ref).expanduser()
     if candidate.exists():
         return None, candidate, None
-    if looks_like_path(ref):
+    if looks_like_path(ref) or reg is None:
         raise VichatError(f"{ref}: no such file or folder (and not a registered dataset name)")
-    name, _, subset = ref.partition(":")
-    spec = _registry(registry).dataset(name)
-    check_subset(spec, subset or None)
-    return spec, None, subset or None
+    reg.dataset(name)  # raises UnknownNameError with suggestions
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def is_dataset_name(ref: str, registry: Any = None) -> bool:
+    """True when ``ref`` (``NAME`` or ``NAME:SUBSET``) names a registered dataset, not a path."""
+    return not looks_like_path(ref) and ref.partition(":")[0] in _registry(registry).names("datasets")
 
 
 def check_subset(spec: DatasetSpec, subset: str | None) -> None:
@@ -223,7 +236,10 @@ def load_items(
     with ``index`` the 0-based position among the rows read, so ids do not shift when an earlier
     record is skipped or removed as a duplicate.
     """
-    aliases = {key: tuple(field_map.get(key, DEFAULT_FIELD_MAP.get(key, ()))) for key in ("instruction", "input", "output", "id")}
+    aliases = {
+        key: tuple(field_map.get(key, DEFAULT_FIELD_MAP.get(key, ())))
+        for key in ("instruction", "input", "output", "id")
+    }
     skipped = SkipReport()
     seen: set[tuple[str, str, str]] = set()
     kept: list[tuple[str, str, str, str, str | None]] = []  # id, instruction, input, output, language

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from ..records import Record, VichatError
 from ..specs import NAME_RE
-from .loading import LoadResult, SkipReport, load, looks_like_path
+from .loading import LoadResult, SkipReport, is_dataset_name, load, looks_like_path
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,7 @@ class MixtureResult:
     seed: int
     records: list[Record]
     sources: list[SourceResult] = field(default_factory=list)
+    ids_renamed: int = 0
 
     @property
     def skipped(self) -> SkipReport:
@@ -215,10 +216,10 @@ def build_mixture(
         override = sources.get(src.key)
         dataset, path = src.dataset, None
         if override is not None:
-            if Path(override).expanduser().exists() or looks_like_path(override):
-                path = override  # read through the source's own plugin (its field mapping)
-            else:
+            if is_dataset_name(override, registry):
                 dataset = override  # another registered dataset
+            else:
+                path = override  # a file or folder, read through the source's own plugin
         loaded = load(dataset, path=path, skip_invalid=skip_invalid, registry=registry)
         # Only records actually used by an earlier source count as taken: a record that an earlier
         # source's limit left out stays available here.
@@ -231,5 +232,26 @@ def build_mixture(
         seen.update((r.instruction, r.input, r.output) for r in unique)
         results.append(SourceResult(src.key, dataset, path, loaded, limit, len(unique), across))
         mixed.extend(unique)
+    mixed, renamed = _unique_ids(mixed)  # before shuffling, so the later source is the renamed one
     random.Random(seed).shuffle(mixed)
-    return MixtureResult(mix.name, mix.template, seed, mixed, results)
+    return MixtureResult(mix.name, mix.template, seed, mixed, results, renamed)
+
+
+def _unique_ids(records: list[Record]) -> tuple[list[Record], int]:
+    # Ids from different files can collide ("1", "2", ...); training and evaluation key on them,
+    # so a repeated id is prefixed with its source (and counted in the manifest).
+    seen: set[str] = set()
+    out, renamed = [], 0
+    for r in records:
+        rid = r.id
+        if rid in seen:
+            base = f"{r.source}/{r.id}"
+            rid, n = base, 2
+            while rid in seen:
+                rid, n = f"{base}-{n}", n + 1
+            r = Record(rid, r.instruction, r.output, r.input, r.source, r.language, r.meta)
+            renamed += 1
+        seen.add(rid)
+        out.append(r)
+    return out, renamed
+

@@ -102,25 +102,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _unique_ids(records: list[Record]) -> tuple[list[Record], int]:
-    # Ids from different files can collide ("1", "2", ...); training and evaluation key on them,
-    # so a repeated id is prefixed with its source (and counted in the manifest).
-    seen: set[str] = set()
-    out, renamed = [], 0
-    for r in records:
-        rid = r.id
-        if rid in seen:
-            base = f"{r.source}/{r.id}"
-            rid, n = base, 2
-            while rid in seen:
-                rid, n = f"{base}-{n}", n + 1
-            r = Record(rid, r.instruction, r.output, r.input, r.source, r.language, r.meta)
-            renamed += 1
-        seen.add(rid)
-        out.append(r)
-    return out, renamed
-
-
 def prepare(
     out: str | Path,
     *,
@@ -152,7 +133,7 @@ def prepare(
     )
     if not result.records:
         raise VichatError(f"mixture {mix.name!r} has no records to write (check --limit and the sources)")
-    records, renamed = _unique_ids(result.records)
+    records = result.records
     n_val = validation_count(len(records), val)
     out_dir = Path(out).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +147,12 @@ def prepare(
         "seed": seed,
         "val_size": val,
         "skip_invalid": skip_invalid,
-        "counts": {**result.counts(), "train": train.records, "validation": validation.records, "ids_renamed": renamed},
+        "counts": {
+            **result.counts(),
+            "train": train.records,
+            "validation": validation.records,
+            "ids_renamed": result.ids_renamed,
+        },
         "sources": [s.to_dict() for s in result.sources],
         "skipped": result.skipped.to_dict(),
         "files": {f.name: f.to_dict() for f in (train, validation)},
@@ -195,7 +181,7 @@ def summarise(manifest: Mapping[str, Any]) -> str:
     """Lines for people: one per source, then the totals and the files."""
     lines = [f"mixture {manifest['mixture']} (template {manifest['template']}, seed {manifest['seed']})"]
     for s in manifest["sources"]:
-        where = f" from {s['path']}" if s.get("path") else ""
+        where = f" from {s['path']}" if s.get("path") and s["path"] != s["dataset"] else ""
         lines.append(
             f"  {s['key']}: {s['dataset']}{where}: read {s['read']}, kept {s['kept']}, "
             f"skipped {s['skipped_invalid']} invalid, removed {s['duplicates_removed']} duplicates"

@@ -1,6 +1,6 @@
 """Generic readers: JSON, JSONL, CSV, Parquet and ``datasets`` folders saved with ``save_to_disk``.
 
-Each yields :class:`vichat.specs.Row` items carrying ``"path:line"`` (JSONL, CSV), ``"path:[index]"``
+Each yields :class:`vichat.specs.Row` items carrying ``"path:line"`` (JSONL, CSV), ``"path:line (item N)"``
 (a JSON array) or ``"path:row N"`` (Parquet, Arrow) so an error can point at the bad record.
 A line that is not valid JSON yields a Row whose ``data`` is an :class:`Unreadable` marker, so the
 caller decides between stopping and ``--skip-invalid``; nothing is dropped here.
@@ -109,21 +109,39 @@ def _read_json(file: Path) -> Iterator[Row]:
             yield from _read_jsonl(file)
             return
         raise VichatError(f"{file}:{exc.lineno}: invalid JSON: {exc.msg} at column {exc.colno}") from exc
+    if isinstance(data, list):
+        yield from _array_rows(file, text, data)
+        return
     if isinstance(data, dict):
         # {"data": [...]} / {"train": [...]} wrappers
-        lists = [(k, v) for k, v in data.items() if isinstance(v, list)]
-        if len(lists) == 1:
-            data = lists[0][1]
-        else:
-            data = [data]
-    if not isinstance(data, list):
-        raise VichatError(f"{file}: expected a JSON array of objects, got {type(data).__name__}")
+        lists = [v for v in data.values() if isinstance(v, list)]
+        items = lists[0] if len(lists) == 1 else [data]
+        for i, item in enumerate(items):
+            yield _json_item(f"{file}:(item {i})", item)
+        return
+    raise VichatError(f"{file}: expected a JSON array of objects, got {type(data).__name__}")
+
+
+def _array_rows(file: Path, text: str, data: list) -> Iterator[Row]:
+    """Rows of a top-level JSON array, each located by the line its object starts on."""
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    line = text.count("\n", 0, pos) + 1
     for i, item in enumerate(data):
-        loc = f"{file}:[{i}]"
-        if isinstance(item, dict):
-            yield Row(loc, item)
-        else:
-            yield Row(loc, Unreadable(f"expected a JSON object, got {type(item).__name__}", str(item)[:200]))
+        while text[pos] in " \t\r\n,":
+            if text[pos] == "\n":
+                line += 1
+            pos += 1
+        _, end = decoder.raw_decode(text, pos)
+        yield _json_item(f"{file}:{line} (item {i})", item)
+        line += text.count("\n", pos, end)
+        pos = end
+
+
+def _json_item(location: str, item: Any) -> Row:
+    if isinstance(item, dict):
+        return Row(location, item)
+    return Row(location, Unreadable(f"expected a JSON object, got {type(item).__name__}", str(item)[:200]))
 
 
 def _read_csv(file: Path) -> Iterator[Row]:

@@ -68,8 +68,8 @@ def token_lengths(records: Sequence[Record], tokenizer: Any, template: TemplateS
     ``tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]``).
     """
     tpl = resolve_template(template)
-    extra = int(getattr(tokenizer, "eos_token_id", None) is not None)
-    extra += int(bool(getattr(tokenizer, "add_bos_token", False)) and getattr(tokenizer, "bos_token_id", None) is not None)
+    adds_bos = bool(getattr(tokenizer, "add_bos_token", False)) and getattr(tokenizer, "bos_token_id", None) is not None
+    extra = int(getattr(tokenizer, "eos_token_id", None) is not None) + int(adds_bos)
     out: list[int] = []
     for start in range(0, len(records), BATCH_SIZE):
         batch = records[start : start + BATCH_SIZE]

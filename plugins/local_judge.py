@@ -1,0 +1,1 @@
+"""Local in-process judge (placeholder)."""
