@@ -121,6 +121,7 @@ class Architecture:
     intermediate_size: int = 0
     max_positions: int = 2048
     n_params: int = 0
+    n_kv_heads: int = 0  # grouped-query attention (Llama 2/3, Mistral); 0 means n_heads
 
     def __post_init__(self) -> None:
         if not self.intermediate_size:

@@ -20,6 +20,14 @@ PAPER_DATA: dict[str, tuple[int, int]] = {
     "chatdoctor": (200_000, 405),
 }
 MIXTURES: dict[str, tuple[str, ...]] = {"chat": ("alpaca", "gpt4all"), "doctor": ("alpaca", "chatdoctor")}
+#: The bundled sample (vichat/data/sample): its mixtures and datasets, read in place.
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample"
+BUNDLED: dict[str, tuple[str, ...]] = {
+    "sample-chat": ("general.jsonl",),
+    "sample-doctor": ("general.jsonl", "medical.jsonl"),
+    "vi-sample-chat": ("general.jsonl",),
+    "vi-sample-doctor": ("medical.jsonl",),
+}
 
 #: Rough tokens per whitespace-separated word (Vietnamese syllables and English words alike);
 #: the paper's tokenizers are not at hand offline. Pass --avg-tokens to override.
@@ -90,10 +98,16 @@ def data_stats(data: str, count_tokens: Callable[[str], int] | None = None) -> D
         return file_stats(train, count_tokens)
     if p.is_file():
         return file_stats(p, count_tokens)
+    if data in BUNDLED and all((SAMPLE_DIR / f).is_file() for f in BUNDLED[data]):
+        parts_stats = [file_stats(SAMPLE_DIR / f, count_tokens) for f in BUNDLED[data]]
+        n = sum(s.records or 0 for s in parts_stats)
+        tokens = sum((s.records or 0) * (s.avg_tokens or 0) for s in parts_stats)
+        return DataStats(n, tokens / n if n else None,
+                         f"bundled sample {' + '.join(BUNDLED[data])}, before the validation split")
     parts = MIXTURES.get(data) or ((data,) if data in PAPER_DATA else None)
     if parts:
         n = sum(PAPER_DATA[x][0] for x in parts)
         tokens = sum(PAPER_DATA[x][0] * PAPER_DATA[x][1] for x in parts)
         desc = " + ".join(f"{x} {PAPER_DATA[x][0] // 1000}k x {PAPER_DATA[x][1]}" for x in parts)
-        return DataStats(n, tokens / n, f"paper Table I: {desc}")
+        return DataStats(n, tokens / n, f"paper Table I: {desc}, before the validation split")
     return DataStats(None, None, f"{data!r} is not a prepared data dir; pass --records/--avg-tokens or a dir")

@@ -81,12 +81,15 @@ def fill_deepspeed_config(
     spec: Any = None,
     n_train_records: int | None = None,
     total_steps: int | None = None,
+    client_optimizer: bool = False,
 ) -> dict[str, Any]:
     """The DeepSpeed config at ``path`` with every ``"auto"`` resolved from ``cfg``.
 
     ``cfg.zero_stage`` overrides the file's stage. The step count for the scheduler is
     ``total_steps`` if given, else the dry-run plan's (from ``n_train_records``, the data dir, or the
-    mixture's paper size). Raises :class:`VichatError` if an ``"auto"`` is left that it cannot fill.
+    mixture's paper size). ``client_optimizer=True``: the caller passes its own optimizer and
+    scheduler to ``deepspeed.initialize`` (DeepSpeed refuses both at once), so those blocks are
+    dropped. Raises :class:`VichatError` if an ``"auto"`` is left that it cannot fill.
     """
     from .plan import plan
 
@@ -109,6 +112,10 @@ def fill_deepspeed_config(
         ds.setdefault(key, {})
         _fill(ds[key], "enabled", on)
 
+    if client_optimizer:
+        ds.pop("optimizer", None)
+        ds.pop("scheduler", None)
+        ds["zero_allow_untested_optimizer"] = True
     if rc.optimizer in ("adamw_torch", "adamw_torch_fused") and "optimizer" in ds:
         params = ds["optimizer"].setdefault("params", {})
         for key, value in (("lr", rc.learning_rate), ("betas", [rc.adam_beta1, rc.adam_beta2]),

@@ -45,7 +45,7 @@ def config_to_args(cfg: TrainConfig) -> list[str]:
         base = baseline.get(name)
         if field_kind(name) == "tuple" and base is not None:
             base = tuple(base)
-        if name in ("gpus", "num_nodes") or value != base:
+        if name == "gpus" or value != base:
             args += _render(name, value)
     return args
 

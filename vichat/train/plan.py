@@ -7,6 +7,7 @@ parameters, the steps and tokens, and a per-GPU memory estimate with a verdict.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -15,8 +16,8 @@ from .config import TrainConfig, resolve
 from .data_stats import DataStats, data_stats
 from .ds_config import find_deepspeed_config
 from .launcher import launch_command
-from .memory import GIB, MemoryEstimate, estimate_memory, largest_fitting_micro_batch
-from .shapes import (computed_total_params, family_of, lora_input_features, lora_param_count,
+from .memory import GIB, MemoryEstimate, estimate_memory, float_param_bytes, largest_fitting_micro_batch
+from .shapes import (computed_total_params, family_of, lora_input_features, lora_module_count, lora_param_count,
                      quantizable_params, resolve_targets)
 from .validate import validate_config
 
@@ -56,12 +57,21 @@ class Plan:
     @property
     def verdict(self) -> str:
         c, m = self.config, self.memory
-        where = f"{c.world_size} x {c.gpu_mem_gb:g} GiB" + (" GPU" if c.device == "cuda" else " (CPU RAM)")
+        gpu = "GPU" if c.world_size == 1 else "GPUs"
+        where = f"{c.world_size} x {c.gpu_mem_gb:g} GiB " + (gpu if c.device == "cuda" else "(CPU RAM)")
         per = f"{m.total / GIB:.1f} of {c.gpu_mem_gb:g} GiB per device at micro-batch {self.batch.micro}"
         if m.fits:
             return f"fits on {where}: {per}"
-        hint = ("even micro-batch 1 does not fit; try --gradient-checkpointing, --load-in 4bit or a bigger GPU"
-                if self.max_micro_batch == 0 else f"use --micro-batch-size {self.max_micro_batch} or less")
+        if self.max_micro_batch == 0:
+            options = [o for o, use in (("--gradient-checkpointing", not c.gradient_checkpointing),
+                                        ("--load-in 8bit or 4bit", c.load_in == "none"),
+                                        ("--load-in 4bit", c.load_in == "8bit"),
+                                        ("a shorter --max-length", True), ("GPUs with more memory", True)) if use]
+            hint = "even micro-batch 1 does not fit; try " + ", ".join(options)
+        else:
+            per_gpu = self.batch.per_gpu
+            best = max(d for d in range(1, self.max_micro_batch + 1) if per_gpu % d == 0)
+            hint = f"use --micro-batch-size {best} (or leave it out to pick the largest that fits)"
         return f"does NOT fit on {where}: {per}; {hint}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,7 +165,7 @@ def plan(
         arch=arch, seq=cfg.max_length, load_in=cfg.load_in, compute_dtype=cfg.compute_dtype,
         checkpointing=cfg.gradient_checkpointing, n_lora=n_lora or 0,
         lora_in_features=lora_input_features(arch, targets) if known else 0,
-        lora_modules=sum(len(v) for k, v in (family_of(arch).shapes(arch).items() if known else ()) if k in targets),
+        lora_modules=lora_module_count(arch, targets) if known else 0,
         lora_r=cfg.lora_r, zero_stage=cfg.zero_stage, world=world, deepspeed=deepspeed,
         optimizer=cfg.optimizer, device=cfg.device, budget_gib=cfg.gpu_mem_gb,
     )
@@ -188,8 +198,11 @@ def plan(
         notes.append("Records and tokens are the paper's Table I sizes; pass a prepared data dir (--data DIR) or "
                      "--records/--avg-tokens to plan for your data.")
     if cfg.load_in != "none":
-        notes.append("Quantised base: the estimate assumes peft.prepare_model_for_kbit_training (embeddings, "
-                     "lm_head, norms and biases upcast to fp32) and that the base is replicated on every GPU.")
+        how = ("DeepSpeed's fp16/bf16 engine casts the unquantised parameters (embeddings, norms, biases, LoRA) to "
+               f"{cfg.compute_dtype} and keeps fp32 master copies of the LoRA weights" if deepspeed and
+               cfg.compute_dtype != "fp32" else "peft.prepare_model_for_kbit_training keeps the unquantised "
+               "parameters (embeddings, norms, biases) in fp32")
+        notes.append(f"Quantised base, replicated on every GPU: {how}.")
     ds_path = None
     if deepspeed:
         found = find_deepspeed_config(cfg.deepspeed_config)
@@ -218,7 +231,8 @@ def format_report(p: Plan) -> str:
     base = {"8bit": "int8 (LLM.int8)", "4bit": "4-bit NF4", "none": c.compute_dtype}[c.load_in]
     quant = ""
     if c.load_in != "none" and family_of(p.arch) is not None:
-        quant = f"  ({quantizable_params(p.arch) / 1e9:.2f}B quantised linear weights, the rest fp32)"
+        rest = "fp32" if float_param_bytes(c.compute_dtype, p.deepspeed is not None) == 4 else c.compute_dtype
+        quant = f"  ({quantizable_params(p.arch) / 1e9:.2f}B quantised linear weights, the rest {rest})"
     lines = [
         f"vichat train {c.preset or c.base_model}: dry run (no weights loaded, no network)",
         "",
@@ -243,15 +257,14 @@ def format_report(p: Plan) -> str:
         f"    LoRA gradients    {m['lora_gradients']:7.2f}",
         f"    optimizer states  {m['optimizer_states']:7.2f}",
         f"    activations       {m['activations']:7.2f}  (gradient checkpointing {'on' if c.gradient_checkpointing else 'off'})",
-        f"    logits (fp32 x2)  {m['logits']:7.2f}",
+        f"    logits            {m['logits']:7.2f}  (b x s x vocab: fp32 loss + softmax grad)",
         f"    margin            {m['margin']:7.2f}  (CUDA context 1.5 + 10%)",
         f"    total             {m['total']:7.2f}  of {c.gpu_mem_gb:g}",
         "",
         f"  verdict      {p.verdict}",
         f"  command      {' '.join(p.launch)}",
     ]
-    for w in p.warnings:
-        lines.append(f"  warning      {w}")
-    for n in p.notes:
-        lines.append(f"  note         {n}")
+    for label, items in (("warning", p.warnings), ("note", p.notes)):
+        for text in items:
+            lines.append(textwrap.fill(text, 110, initial_indent=f"  {label:<13}", subsequent_indent=" " * 15))
     return "\n".join(lines)

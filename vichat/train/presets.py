@@ -31,7 +31,8 @@ PAPER: Mapping[str, Any] = {
     "warmup_steps": 100,
 }
 
-# A smoke run on one device: the tiny base, full-precision weights, the bundled Vietnamese sample.
+# A smoke run on one device: the tiny base, full-precision weights, the bundled Vietnamese sample
+# (the datasets vi-sample-chat / vi-sample-doctor; `vichat tiny build` prepares them by name).
 TINY: Mapping[str, Any] = {
     "base_model": "tiny",
     "load_in": "none",

@@ -19,8 +19,7 @@ Shapes = dict[str, list[tuple[int, int]]]
 
 
 def _kv_dim(arch: Architecture) -> int:
-    # Architecture has no n_kv_heads yet (grouped-query attention): fall back to full multi-head.
-    n_kv = getattr(arch, "n_kv_heads", 0) or arch.n_heads
+    n_kv = arch.n_kv_heads or arch.n_heads  # grouped-query attention shrinks k and v
     return arch.hidden_size // arch.n_heads * n_kv
 
 
@@ -142,6 +141,12 @@ def lora_input_features(arch: Architecture, targets: Sequence[str]) -> int:
     """Sum of ``in_features`` over the targeted modules of one block (LoRA's saved activations)."""
     shapes = module_shapes(arch)
     return sum(i for name in resolve_targets(arch, targets) for i, _ in shapes[name])
+
+
+def lora_module_count(arch: Architecture, targets: Sequence[str]) -> int:
+    """Linear layers of one block that ``targets`` adapt (gpt2's ``c_proj`` counts twice)."""
+    shapes = module_shapes(arch)
+    return sum(len(shapes[name]) for name in resolve_targets(arch, targets))
 
 
 def quantizable_params(arch: Architecture) -> int:

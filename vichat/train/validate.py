@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..records import VichatError
@@ -47,10 +48,17 @@ def validate_config(cfg: TrainConfig, spec: Any) -> list[str]:
         if cfg.compute_dtype == "fp16":
             warnings.append("fp16 on CPU is slow and some kernels lack it; fp32 (or bf16) is the usual choice.")
         if cfg.gpus * cfg.num_nodes > 1:
-            raise VichatError(f"--device cpu with --gpus {cfg.gpus} x --num-nodes {cfg.num_nodes}: a CPU run is "
-                              "one process; drop --gpus or use --device cuda.")
+            raise VichatError(f"--device cpu runs one process, but GPUs x nodes = {cfg.gpus} x {cfg.num_nodes} (from "
+                              "the preset or flags): add --gpus 1 --num-nodes 1, or use --device cuda.")
     if cfg.gpus < 1 or cfg.num_nodes < 1:
         raise VichatError("--gpus and --num-nodes must be at least 1")
+    hosts = read_hostfile(cfg.hostfile) if cfg.hostfile else None
+    if hosts is not None:
+        if cfg.num_nodes > len(hosts):
+            raise VichatError(f"--num-nodes {cfg.num_nodes} but {cfg.hostfile} lists {len(hosts)} node(s)")
+        short = [h for h, slots in list(hosts.items())[: cfg.num_nodes] if slots < cfg.gpus]
+        if short:
+            raise VichatError(f"--gpus {cfg.gpus} per node but {cfg.hostfile} gives fewer slots on {', '.join(short)}")
     if cfg.hostfile and cfg.num_nodes < 2:
         warnings.append("--hostfile given with --num-nodes 1: the batch arithmetic assumes one node; pass "
                         "--num-nodes N so the world size (GPUs x nodes) is right.")
@@ -84,6 +92,29 @@ def validate_config(cfg: TrainConfig, spec: Any) -> list[str]:
     if cfg.device == "cpu" and cfg.optimizer == "paged_adamw_8bit":
         raise VichatError("paged_adamw_8bit pages optimizer state between GPU and CPU memory; it needs --device cuda")
     return warnings
+
+
+def read_hostfile(path: str) -> dict[str, int] | None:
+    """``{host: slots}`` from a DeepSpeed hostfile (``host slots=N`` lines), or None if it can't be read
+    here (it may exist only on the launch node)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    hosts: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        try:
+            slots = int(parts[1].split("=", 1)[1]) if len(parts) > 1 and parts[1].startswith("slots=") else -1
+        except ValueError:
+            slots = -1
+        if slots < 0:
+            raise VichatError(f"{path}:{lineno}: expected 'HOSTNAME slots=N', got {line!r}")
+        hosts[parts[0]] = slots
+    return hosts
 
 
 def check_merge(load_in: str, base_model: str = "the base model") -> None:

@@ -1,0 +1,597 @@
+"""The tiny offline default: a BLOOM-architecture base trained from scratch on Vietnamese text, plus
+its ``tiny-chat`` and ``tiny-doctor`` LoRA adapters, built in a few minutes on two CPU cores.
+
+Stages, each written to a temporary folder and renamed into place when complete (so a folder that
+exists is always whole, and an interrupted build resumes from the stages it finished):
+
+``tokenizer/``            byte-level BPE (style ``bloom``) trained on the training split
+``base/``                 the model (config.json, model.safetensors), tokenizer files, pretrain.json
+``adapters/tiny-chat/``   LoRA adapter from :func:`vichat.train.trainer.run` (PEFT format)
+``adapters/tiny-doctor/``
+``report.json``           written last: sizes, held-out perplexity against a unigram baseline, timings
+
+They live in ``$VICHAT_CACHE_DIR/tiny/<key>/``, where the key hashes everything that changes the
+result: the corpus files' contents, :class:`TinyConfig`, the seed and :data:`TINY_VERSION`. The
+base stage also checkpoints every few hundred steps (``.work/``), so even it resumes mid-way.
+
+Only the standard library is imported at module level: checking the cache costs no torch import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from ..records import VichatError
+
+#: Bump when a change to this code changes what a build produces: older caches are then ignored.
+TINY_VERSION = "1"
+ADAPTERS = ("tiny-chat", "tiny-doctor")
+#: The build limit the issue sets for the default settings on 2 CPU cores.
+LIMIT_SECONDS = 600
+
+#: ``progress(stage, fraction, message)``: ``fraction`` is of the whole build (0 → 1), ``stage`` is
+#: ``plan``, ``tokenizer``, ``base``, ``eval``, ``adapter:<name>`` or ``done``.
+Progress = Callable[[str, float, str], None]
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Every setting that changes what a build produces (all of them are in the cache key)."""
+
+    vocab_size: int = 6000
+    n_layer: int = 4
+    hidden_size: int = 256
+    n_head: int = 4
+    seq_len: int = 256
+    batch_size: int = 8
+    steps: int = 1200
+    minutes: float | None = None  # train the base for this long instead of ``steps`` (machine-dependent)
+    max_steps: int = 100_000  # cap for ``minutes``
+    learning_rate: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    holdout: float = 0.05
+    max_train_chars: int = 4_000_000  # bigger corpora are subsampled: the step budget sees ~2M chars
+    max_heldout_chars: int = 200_000
+    min_frequency: int = 2
+    tokenizer_max_texts: int = 50_000
+    checkpoint_every: int = 200
+    log_every: int = 25
+    adapter_overrides: tuple[tuple[str, Any], ...] = ()  # TrainConfig settings on top of the presets
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.n_head:
+            raise VichatError(f"tiny config: hidden_size {self.hidden_size} is not divisible by n_head {self.n_head}")
+        if not 0 < self.holdout < 0.5:
+            raise VichatError(f"tiny config: holdout {self.holdout} must be between 0 and 0.5")
+        if self.steps < 1 or self.batch_size < 1 or self.seq_len < 8:
+            raise VichatError("tiny config: steps and batch_size must be positive and seq_len at least 8")
+        if self.minutes is not None and self.minutes <= 0:
+            raise VichatError(f"--minutes {self.minutes}: must be positive")
+
+    def key_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["adapter_overrides"] = [list(kv) for kv in self.adapter_overrides]
+        if self.minutes is not None:
+            d["steps"] = None  # the step count is then decided by the clock, not by this setting
+        return d
+
+
+DEFAULT_CONFIG = TinyConfig()
+
+
+@dataclass(frozen=True)
+class TinyPaths:
+    """Where one build's stages live."""
+
+    root: Path
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def work(self) -> Path:
+        """Resumable in-progress state (base checkpoint, prepared data, trainer output)."""
+        return self.root / ".work"
+
+    def adapter(self, name: str) -> Path:
+        return self.root / "adapters" / name
+
+    @property
+    def adapters(self) -> dict[str, Path]:
+        return {name: self.adapter(name) for name in ADAPTERS}
+
+    def is_complete(self, adapters: Sequence[str] = ADAPTERS) -> bool:
+        """The report exists and every stage it needs is in place."""
+        return (self.report.exists() and (self.base / "config.json").exists()
+                and all((self.adapter(a) / "adapter_config.json").exists() for a in adapters))
+
+
+@dataclass(frozen=True)
+class TinyBuild:
+    """A finished build: its paths, its report, and whether it came straight from the cache."""
+
+    paths: TinyPaths
+    report: Mapping[str, Any]
+    cached: bool = False
+
+    @property
+    def base(self) -> Path:
+        return self.paths.base
+
+    @property
+    def adapters(self) -> dict[str, Path]:
+        return {a: self.paths.adapter(a) for a in self.report.get("adapters", {})}
+
+
+# --------------------------------------------------------------------------- key and paths
+
+
+def cache_root() -> Path:
+    """``$VICHAT_CACHE_DIR/tiny`` (default ``~/.cache/vichat/tiny``)."""
+    from ..data.tokenizers import cache_dir
+
+    return cache_dir() / "tiny"
+
+
+def build_key(corpus: Any = None, seed: int = 0, config: TinyConfig | None = None) -> str:
+    """The cache key: a hash of the corpus contents, the config, the seed and the code version."""
+    from .. import __version__
+    from .pretrain import fingerprint, normalize_sources
+
+    payload = {
+        "tiny_version": TINY_VERSION,
+        "vichat": __version__,
+        "corpus": fingerprint(normalize_sources(corpus)),
+        "config": (config or DEFAULT_CONFIG).key_dict(),
+        "seed": int(seed),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tiny_paths(corpus: Any = None, seed: int = 0, config: TinyConfig | None = None,
+               out: str | os.PathLike | None = None) -> TinyPaths:
+    """Where the build for these settings lives (``out`` instead of the cache when given)."""
+    if out is not None:
+        return TinyPaths(Path(out).expanduser().resolve())
+    return TinyPaths(cache_root() / build_key(corpus, seed, config))
+
+
+def read_report(paths: TinyPaths) -> dict[str, Any] | None:
+    try:
+        return json.loads(paths.report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def list_builds() -> list[TinyPaths]:
+    """Every build folder under the cache, newest first."""
+    root = cache_root()
+    if not root.is_dir():
+        return []
+    dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return [TinyPaths(p) for p in sorted(dirs, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+# --------------------------------------------------------------------------- atomic writes and locking
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _stage(final: Path) -> Iterator[Path]:
+    """A temporary sibling of ``final`` to write a stage into; renamed to ``final`` on success and
+    removed on any failure or interruption, so ``final`` is either absent or complete."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():  # --force: the old stage goes only once the new one is complete
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _lock(root: Path, echo: Callable[[str], None]) -> Iterator[None]:
+    """One builder per build folder (the demo and a CLI may start the same build at once)."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, the atomic renames still hold
+        yield
+        return
+    with open(root / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            echo(f"another process is building {root}; waiting for it")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _clean_stale(root: Path) -> None:
+    # Temporary folders of a killed build (we hold the lock, so no live builder owns them).
+    for p in list(root.glob(".tmp-*")) + list((root / "adapters").glob(".tmp-*")):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the time plan
+
+#: Rough costs on 2 cores of the reference machine, for the plan printed before a build; the bars
+#: show the measured rate and ETA. Base: seconds per (token x parameter) of a training step.
+_SEC_PER_TOKEN_PARAM = 3.6e-8
+_TOKENIZER_SEC_PER_MCHAR = 8.0
+_ADAPTER_SECONDS = {"tiny-chat": 50.0, "tiny-doctor": 30.0}
+
+
+def approx_params(cfg: TinyConfig) -> int:
+    h = cfg.hidden_size
+    return cfg.vocab_size * h + cfg.n_layer * 12 * h * h
+
+
+def estimate_seconds(cfg: TinyConfig, chars: int, adapters: Sequence[str]) -> dict[str, float]:
+    """Per-stage time estimates (seconds) for the plan and for the overall progress fraction."""
+    tokens = cfg.batch_size * cfg.seq_len
+    base = (cfg.minutes * 60 if cfg.minutes is not None
+            else cfg.steps * tokens * approx_params(cfg) * _SEC_PER_TOKEN_PARAM)
+    est = {"tokenizer": 2 + _TOKENIZER_SEC_PER_MCHAR * chars / 1e6, "base": base, "eval": 3.0}
+    for a in adapters:
+        est[f"adapter:{a}"] = _ADAPTER_SECONDS.get(a, 60.0)
+    return est
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+# --------------------------------------------------------------------------- the build
+
+
+class _Reporter:
+    """Turns per-stage progress into whole-build fractions for the ``progress`` hook."""
+
+    def __init__(self, estimates: dict[str, float], progress: Progress | None) -> None:
+        self.est, self.progress = estimates, progress
+        self.total = sum(estimates.values()) or 1.0
+        self.done: set[str] = set()
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        if self.progress is None:
+            return
+        before = sum(v for k, v in self.est.items() if k in self.done)
+        overall = (before + self.est.get(stage, 0.0) * min(1.0, max(0.0, fraction))) / self.total
+        self.progress(stage, min(1.0, overall), message)
+
+    def finish(self, stage: str, message: str) -> None:
+        self(stage, 1.0, message)
+        self.done.add(stage)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_tiny(
+    corpus: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    seed: int = 0,
+    *,
+    config: TinyConfig | None = None,
+    steps: int | None = None,
+    minutes: float | None = None,
+    force: bool = False,
+    out: str | os.PathLike | None = None,
+    adapters: bool | Sequence[str] = True,
+    threads: int | None = None,
+    progress: Progress | None = None,
+    echo: Callable[[str], None] | None = _stderr,
+    show_progress: bool = True,
+) -> TinyBuild:
+    """Build (or find in the cache) the tiny base model and its adapters; see the module docstring.
+
+    :param corpus: text or JSONL files/folders (``"sample"`` = the bundled sample, the default).
+    :param steps: base training steps (default ``config.steps``); ``minutes`` trains for that long instead.
+    :param force: rebuild every stage even if cached.
+    :param out: build into this folder instead of ``$VICHAT_CACHE_DIR/tiny/<key>``.
+    :param adapters: ``False`` for the base only, or the adapter names (default both presets).
+    :param threads: torch threads (default: up to 2; results are reproducible for a given count).
+    :param progress: ``progress(stage, fraction_of_whole_build, message)``, for the demo's start-up.
+    :param echo: where the plan and stage messages go (``None``: silent).
+    """
+    say = echo or (lambda _m: None)
+    cfg = config or DEFAULT_CONFIG
+    if steps is not None and minutes is not None:
+        raise VichatError("give --steps or --minutes, not both")
+    if steps is not None:
+        cfg = replace(cfg, steps=steps, minutes=None)
+    if minutes is not None:
+        cfg = replace(cfg, minutes=minutes)
+    wanted = tuple(ADAPTERS if adapters is True else (adapters or ()))
+    for name in wanted:
+        if name not in ADAPTERS:
+            raise VichatError(f"unknown tiny adapter {name!r}; choose from {', '.join(ADAPTERS)}")
+    from .pretrain import normalize_sources
+
+    sources = normalize_sources(corpus)
+    paths = tiny_paths(sources, seed, cfg, out)
+
+    if not force and paths.is_complete(wanted):  # the fast path: no lock, no torch
+        report = read_report(paths) or {}
+        if set(wanted) <= set(report.get("adapters", {})):
+            if progress is not None:
+                progress("done", 1.0, f"tiny model ready (cached) at {paths.root}")
+            return TinyBuild(paths, report, cached=True)
+
+    with _lock(paths.root, say):
+        _clean_stale(paths.root)
+        if force:
+            for p in (paths.report, paths.work / "base-checkpoint"):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        return _build(paths, sources, seed, cfg, wanted, force, threads, progress, say, show_progress)
+
+
+def _build(paths: TinyPaths, sources: list[str], seed: int, cfg: TinyConfig, wanted: tuple[str, ...],
+           force: bool, threads: int | None, progress: Progress | None, say: Callable[[str], None],
+           show: bool) -> TinyBuild:
+    import torch
+
+    from .pretrain import load_corpus
+
+    t_start = time.perf_counter()
+    previous = read_report(paths) or {}
+    timings: dict[str, float] = dict(previous.get("timings", {})) if not force else {}
+    corpus = load_corpus(sources, cfg)
+    chars = sum(map(len, corpus.train))
+    if corpus.n_skipped:
+        say(f"warning: skipped {corpus.n_skipped} corpus rows without text; first: {'; '.join(corpus.skipped)}")
+
+    def todo(stage_dir: Path, marker: str) -> bool:
+        return force or not (stage_dir / marker).exists()
+
+    stages = {"tokenizer": todo(paths.tokenizer, "tokenizer.json"), "base": todo(paths.base, "config.json")}
+    stages["eval"] = stages["base"]
+    for a in wanted:
+        stages[f"adapter:{a}"] = todo(paths.adapter(a), "adapter_config.json")
+    est = estimate_seconds(cfg, chars, wanted)
+    est = {k: (v if stages[k] else 0.0) for k, v in est.items()}
+    n_threads = threads or min(2, os.cpu_count() or 1)
+    _print_plan(say, paths, cfg, corpus, stages, est, n_threads, seed)
+    report_progress = _Reporter(est, progress)
+    report_progress("plan", 0.0, f"building the tiny model in {paths.root}")
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        if stages["tokenizer"]:
+            t = time.perf_counter()
+            _build_tokenizer(paths, corpus, cfg, seed)
+            timings["tokenizer"] = round(time.perf_counter() - t, 2)
+        report_progress.finish("tokenizer", f"tokenizer ready ({paths.tokenizer})")
+        say(f"tokenizer: done ({timings.get('tokenizer', 0):.1f} s)" if stages["tokenizer"] else "tokenizer: cached")
+
+        if stages["base"]:
+            t = time.perf_counter()
+            _build_base(paths, corpus, cfg, seed, report_progress, say, show)
+            timings["base"] = round(time.perf_counter() - t, 2)
+        report_progress.finish("eval", "base model ready")
+        pre = json.loads((paths.base / "pretrain.json").read_text(encoding="utf-8"))
+        ev = pre["heldout"]
+        say(f"base: held-out perplexity {ev['model_perplexity']:.1f} vs unigram {ev['unigram_perplexity']:.1f} "
+            f"(ratio {ev['ratio']:.3f})" + ("" if stages["base"] else " [cached]"))
+
+        adapter_info = dict(previous.get("adapters", {})) if not force else {}
+        for name in wanted:
+            stage = f"adapter:{name}"
+            if stages[stage]:
+                t = time.perf_counter()
+                adapter_info[name] = _build_adapter(paths, name, seed, cfg, report_progress, say)
+                timings[stage] = round(time.perf_counter() - t, 2)
+                say(f"{stage}: done ({timings[stage]:.1f} s)")
+            else:
+                adapter_info.setdefault(name, {"path": str(paths.adapter(name))})
+                say(f"{stage}: cached")
+            report_progress.finish(stage, f"adapter {name} ready")
+    finally:
+        torch.set_num_threads(old_threads)
+
+    timings["this_run"] = round(time.perf_counter() - t_start, 2)
+    report = _report(paths, sources, seed, cfg, corpus, pre, adapter_info, timings, n_threads)
+    _write_json(paths.report, report)
+    shutil.rmtree(paths.work, ignore_errors=True)
+    say(f"tiny build complete in {_fmt(timings['this_run'])}: {paths.root}")
+    if progress is not None:
+        progress("done", 1.0, f"tiny model ready at {paths.root}")
+    return TinyBuild(paths, report, cached=False)
+
+
+def _print_plan(say: Callable[[str], None], paths: TinyPaths, cfg: TinyConfig, corpus: Any,
+                stages: dict[str, bool], est: dict[str, float], threads: int, seed: int) -> None:
+    chars = sum(map(len, corpus.train))
+    what = {
+        "tokenizer": f"byte-level BPE, vocab {cfg.vocab_size}, on {chars / 1e6:.2f} M chars",
+        "base": (f"BLOOM {cfg.n_layer} x {cfg.hidden_size} ({cfg.n_head} heads, ~{approx_params(cfg) / 1e6:.1f} M "
+                 f"params), " + (f"{cfg.minutes:g} min" if cfg.minutes is not None else f"{cfg.steps} steps")
+                 + f" x {cfg.batch_size} x {cfg.seq_len} tokens"),
+        "eval": f"held-out perplexity vs unigram on {sum(map(len, corpus.heldout)) / 1e3:.0f} k chars",
+    }
+    say(f"tiny build plan (seed {seed}, {threads} threads) -> {paths.root}")
+    for stage, needed in stages.items():
+        label = what.get(stage, f"LoRA via vichat.train.trainer, preset {stage.split(':', 1)[-1]}")
+        when = f"~{_fmt(est[stage])}" if needed else "cached"
+        say(f"  {stage:<20} {when:>10}  {label}")
+    total = sum(est.values())
+    say(f"  {'total':<20} {'~' + _fmt(total):>10}  (budget {LIMIT_SECONDS // 60} min for the default settings)")
+
+
+def _build_tokenizer(paths: TinyPaths, corpus: Any, cfg: TinyConfig, seed: int) -> None:
+    from ..data.tokenizers import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(corpus.train, vocab_size=cfg.vocab_size, style="bloom", min_frequency=cfg.min_frequency,
+                              max_texts=cfg.tokenizer_max_texts, seed=seed, model_max_length=2048)
+    with _stage(paths.tokenizer) as tmp:
+        tok.save_pretrained(str(tmp))
+
+
+def _build_base(paths: TinyPaths, corpus: Any, cfg: TinyConfig, seed: int, report_progress: _Reporter,
+                say: Callable[[str], None], show: bool) -> None:
+    from transformers import AutoTokenizer
+
+    from .pretrain import encode_stream, heldout_perplexity, make_model, pretrain
+
+    tok = AutoTokenizer.from_pretrained(str(paths.tokenizer))
+    train = encode_stream(tok, corpus.train, show=show, desc="tokenize train")
+    heldout = encode_stream(tok, corpus.heldout, show=show, desc="tokenize held-out")
+    model = make_model(tok, cfg, seed)
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        report_progress("base", step / max(1, total), f"base model: step {step}/{total}, loss {loss:.3f}")
+
+    with _deterministic():
+        result = pretrain(model, train, cfg, seed, checkpoint=paths.work / "base-checkpoint", on_step=on_step,
+                          show=show, echo=say)
+    report_progress.finish("base", "base model trained; measuring held-out perplexity")
+    t = time.perf_counter()
+    ev = heldout_perplexity(model, heldout, train, len(tok), cfg.seq_len, sum(map(len, corpus.heldout)))
+    ev["seconds"] = round(time.perf_counter() - t, 2)
+    n_params = sum(p.numel() for p in model.parameters())
+    with _stage(paths.base) as tmp:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        _write_json(tmp / "pretrain.json", {
+            "parameters": n_params, "vocab_size": len(tok), "train_tokens": len(train), "heldout_tokens_total": len(heldout),
+            "training": result.to_dict(), "heldout": ev})
+    shutil.rmtree(paths.work / "base-checkpoint", ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _build_adapter(paths: TinyPaths, name: str, seed: int, cfg: TinyConfig, report_progress: _Reporter,
+                   say: Callable[[str], None]) -> dict[str, Any]:
+    """Train adapter ``name`` with the trainer on the bundled sample, prepared into a data dir."""
+    try:
+        from .trainer import run
+    except ImportError as exc:
+        if exc.name == f"{__package__}.trainer":
+            raise VichatError("the LoRA trainer (vichat.train.trainer) is not part of this version, so the tiny "
+                              "adapters cannot be built; run `vichat tiny build --no-adapters` for the base "
+                              "model alone") from None
+        raise
+    from ..data.prepare import prepare
+    from ..plugins import get_registry
+    from .config import build_config
+    from .plan import plan
+    from .presets import get_preset
+
+    preset = get_preset(name)
+    data_dir = paths.work / f"data-{name}"
+    if not (data_dir / "manifest.json").exists():
+        prepare(data_dir, datasets=[preset.values["data"]], template=preset.values["template"], val_size=0.05,
+                seed=seed)
+    work = paths.work / f"adapter-{name}"
+    overrides = {"data": str(data_dir), "model_path": str(paths.base), "output_dir": str(work), "seed": seed,
+                 "device": "cpu", "resume": "auto", **dict(cfg.adapter_overrides)}
+    train_cfg = build_config(name, overrides=overrides)
+    spec = get_registry().base_model(train_cfg.base_model)
+    report_progress(f"adapter:{name}", 0.0, f"training adapter {name}")
+    say(f"adapter:{name}: LoRA on {data_dir.name} ({preset.description})")
+    result = run(plan(train_cfg, spec).config)
+    with _stage(paths.adapter(name)) as tmp:
+        for item in work.iterdir():  # the adapter and its card, not the trainer's resumable checkpoints
+            if item.is_file():
+                shutil.copy2(item, tmp / item.name)
+    shutil.rmtree(work, ignore_errors=True)
+    info: dict[str, Any] = {"path": str(paths.adapter(name)), "preset": name, "data": preset.values["data"]}
+    info["result"] = _plain(result)
+    return info
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able view of the trainer's result, whatever shape it has."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    elif hasattr(value, "__dataclass_fields__"):
+        value = asdict(value)
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _report(paths: TinyPaths, sources: list[str], seed: int, cfg: TinyConfig, corpus: Any, pre: dict[str, Any],
+            adapter_info: dict[str, Any], timings: dict[str, float], threads: int) -> dict[str, Any]:
+    import tokenizers
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    for name, info in adapter_info.items():
+        info["bytes"] = _dir_bytes(paths.adapter(name))
+    stage_total = sum(v for k, v in timings.items() if k != "this_run")
+    return {
+        "key": paths.root.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "tiny_version": TINY_VERSION,
+        "versions": {"vichat": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "tokenizers": tokenizers.__version__},
+        "seed": seed,
+        "threads": threads,
+        "config": cfg.key_dict(),
+        "corpus": {"inputs": sources, **corpus.summary()},
+        "tokenizer": {"vocab_size": pre["vocab_size"], "bytes": _dir_bytes(paths.tokenizer)},
+        "base": {"path": str(paths.base), "parameters": pre["parameters"], "bytes": _dir_bytes(paths.base),
+                 "train_tokens": pre["train_tokens"], "training": pre["training"]},
+        "perplexity": pre["heldout"],
+        "adapters": adapter_info,
+        "timings": {**timings, "stages_total": round(stage_total, 2)},
+    }
+
+
+__all__ = ["ADAPTERS", "DEFAULT_CONFIG", "TinyBuild", "TinyConfig", "TinyPaths", "build_key", "build_tiny",
+           "cache_root", "list_builds", "read_report", "tiny_paths"]
