@@ -46,9 +46,10 @@ class Seen:
 class FakeServer:
     """A ThreadingHTTPServer on 127.0.0.1:0 answering both APIs; use as a context manager."""
 
-    def __init__(self, translate: Callable[[str], str] = fake_vi, delay: float = 0.0) -> None:
+    def __init__(self, translate: Callable[[str], str] = fake_vi, delay: float = 0.0, delay_per_char: float = 0.0) -> None:
         self.translate = translate
-        self.delay = delay
+        self.delay = delay  # seconds before every answer (network + queueing)
+        self.delay_per_char = delay_per_char  # plus this per character received (work)
         self.script: deque = deque()
         self.seen: list[Seen] = []
         self.lock = threading.Lock()
@@ -56,6 +57,7 @@ class FakeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stall
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
@@ -70,7 +72,8 @@ class FakeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for it, once per test.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     # -- control -------------------------------------------------------------------------
     def __enter__(self) -> "FakeServer":
@@ -140,8 +143,8 @@ class FakeServer:
         with self.lock:
             self.seen.append(Seen(api, texts, time.monotonic(), parse_qs(url.query), body))
             action = self.script.popleft() if self.script else ("ok",)
-        if self.delay:
-            time.sleep(self.delay)
+        if self.delay or self.delay_per_char:
+            time.sleep(self.delay + self.delay_per_char * sum(map(len, texts)))
         kind = action[0]
         if kind == "status":
             status, headers = action[1], (action[2] if len(action) > 2 else {})

@@ -205,8 +205,10 @@ class TranslatorSpec:
 
     ``translate(texts, source, target, **options) -> list[str]``: a batch in, a batch of the same
     length and order out. Raise :class:`vichat.translate.errors.RetryableError` (optionally with
-    ``retry_after``) for 429/5xx/timeouts so the job retries with backoff; any other exception
-    marks the batch failed. ``env_vars`` lists the environment variables it reads (keys).
+    ``retry_after``) for 429/5xx/timeouts so the job retries with backoff,
+    :class:`vichat.translate.errors.FatalTranslatorError` (bad key, no quota) to stop the whole run
+    cleanly; any other exception marks the batch failed. Keyword defaults of ``translate`` (such as
+    ``model``) are part of the cache key. ``env_vars`` lists the environment variables it reads.
     """
 
     name: str

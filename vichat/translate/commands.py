@@ -99,6 +99,9 @@ def translate(
     except TranslationInterrupted as exc:
         click.echo("\n".join(exc.summary.lines()), err=True)
         sys.exit(130)
+    except KeyboardInterrupt:  # outside the request loop (reading input, publishing output)
+        click.echo("interrupted; finished work is cached: rerun the same command to resume", err=True)
+        sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
     click.echo("\n".join(summary.lines()))

@@ -143,6 +143,8 @@ class Engine:
         self._refs: dict[str, list[tuple[Segment, int]]] = {}
         self._batches: list[_Batch] | None = None
         self.stats = RunStats()
+        self._gate_lock = threading.Lock()
+        self._not_before = 0.0  # monotonic time before which no worker sends (Retry-After)
 
     # ---------------------------------------------------------------------------- planning
     def add(self, text: str) -> Segment:
@@ -151,7 +153,8 @@ class Engine:
         self.segments.append(seg)
         core = text.strip()
         # Translators drop surrounding whitespace; keep it aside and put it back exactly.
-        seg.lead, seg.trail = text[: len(text) - len(text.lstrip())], text[len(text.rstrip()) :]
+        seg.lead = text[: len(text) - len(text.lstrip())]
+        seg.trail = text[len(text.rstrip()) :] if core else ""
         raw = protect(core, code_lines=self.code_lines)
         seg.protected = Protected(nfc(raw.text), raw.spans)
         if not core or not seg.protected.translatable:
@@ -274,7 +277,7 @@ class Engine:
 
         bar = tqdm(
             total=sum(len(b.keys) for b in batches),
-            unit="seg",
+            unit="text",
             desc=f"translate ({self.spec.name})",
             disable=(not self.progress) if self.progress is not None else None,
             dynamic_ncols=True,
@@ -319,9 +322,28 @@ class Engine:
         except KeyboardInterrupt:
             pass
 
+    def _wait_gate(self, stop: threading.Event) -> None:
+        # A server that asked one worker to wait (Retry-After) means all of them: hammering it
+        # from the other workers would only earn more 429s.
+        while True:
+            with self._gate_lock:
+                wait = self._not_before - time.monotonic()
+            if wait <= 0:
+                return
+            if stop.wait(wait):
+                raise Cancelled()
+
     def _send(self, batch: _Batch, stop: threading.Event, count_request: Callable[[], None]) -> tuple:
         def attempt() -> list[str]:
-            return self.spec.translate(list(batch.texts), self.source, self.target, **self.options)
+            self._wait_gate(stop)
+            try:
+                return self.spec.translate(list(batch.texts), self.source, self.target, **self.options)
+            except RetryableError as exc:
+                if exc.retry_after:
+                    delay = min(exc.retry_after, self.backoff.max_retry_after)
+                    with self._gate_lock:
+                        self._not_before = max(self._not_before, time.monotonic() + delay)
+                raise
 
         try:
             out = call_with_retries(attempt, self.backoff, stop, on_attempt=count_request)

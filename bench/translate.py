@@ -1,0 +1,123 @@
+"""Benchmark: `vichat translate` against one request per record, through a loopback server.
+
+Both sides use the real google plugin (httpx, Translation v2 JSON) against a local server that
+answers every request after --latency seconds (plus --ms-per-kchar per 1,000 characters, to model
+a server whose work grows with the batch). Measured in one run:
+
+  baseline   one request per record (its non-empty fields), in sequence, no cache
+  vichat     translate_file: batches, dedupe, cold cache; with -j 1, then --concurrency
+  rerun      translate_file again on the warm cache (goal: 0 requests)
+
+Not a timed test: run it by hand, e.g.
+  .venv/bin/python bench/translate.py --input /work/shared/data/en_reference/alpaca_data_first2000_en.json -n 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the loopback server lives with the tests
+
+DEFAULT_INPUT = REPO.parent / "shared" / "data" / "en_reference" / "alpaca_data_first2000_en.json"
+FIELDS = ("instruction", "input", "output")
+
+
+def generated(n: int) -> Path:
+    """Synthetic records when the shared data is not at hand."""
+    import json
+
+    path = Path(tempfile.gettempdir()) / f"vichat-bench-generated-{n}.jsonl"
+    topics = ["rivers", "bread", "planets", "music", "trains", "forests", "tea", "bridges"]
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            t = topics[i % len(topics)]
+            fh.write(json.dumps({
+                "instruction": f"Write a short note about {t} for reader {chr(65 + i % 26)}{chr(65 + i // 26 % 26)}.",
+                "input": "" if i % 2 else f"The note is about {t}.",
+                "output": f"Here is a note about {t}. " * 6,
+            }) + "\n")
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input", type=Path, default=None, help=f"records to translate [default: {DEFAULT_INPUT} if present]")
+    ap.add_argument("-n", type=int, default=400, help="number of records")
+    ap.add_argument("--latency", type=float, default=0.05, help="server answer delay per request, seconds")
+    ap.add_argument("--ms-per-kchar", type=float, default=0.0, help="extra server delay per 1,000 characters")
+    ap.add_argument("--concurrency", type=int, default=8)
+    args = ap.parse_args()
+
+    from translate_servers import FakeServer
+    from vichat.data.readers import read_rows
+    from vichat.plugins import get_registry
+    from vichat.translate.job import translate_file
+
+    src = args.input or (DEFAULT_INPUT if DEFAULT_INPUT.exists() else generated(args.n))
+    rows = [r.data for r in itertools.islice(read_rows(src), args.n)]
+    tmp = tempfile.TemporaryDirectory(prefix="vichat-bench-")  # removed at exit
+    work = tmp.name
+    os.environ["VICHAT_CACHE_DIR"] = work  # never touch the user's cache
+    os.environ["GOOGLE_API_KEY"] = "bench"
+    spec = get_registry().translator("google")
+    chars = sum(len(r.get(f) or "") for r in rows for f in FIELDS)
+
+    with FakeServer(delay=args.latency, delay_per_char=args.ms_per_kchar / 1e6) as server:
+        os.environ["VICHAT_GOOGLE_TRANSLATE_URL"] = server.google_url
+        spec.translate(["warm up"], "en", "vi")  # connection set-up is not what we measure
+        start_requests = server.requests
+
+        t0 = time.perf_counter()
+        for row in rows:
+            texts = [row[f] for f in FIELDS if row.get(f)]
+            if texts:
+                spec.translate(texts, "en", "vi")
+        base_time = time.perf_counter() - t0
+        base_requests = server.requests - start_requests
+
+        out = Path(work) / "out.jsonl"
+        # Wall time of the whole call: reading, protecting, cache look-ups and writing included.
+        before, t0 = server.requests, time.perf_counter()
+        cold = translate_file(src, out, "google", limit=args.n, concurrency=args.concurrency, progress=False)
+        cold_time, cold_requests = time.perf_counter() - t0, server.requests - before
+
+        # Batching and dedupe alone (one request in flight), on a fresh in-memory cache.
+        before, t0 = server.requests, time.perf_counter()
+        translate_file(src, Path(work) / "serial.jsonl", "google", limit=args.n, concurrency=1, cache=False, progress=False)
+        serial_time, serial_requests = time.perf_counter() - t0, server.requests - before
+
+        before, t0 = server.requests, time.perf_counter()
+        warm = translate_file(src, out, "google", limit=args.n, concurrency=args.concurrency, progress=False)
+        warm_time, warm_requests = time.perf_counter() - t0, server.requests - before
+
+    n = len(rows)
+    table = [
+        ("baseline: 1 request/record, sequential", base_requests, base_time),
+        ("vichat translate (cold cache, -j 1: batching only)", serial_requests, serial_time),
+        (f"vichat translate (cold cache, -j {args.concurrency})", cold_requests, cold_time),
+        ("vichat translate (warm rerun)", warm_requests, warm_time),
+    ]
+    print(f"input: {src} ({n} records, {chars:,} characters)")
+    print(f"server: 127.0.0.1, {args.latency * 1000:g} ms per request + {args.ms_per_kchar:g} ms per 1,000 characters")
+    print()
+    print(f"{'method':<50} {'requests':>9} {'seconds':>9} {'records/s':>10} {'speed-up':>9}")
+    for name, reqs, secs in table:
+        rate = n / secs if secs else float("inf")
+        print(f"{name:<50} {reqs:>9} {secs:>9.3f} {rate:>10.1f} {base_time / secs if secs else float('inf'):>8.1f}x")
+    ratio = base_time / cold_time
+    print()
+    print(f"throughput ratio (cold vichat / baseline): {ratio:.1f}x  (goal >= 10x: {'met' if ratio >= 10 else 'NOT met'})")
+    print(f"requests on warm rerun: {warm_requests}  (goal 0: {'met' if warm_requests == 0 else 'NOT met'})")
+    print(f"cold run: {cold.translated} segments translated, {cold.skipped} with nothing to translate, {cold.failed} failed; "
+          f"warm run: {warm.from_cache} from cache")
+
+
+if __name__ == "__main__":
+    main()
