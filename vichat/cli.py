@@ -71,6 +71,7 @@ def plugins_cmd(as_json: bool) -> None:
 def _add_optional_commands() -> None:
     # Each feature module owns its commands; they are attached here so `vichat --help` lists all.
     from .data.commands import data
+    from .evaluate.commands import eval_group
     from .train.commands import train
     from .train.tiny_commands import tiny
     from .translate.commands import translate
@@ -79,6 +80,7 @@ def _add_optional_commands() -> None:
     main.add_command(translate)
     main.add_command(train)
     main.add_command(tiny)
+    main.add_command(eval_group)
 
 
 _add_optional_commands()
