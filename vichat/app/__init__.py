@@ -1,0 +1,1 @@
+"""The Gradio app: chat, arena (blind battles, votes, leaderboard) and scoring tabs."""
