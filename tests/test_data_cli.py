@@ -156,3 +156,18 @@ def test_offline_demo_with_the_bundled_sample(runner, tmp_path):
     stats = runner.invoke(main, ["data", "stats", "vi-sample-chat", "--json"])  # the default tokenizer
     assert stats.exit_code == 0, stats.output
     assert json.loads(stats.stdout)["records"] >= 220
+
+
+def test_prepare_writes_every_skipped_record(runner, tmp_path, shared_data):
+    path = shared_data / "en_reference" / "alpaca_data_first2000_en.json"
+    out = tmp_path / "en"
+    result = runner.invoke(main, ["data", "prepare", "--dataset", str(path), "--out", str(out), "--skip-invalid"])
+    assert result.exit_code == 0, result.output
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(skipped) == 4 and all(s["problem"] == "empty 'output'" for s in skipped)
+    assert skipped[0]["location"] == f"{path}:1422 (item 284)"
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["skipped"]["count"] == 4 and manifest["skipped"]["file"] == "skipped.jsonl"
+    train = (out / "train.jsonl").read_text(encoding="utf-8").count("\n")
+    validation = (out / "validation.jsonl").read_text(encoding="utf-8").count("\n")
+    assert train + validation == 1996

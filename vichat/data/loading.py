@@ -43,16 +43,20 @@ class SkipReport:
     count: int = 0
     reasons: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    #: Every skipped row as (location, problem): `vichat data prepare` writes them to skipped.jsonl.
+    entries: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, location: str, problem: str) -> None:
         self.count += 1
         self.reasons[_reason_key(problem)] += 1
+        self.entries.append((location, problem))
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(f"{location}: {problem}")
 
     def merge(self, other: "SkipReport") -> None:
         self.count += other.count
         self.reasons.update(other.reasons)
+        self.entries.extend(other.entries)
         self.examples.extend(other.examples[: MAX_EXAMPLES - len(self.examples)])
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from .mixtures import Mixture, MixtureResult, adhoc_mixture, build_mixture, get_
 
 FORMAT = "vichat-prepared/1"
 TRAIN_FILE, VALIDATION_FILE, MANIFEST_FILE = "train.jsonl", "validation.jsonl", "manifest.json"
+SKIPPED_FILE = "skipped.jsonl"
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,19 @@ def write_jsonl_atomic(path: Path, records: Iterable[Record]) -> FileInfo:
     return FileInfo(path.name, count, size, digest.hexdigest())
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as indented UTF-8 JSON to ``path`` atomically."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (a temporary file, then a rename)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as indented UTF-8 JSON to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def prepare(
@@ -158,6 +164,14 @@ def prepare(
         "files": {f.name: f.to_dict() for f in (train, validation)},
         "record_fields": ["id", "instruction", "input", "output", "source", "language"],
     }
+    skipped_path = out_dir / SKIPPED_FILE
+    if result.skipped.entries:
+        # Every skipped row, not only the first few the summary shows: nothing is dropped unseen.
+        lines = [json.dumps({"location": loc, "problem": prob}, ensure_ascii=False) for loc, prob in result.skipped.entries]
+        write_text_atomic(skipped_path, "\n".join(lines) + "\n")
+        manifest["skipped"]["file"] = SKIPPED_FILE
+    else:
+        skipped_path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
     write_json_atomic(out_dir / MANIFEST_FILE, manifest)
     return manifest
 
