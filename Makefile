@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # multi-GB CUDA build. On a GPU machine the same pin gets PyPI's CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test clean
+.PHONY: setup browser demo test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +17,20 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The browser tests drive Debian's Chromium (never a downloaded browser). Needs root or sudo.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null \
+	  || echo "warning: could not install chromium; the browser test will be skipped"; }
+
 demo: setup
 	$(VENV)/bin/vichat plugins
 	$(VENV)/bin/vichat data stats vi-sample-chat
 	$(VENV)/bin/vichat data prepare --dataset vi-sample-chat --dataset vi-sample-doctor --out runs/data
 	$(VENV)/bin/vichat translate runs/data/validation.jsonl runs/data/validation.identity.jsonl --translator identity --source vi --target vi
 
-test: setup
+test: setup browser
 	$(VENV)/bin/python -m pytest -q
 
 clean:

@@ -70,6 +70,7 @@ def plugins_cmd(as_json: bool) -> None:
 
 def _add_optional_commands() -> None:
     # Each feature module owns its commands; they are attached here so `vichat --help` lists all.
+    from .app.commands import arena, serve
     from .data.commands import data
     from .evaluate.commands import eval_group
     from .train.commands import train
@@ -81,6 +82,8 @@ def _add_optional_commands() -> None:
     main.add_command(train)
     main.add_command(tiny)
     main.add_command(eval_group)
+    main.add_command(serve)
+    main.add_command(arena)
 
 
 _add_optional_commands()

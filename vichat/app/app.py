@@ -1,0 +1,114 @@
+"""Assemble the app: four tabs over one backend, one vote store and one queue.
+
+``build_app(backend, settings)`` returns the ``gr.Blocks`` (queue configured); theme and CSS are
+``launch()`` arguments in Gradio 6, so :func:`launch_kwargs` supplies them and :func:`launch`
+starts a server with both.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import gradio as gr
+
+from ..serve.api import ChatBackend
+from .arena import build_battle_panel
+from .backend import Preparer
+from .chat import build_chat_tab
+from .context import AppContext
+from .generation import set_backend
+from .leaderboard import build_leaderboard_tab
+from .scoring import build_scoring_tab
+from .settings import AppSettings
+
+log = logging.getLogger("vichat.app")
+
+CSS = """
+#chat-history, #battle-a, #battle-b, #sbs-a, #sbs-b { font-size: 15px; }
+footer { visibility: hidden; }
+/* Tables in the theme's sans font: the monospace fallback of many systems lacks Vietnamese marks. */
+#leaderboard-table *, #report-table *, #score-aspects * { font-family: var(--font) !important; }
+"""
+
+HEADER = """# 🇻🇳 {title}
+Các mô hình ngôn ngữ tiếng Việt tinh chỉnh bằng LoRA, theo bài báo *Efficient Finetuning Large Language Models
+For Vietnamese Chatbot*: trò chuyện, so tài ẩn danh trong đấu trường, xem bảng xếp hạng và chấm điểm.
+<small>Mô hình có thể trả lời sai; đừng dùng câu trả lời y tế thay cho bác sĩ. Mô hình: {models}.</small>
+"""
+
+
+def build_app(backend: ChatBackend, settings: AppSettings | None = None, *, rng: random.Random | None = None) -> gr.Blocks:
+    """The whole app for ``backend``; ``rng`` makes arena draws reproducible in tests.
+
+    The returned Blocks carries its :class:`AppContext` as ``demo.vichat`` (tests read the vote
+    store through it).
+    """
+    settings = settings or AppSettings.from_env()
+    ctx = AppContext.create(backend, settings)
+    set_backend(backend)
+    # Weights load in the background: the page is up at once and says how far loading got.
+    preparer = Preparer(backend).start()
+    log.info("vichat app: %d models, votes in %s", len(ctx.models), settings.votes_db)
+    with gr.Blocks(title="vichat", analytics_enabled=False) as demo:
+        gr.Markdown(HEADER.format(title=settings.title, models=", ".join(ctx.model_names) or "chưa có"))
+        loading = gr.Markdown(preparer.status(), elem_id="loading-status")
+        timer = gr.Timer(2.0, active=not preparer.ready)
+
+        def poll() -> tuple[str, Any]:
+            return preparer.status(), gr.Timer(active=not preparer.ready)
+
+        timer.tick(poll, None, [loading, timer], api_visibility="private", queue=False)
+        demo.load(poll, None, [loading, timer], api_visibility="private", queue=False)
+        with gr.Tabs():
+            with gr.Tab("💬 Trò chuyện", id="chat"):
+                build_chat_tab(ctx)
+            with gr.Tab("⚔️ Đấu trường", id="arena"):
+                with gr.Tabs():
+                    with gr.Tab("Ẩn danh (battle)", id="arena-anonymous"):
+                        build_battle_panel(ctx, "anonymous", rng)
+                    with gr.Tab("Chọn mô hình (side-by-side)", id="arena-named"):
+                        build_battle_panel(ctx, "named", rng)
+            with gr.Tab("🏆 Bảng xếp hạng", id="leaderboard") as board_tab:
+                build_leaderboard_tab(ctx, board_tab)
+            with gr.Tab("🧑‍⚖️ Chấm điểm", id="scoring") as scoring_tab:
+                build_scoring_tab(ctx, scoring_tab)
+    demo.queue(default_concurrency_limit=settings.default_concurrency, max_size=settings.queue_size)
+    demo.vichat = ctx  # type: ignore[attr-defined]
+    demo.vichat_preparer = preparer  # type: ignore[attr-defined]
+    return demo
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """Gradio 6 takes theme and CSS at launch. A theme object, never a name: a name is fetched
+    from the Hub, which fails offline."""
+    return {"theme": gr.themes.Soft(), "css": CSS}
+
+
+def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **kwargs: Any) -> Any:
+    """Start the server (blocking unless ``prevent_thread_lock=True``); host/port default to
+    Gradio's own environment variables (``GRADIO_SERVER_NAME``/``PORT``), as on Spaces."""
+    # show_error stays off: gr.Error messages (ours, already scrubbed) show anyway, while the text
+    # of an unexpected exception could carry internals.
+    return demo.launch(server_name=host, server_port=port, **{**launch_kwargs(), **kwargs})
+
+
+def app_from_env(models_config: str | None = None, *, fake: bool = False, settings: AppSettings | None = None,
+                 lenient: bool = False) -> gr.Blocks:
+    """The app as configured by the environment: ``VICHAT_*`` settings and the models
+    configuration (``models_config``, else ``VICHAT_MODELS_CONFIG``, else the machine's default).
+    What ``spaces_app.py`` and ``vichat serve`` run. ``lenient``: a models configuration that
+    cannot be used gives a page saying why (the Space stays up) instead of raising."""
+    from ..records import VichatError
+    from .backend import NoModels, load_backend
+    from .safety import describe_error
+
+    try:
+        backend = load_backend(models_config, fake=fake)
+    except VichatError as exc:
+        if not lenient:
+            raise
+        log.error("no models: %s", describe_error(exc))
+        backend = NoModels(describe_error(exc))
+    return build_app(backend, settings or AppSettings.from_env())

@@ -1,0 +1,293 @@
+"""The Arena tab: blind battles between two random models, and a named side-by-side mode.
+
+Both sides stream at the same time (:func:`vichat.app.generation.stream_pair`). A vote is one of
+A better, B better, tie, both bad; it is accepted once per battle, checked on the server, and the
+model names are revealed only after it. Endpoints (``api_name``): ``battle_send``,
+``battle_vote_{a,b,tie,both_bad}``, ``battle_new``, ``battle_stop`` and the same with ``sbs_``
+for the named mode (whose send also takes the two model names).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+import gradio as gr
+
+from ..records import VichatError
+from .battles import Battle, BattleError
+from .context import AppContext
+from .generation import STOPS, SideRequest, stream_pair
+from .messages import to_messages
+from .safety import LimitError, check_message, check_turns, describe_error
+from .votes import DuplicateVoteError, Vote, now
+
+VOTE_LABELS = {
+    "a": "👈 A tốt hơn",
+    "b": "👉 B tốt hơn",
+    "tie": "🤝 Hòa",
+    "both_bad": "👎 Cả hai đều kém",
+}
+INTRO = {
+    "anonymous": "Hai mô hình ẩn danh sẽ cùng trả lời câu hỏi của bạn. Hãy bầu chọn câu trả lời tốt hơn; "
+                 "tên mô hình chỉ hiện ra sau khi bạn bầu.",
+    "named": "Chọn hai mô hình, đặt câu hỏi và so sánh câu trả lời của chúng cạnh nhau.",
+}
+PRIVACY = ("Phiếu bầu cùng câu hỏi và câu trả lời được lưu lại cho nghiên cứu và có thể được công bố; "
+           "đừng nhập thông tin cá nhân.")
+
+
+@dataclass
+class Panel:
+    """The components of one battle panel (anonymous or named)."""
+
+    battle_id: Any
+    chat_a: Any
+    chat_b: Any
+    status: Any
+    box: Any
+    votes: dict[str, Any]
+    model_a: Any = None
+    model_b: Any = None
+
+    def view_outputs(self) -> list[Any]:
+        return [self.battle_id, self.chat_a, self.chat_b, self.status, self.box, *self.votes.values()]
+
+    def vote_outputs(self) -> list[Any]:
+        return [self.chat_a, self.chat_b, self.status, *self.votes.values()]
+
+
+class ArenaHandlers:
+    """Event handlers for one mode; plain methods so tests can call them directly."""
+
+    def __init__(self, ctx: AppContext, mode: str, rng: random.Random | None = None) -> None:
+        self.ctx = ctx
+        self.mode = mode
+        self.rng = rng or random.SystemRandom()
+
+    # -- views --------------------------------------------------------------------------------
+    def _labels(self, battle: Battle | None) -> tuple[str, str]:
+        if battle is not None and (self.mode == "named" or battle.vote is not None):
+            return f"A · {battle.models[0]}", f"B · {battle.models[1]}"
+        return "Mô hình A", "Mô hình B"
+
+    def _view(self, battle: Battle | None, pending: tuple[str, str, str] | None, status: str, box: str = "",
+              votable: bool = False) -> list[Any]:
+        turns = list(battle.turns) if battle else []
+        side_a = [(p, a) for p, a, _ in turns]
+        side_b = [(p, b) for p, _, b in turns]
+        msgs_a = to_messages(side_a, pending[0], pending[1]) if pending else to_messages(side_a)
+        msgs_b = to_messages(side_b, pending[0], pending[2]) if pending else to_messages(side_b)
+        label_a, label_b = self._labels(battle)
+        buttons = [gr.update(interactive=votable) for _ in VOTE_LABELS]
+        return [battle.id if battle else "", gr.update(value=msgs_a, label=label_a),
+                gr.update(value=msgs_b, label=label_b), status, box, *buttons]
+
+    def _anonymise(self, text: str, battle: Battle) -> str:
+        """Replace model names in an error so a blind battle stays blind."""
+        if self.mode == "anonymous" and battle.vote is None:
+            for name, side in zip(battle.models, ("A", "B")):
+                text = text.replace(name, f"mô hình {side}")
+        return text
+
+    # -- battles -------------------------------------------------------------------------------
+    def _new_battle(self, session: str, model_a: str | None, model_b: str | None) -> Battle:
+        names = self.ctx.model_names
+        if self.mode == "anonymous":
+            if len(names) < 2:
+                raise LimitError("Đấu trường cần ít nhất hai mô hình; bản demo này chỉ có "
+                                 f"{len(names)}.")
+            pair = tuple(self.rng.sample(names, 2))  # a random pair in a random order: sides are random too
+        else:
+            if not model_a or not model_b:
+                raise LimitError("Hãy chọn hai mô hình để so sánh.")
+            if model_a == model_b:
+                raise LimitError("Hãy chọn hai mô hình khác nhau.")
+            for name in (model_a, model_b):
+                if self.ctx.model(name) is None:
+                    raise LimitError(f"Không có mô hình {name!r}.")
+            pair = (model_a, model_b)
+        infos = [self.ctx.model(n) for n in pair]
+        return self.ctx.battles.create(
+            self.mode, pair, (infos[0].template, infos[1].template), (infos[0].decoding, infos[1].decoding), session
+        )
+
+    def send_anonymous(self, message: str, battle_id: str, request: gr.Request = None) -> Iterator[list[Any]]:
+        """Start or continue a blind battle with ``message``."""
+        yield from self.send(message, battle_id, None, None, request)
+
+    def send_named(self, message: str, battle_id: str, model_a: str, model_b: str,
+                   request: gr.Request = None) -> Iterator[list[Any]]:
+        """Start or continue a side-by-side battle between ``model_a`` and ``model_b``."""
+        yield from self.send(message, battle_id, model_a, model_b, request)
+
+    def send(self, message: str, battle_id: str, model_a: str | None, model_b: str | None,
+             request: Any) -> Iterator[list[Any]]:
+        """Start or continue a battle with ``message``; both answers stream at once. (Not an event
+        handler itself: Gradio injects the request by position, so each mode has its own.)"""
+        session = self.ctx.session(request)
+        try:
+            text = check_message(message, self.ctx.settings.max_input_chars)
+            battle = self.ctx.battles.get(battle_id, session)
+            if (battle is None or not battle.open
+                    or (self.mode == "named" and battle.models != (model_a, model_b))):
+                battle = self._new_battle(session, model_a, model_b)
+            check_turns(len(battle.turns), self.ctx.settings.max_turns)
+            wait = self.ctx.message_limiter.check(session)
+            if wait:
+                raise LimitError(f"Bạn gửi tin nhắn quá nhanh; hãy thử lại sau {math.ceil(wait)} giây.")
+            self.ctx.battles.begin_turn(battle)
+        except VichatError as exc:
+            raise gr.Error(str(exc)) from None
+        yield from self._stream(session, battle, text)
+
+    def _stream(self, session: str, battle: Battle, text: str) -> Iterator[list[Any]]:
+        sides = tuple(
+            SideRequest(model, text, tuple((t[0], t[1 + k]) for t in battle.turns), battle.templates[k],
+                        battle.decodings[k])
+            for k, model in enumerate(battle.models)
+        )
+        key = f"{session}:arena:{self.mode}"
+        stop = STOPS.start(key)
+        answers, errors, stopped = ["", ""], [None, None], False
+        yield self._view(battle, (text, "", ""), "⏳ Hai mô hình đang trả lời…")
+        try:
+            for states in stream_pair(sides, key):  # type: ignore[arg-type]
+                for k, state in enumerate(states):
+                    answers[k] = state.text
+                    if state.error is not None and errors[k] is None:
+                        errors[k] = describe_error(state.error)
+                yield self._view(battle, (text, *answers), "⏳ Hai mô hình đang trả lời…")
+        except Exception as exc:  # noqa: BLE001 - the page shows it; the app stays up
+            errors[0] = errors[0] or describe_error(exc)
+        finally:
+            stopped = stop.is_set()  # before finish(), which sets it
+            failed = [f"{side}: {e}" for side, e in zip(("A", "B"), errors) if e]
+            turn = (text, answers[0], answers[1]) if any(answers) else None
+            self.ctx.battles.end_turn(battle, turn, "; ".join(failed) if failed else None)
+            STOPS.finish(key, stop)
+        if battle.error:
+            message = self._anonymise(f"Mô hình gặp lỗi ({battle.error}). Trận này không thể bầu chọn; "
+                                      "bấm “Trận mới” để thử lại.", battle)
+            gr.Warning(message)
+            yield self._view(battle, None, "⚠️ " + message)
+            return
+        if stopped:
+            status = "⏹ Đã dừng. Bạn vẫn có thể bầu chọn dựa trên phần đã trả lời, hoặc hỏi tiếp."
+        else:
+            status = "✅ Cả hai đã trả lời. Câu trả lời nào tốt hơn? Bầu chọn bên dưới, hoặc hỏi tiếp để so sánh thêm."
+        yield self._view(battle, None, status, votable=bool(battle.turns))
+
+    # -- votes ---------------------------------------------------------------------------------
+    def vote(self, choice: str, battle_id: str, request: gr.Request = None) -> list[Any]:
+        """Record ``choice`` for the session's battle, once; then reveal the names."""
+        session = self.ctx.session(request)
+        battle = self.ctx.battles.get(battle_id, session)
+        if battle is None:
+            return self._vote_view(None, "⚠️ Không tìm thấy trận đấu (có thể đã hết hạn). Hãy bắt đầu trận mới.")
+        try:
+            self.ctx.battles.claim_vote(battle, choice)
+        except BattleError as exc:
+            gr.Warning(str(exc))
+            return self._vote_view(battle, f"⚠️ {exc}")
+        wait = self.ctx.vote_limiter.check(session)
+        if wait:
+            self.ctx.battles.release_vote(battle)
+            message = f"Bạn bầu chọn quá nhanh; hãy thử lại sau {math.ceil(wait)} giây."
+            gr.Warning(message)
+            return self._vote_view(battle, f"⚠️ {message}", votable=True)
+        try:
+            self.ctx.votes.add(self._record(battle, choice, session))
+        except DuplicateVoteError:
+            message = "Trận này đã có phiếu bầu; mỗi trận chỉ nhận một phiếu."
+            gr.Warning(message)
+            return self._vote_view(battle, f"⚠️ {message}")
+        except Exception as exc:  # noqa: BLE001 - e.g. a full disk: say so, let the visitor retry
+            self.ctx.battles.release_vote(battle)
+            raise gr.Error(f"Không lưu được phiếu bầu: {describe_error(exc)}") from None
+        a, b = battle.models
+        return self._vote_view(
+            battle,
+            f"🗳️ Đã ghi nhận phiếu: **{VOTE_LABELS[choice]}**. Mô hình A là **{a}**, mô hình B là **{b}**. "
+            f"Gửi câu hỏi mới để bắt đầu trận tiếp theo. <small>(mã trận {battle.id})</small>",
+        )
+
+    def _record(self, battle: Battle, choice: str, session: str) -> Vote:
+        *earlier, last = battle.turns
+        return Vote(
+            battle_id=battle.id, mode=self.mode, model_a=battle.models[0], model_b=battle.models[1], vote=choice,
+            prompt=last[0], answer_a=last[1], answer_b=last[2],
+            turns=[{"prompt": p, "answer_a": a, "answer_b": b} for p, a, b in earlier],
+            decoding={"a": {**asdict(battle.decodings[0]), "template": battle.templates[0]},
+                      "b": {**asdict(battle.decodings[1]), "template": battle.templates[1]}},
+            session=session, started_at=battle.started_at, voted_at=now(), app_version=self.ctx.version,
+        )
+
+    def _vote_view(self, battle: Battle | None, status: str, votable: bool = False) -> list[Any]:
+        label_a, label_b = self._labels(battle)
+        return [gr.update(label=label_a), gr.update(label=label_b), status,
+                *[gr.update(interactive=votable) for _ in VOTE_LABELS]]
+
+    def new(self, request: gr.Request = None) -> list[Any]:
+        """Forget the current battle (the next message starts a new one)."""
+        STOPS.stop(f"{self.ctx.session(request)}:arena:{self.mode}")
+        return self._view(None, None, INTRO[self.mode])
+
+    def stop(self, request: gr.Request = None) -> None:
+        STOPS.stop(f"{self.ctx.session(request)}:arena:{self.mode}")
+
+
+def build_battle_panel(ctx: AppContext, mode: str, rng: random.Random | None = None) -> tuple[ArenaHandlers, Panel]:
+    """One arena panel inside the caller's layout; ``mode`` is ``anonymous`` or ``named``."""
+    h = ArenaHandlers(ctx, mode, rng)
+    prefix = "battle" if mode == "anonymous" else "sbs"
+    gr.Markdown(f"{INTRO[mode]}\n\n<small>{PRIVACY}</small>")
+    model_a = model_b = None
+    if mode == "named":
+        names = ctx.model_names
+        with gr.Row():
+            model_a = gr.Dropdown(names, value=names[0] if names else None, label="Mô hình A", elem_id=f"{prefix}-model-a")
+            model_b = gr.Dropdown(names, value=names[1] if len(names) > 1 else None, label="Mô hình B",
+                                  elem_id=f"{prefix}-model-b")
+    battle_id = gr.State("")
+    with gr.Row(equal_height=True):
+        chat_a = gr.Chatbot(label="Mô hình A", height=380, elem_id=f"{prefix}-a", feedback_options=None,
+                            buttons=["copy"])
+        chat_b = gr.Chatbot(label="Mô hình B", height=380, elem_id=f"{prefix}-b", feedback_options=None,
+                            buttons=["copy"])
+    status = gr.Markdown(INTRO[mode] if mode == "anonymous" else "", elem_id=f"{prefix}-status")
+    with gr.Row():
+        votes = {c: gr.Button(label, interactive=False, elem_id=f"{prefix}-vote-{c}") for c, label in VOTE_LABELS.items()}
+    with gr.Row():
+        box = gr.Textbox(placeholder="Nhập câu hỏi cho cả hai mô hình rồi nhấn Enter…", show_label=False, scale=5,
+                         max_lines=8, elem_id=f"{prefix}-input", max_length=ctx.settings.max_input_chars)
+        send = gr.Button("Gửi", variant="primary", scale=1, elem_id=f"{prefix}-send")
+    with gr.Row():
+        stop = gr.Button("⏹ Dừng", elem_id=f"{prefix}-stop")
+        new = gr.Button("🆕 Trận mới", elem_id=f"{prefix}-new")
+    panel = Panel(battle_id, chat_a, chat_b, status, box, votes, model_a, model_b)
+
+    inputs = [box, battle_id] + ([model_a, model_b] if mode == "named" else [])
+    handler = h.send_anonymous if mode == "anonymous" else h.send_named
+    sent = gr.on([box.submit, send.click], handler, inputs, panel.view_outputs(), api_name=f"{prefix}_send",
+                 concurrency_limit=ctx.settings.generation_concurrency, concurrency_id="generate")
+    for choice, button in votes.items():
+        button.click(_voter(h, choice), [battle_id], panel.vote_outputs(), api_name=f"{prefix}_vote_{choice}",
+                     concurrency_limit=ctx.settings.default_concurrency, concurrency_id="votes")
+    new.click(h.new, None, panel.view_outputs(), cancels=[sent], api_name=f"{prefix}_new", queue=False)
+    # No `cancels` here: the stop signal ends both streams and the handler finishes normally, so the
+    # visitor can still vote on what was answered (cancelling would leave the vote buttons disabled).
+    stop.click(h.stop, None, None, api_name=f"{prefix}_stop", queue=False)
+    return h, panel
+
+
+def _voter(h: ArenaHandlers, choice: str):
+    """A vote handler bound to ``choice`` with a plain signature Gradio can inspect."""
+
+    def vote(battle_id: str, request: gr.Request) -> list[Any]:
+        return h.vote(choice, battle_id, request)
+
+    vote.__name__ = f"vote_{choice}"
+    return vote

@@ -1,0 +1,60 @@
+"""Decoding controls shared by the tabs, and the server-side clamp of what a client sends.
+
+The sliders default to the paper's decoding (section IV-C): max_new_tokens 256, temperature 0.5,
+top_k 20, top_p 1.0, repetition_penalty 1.2. API clients can send any number, so every value is
+clamped to the sliders' ranges on the server before it reaches a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..specs import Decoding
+
+#: (minimum, maximum, step) per field; the UI and the clamp use the same ranges.
+RANGES: dict[str, tuple[float, float, float]] = {
+    "max_new_tokens": (1, 1024, 1),
+    "temperature": (0.0, 1.5, 0.05),
+    "top_k": (0, 100, 1),
+    "top_p": (0.05, 1.0, 0.05),
+    "repetition_penalty": (1.0, 2.0, 0.05),
+}
+FIELDS = tuple(RANGES)
+LABELS = {
+    "max_new_tokens": "Số token tối đa (max_new_tokens)",
+    "temperature": "Nhiệt độ (temperature)",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "repetition_penalty": "Phạt lặp từ (repetition_penalty)",
+}
+
+
+def clamp_decoding(*values: Any, default: Decoding | None = None) -> Decoding:
+    """A :class:`Decoding` from slider values in :data:`FIELDS` order; missing or unreadable
+    values fall back to ``default`` (the paper's), the rest are clamped to :data:`RANGES`."""
+    base = default or Decoding()
+    out: dict[str, Any] = {}
+    for name, value in zip(FIELDS, values + (None,) * (len(FIELDS) - len(values))):
+        lo, hi, _ = RANGES[name]
+        try:
+            number = float(value) if value is not None else float(getattr(base, name))
+        except (TypeError, ValueError):
+            number = float(getattr(base, name))
+        number = min(max(number, lo), hi)
+        out[name] = int(round(number)) if name in ("max_new_tokens", "top_k") else number
+    return Decoding(**out)
+
+
+def decoding_values(decoding: Decoding) -> list[Any]:
+    """Slider values for ``decoding``, in :data:`FIELDS` order."""
+    return [getattr(decoding, name) for name in FIELDS]
+
+
+def decoding_sliders(gr: Any, decoding: Decoding | None = None) -> list[Any]:
+    """Create one slider per field (inside the caller's layout), set to ``decoding``."""
+    decoding = decoding or Decoding()
+    sliders = []
+    for name in FIELDS:
+        lo, hi, step = RANGES[name]
+        sliders.append(gr.Slider(lo, hi, value=getattr(decoding, name), step=step, label=LABELS[name]))
+    return sliders

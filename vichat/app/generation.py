@@ -1,0 +1,120 @@
+"""Generation as the tabs use it: one answer, or two side by side, as accumulated text.
+
+These are the only functions that touch the model, so they are the ones ``@gpu`` (ZeroGPU)
+decorates. Their arguments are plain picklable values (names, strings, a :class:`Decoding`, a stop
+key): ZeroGPU may run them in a GPU worker. The backend is looked up from a module-level slot set
+by :func:`vichat.app.app.build_app`, never passed as an argument.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from ..serve.api import ChatBackend, Turn
+from ..specs import Decoding
+from .gpu import gpu
+from .streams import SideState, merge_streams
+
+_backend: ChatBackend | None = None
+
+
+def set_backend(backend: ChatBackend) -> None:
+    """Make ``backend`` the one every tab generates with."""
+    global _backend
+    _backend = backend
+
+
+def get_backend() -> ChatBackend:
+    if _backend is None:
+        raise RuntimeError("no chat backend: build the app with build_app(backend, settings) first")
+    return _backend
+
+
+class StopRegistry:
+    """The Stop buttons: one cancel event per (session, tab) for the generation in progress."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, key: str) -> threading.Event:
+        """A fresh event for a new generation under ``key`` (an older one is stopped)."""
+        event = threading.Event()
+        with self._lock:
+            old = self._events.get(key)
+            if old is not None:
+                old.set()
+            self._events[key] = event
+        return event
+
+    def get(self, key: str | None) -> threading.Event | None:
+        with self._lock:
+            return self._events.get(key) if key else None
+
+    def stop(self, key: str) -> bool:
+        """Stop the generation under ``key``; whether one was running."""
+        with self._lock:
+            event = self._events.get(key)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def finish(self, key: str, event: threading.Event) -> None:
+        """Forget ``event`` once its generation ended (unless a newer one replaced it)."""
+        event.set()
+        with self._lock:
+            if self._events.get(key) is event:
+                del self._events[key]
+
+
+STOPS = StopRegistry()
+
+
+@dataclass(frozen=True)
+class SideRequest:
+    """What one side of a battle generates."""
+
+    model: str
+    message: str
+    history: tuple[Turn, ...]
+    template: str | None
+    decoding: Decoding
+
+
+@gpu
+def stream_answer(
+    model: str, message: str, history: Sequence[Turn], template: str | None, decoding: Decoding,
+    stop_key: str | None = None,
+) -> Iterator[str]:
+    """Yield the answer so far (accumulated text) each time the model adds to it."""
+    cancel = STOPS.get(stop_key) or threading.Event()
+    text = ""
+    stream = get_backend().stream(model, message, tuple(history), template=template, decoding=decoding, cancel=cancel)
+    try:
+        for delta in stream:
+            text += delta
+            yield text
+            if cancel.is_set():
+                break
+    finally:
+        cancel.set()  # also when the consumer closed us: the backend stops generating
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+@gpu
+def stream_pair(sides: tuple[SideRequest, SideRequest], stop_key: str | None = None) -> Iterator[tuple[SideState, ...]]:
+    """Both sides at once: yield both states whenever either side progresses."""
+    backend = get_backend()
+
+    def factory(side: SideRequest):
+        def start(cancel: threading.Event) -> Iterator[str]:
+            return backend.stream(side.model, side.message, side.history, template=side.template,
+                                  decoding=side.decoding, cancel=cancel)
+        return start
+
+    yield from merge_streams([factory(s) for s in sides], stop=STOPS.get(stop_key))

@@ -1,0 +1,108 @@
+"""Limits a public demo needs: input length, turns, per-session rates, and keeping secrets out of
+everything the page shows or the log records.
+
+Messages raised here are for visitors, so they are in Vietnamese; they say what the limit is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+import traceback
+from collections import deque
+
+from ..records import VichatError, nfc
+from .settings import Rate
+
+log = logging.getLogger("vichat.app")
+
+#: Environment variables whose values must never be shown: names that look like credentials.
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|SALT|CREDENTIAL)", re.IGNORECASE)
+_MIN_SECRET_LEN = 6  # shorter values ("1", "true") are settings, and masking them would garble text
+
+
+class LimitError(VichatError):
+    """A visitor went over a limit; the message is shown in the page as is."""
+
+
+def check_message(text: str | None, max_chars: int) -> str:
+    """The message, NFC-normalised and stripped; :class:`LimitError` if empty or too long."""
+    text = nfc(text or "").strip()
+    if not text:
+        raise LimitError("Hãy nhập một câu hỏi (tin nhắn đang trống).")
+    if len(text) > max_chars:
+        raise LimitError(f"Tin nhắn quá dài: {len(text)} ký tự, tối đa {max_chars}. Hãy rút gọn rồi gửi lại.")
+    return text
+
+
+def check_turns(turns_so_far: int, max_turns: int) -> None:
+    """:class:`LimitError` when one more turn would exceed ``max_turns``."""
+    if turns_so_far + 1 > max_turns:
+        raise LimitError(
+            f"Cuộc trò chuyện đã đủ {max_turns} lượt, giới hạn của bản demo. Bấm “Xóa” (hoặc “Trận mới”) để bắt đầu lại."
+        )
+
+
+class RateLimiter:
+    """A sliding-window limit per key (a hashed session): at most ``rate.count`` per ``rate.window`` s.
+
+    In memory: a restart forgets it, which is acceptable for a demo's abuse limit (votes themselves
+    are durable). Keys idle for a whole window are dropped, so memory stays bounded.
+    """
+
+    def __init__(self, rate: Rate, clock=time.monotonic) -> None:  # noqa: ANN001 - injectable for tests
+        self.rate = rate
+        self._clock = clock
+        self._events: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+        self._last_sweep = clock()
+
+    def check(self, key: str) -> float:
+        """Record one event for ``key`` and return 0, or return the seconds to wait (nothing recorded)."""
+        if self.rate.count <= 0:
+            return 0.0
+        now = self._clock()
+        with self._lock:
+            if now - self._last_sweep > self.rate.window:
+                self._sweep(now)
+            events = self._events.setdefault(key, deque())
+            while events and now - events[0] >= self.rate.window:
+                events.popleft()
+            if len(events) >= self.rate.count:
+                return max(0.01, self.rate.window - (now - events[0]))
+            events.append(now)
+            return 0.0
+
+    def _sweep(self, now: float) -> None:
+        self._last_sweep = now
+        for key in [k for k, ev in self._events.items() if not ev or now - ev[-1] >= self.rate.window]:
+            del self._events[key]
+
+
+def secret_values(environ: dict[str, str] | None = None) -> list[str]:
+    """Values of credential-like environment variables, longest first (so masking is complete)."""
+    env = os.environ if environ is None else environ
+    values = {v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= _MIN_SECRET_LEN}
+    return sorted(values, key=len, reverse=True)
+
+
+def scrub(text: str, environ: dict[str, str] | None = None) -> str:
+    """``text`` with every credential-like environment value replaced by ``***``."""
+    for value in secret_values(environ):
+        text = text.replace(value, "***")
+    return text
+
+
+def describe_error(exc: BaseException, limit: int = 400) -> str:
+    """A message for the page: a :class:`VichatError`'s own words, else the exception's type and
+    message; secrets masked, length bounded. The scrubbed traceback goes to the log."""
+    if isinstance(exc, VichatError):
+        msg = str(exc)
+    else:
+        msg = f"{type(exc).__name__}: {exc}"
+        log.warning("unexpected error: %s", scrub("".join(traceback.format_exception(exc))))
+    msg = scrub(msg)
+    return msg if len(msg) <= limit else msg[: limit - 1] + "…"
