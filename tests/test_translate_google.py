@@ -9,7 +9,7 @@ from translate_servers import FakeServer, decomposed_vi, word_substitute
 from vichat.records import VichatError, is_nfc, nfc
 from vichat.translate.job import iter_failed, translate_file, translate_texts
 from vichat.translate.output import failed_path_for
-from vichat.translate.retry import Backoff
+from vichat.retry import Backoff
 
 FAST = Backoff(base=0.001, cap=0.005, max_retries=3)
 

@@ -14,7 +14,7 @@ from vichat.specs import TranslatorSpec
 from vichat.translate.cache import TranslationCache, cache_key, default_cache_path
 from vichat.translate.job import iter_failed, plan_file, translate_file, translate_texts
 from vichat.translate.output import failed_path_for
-from vichat.translate.retry import Backoff
+from vichat.retry import Backoff
 
 FAST = Backoff(base=0.001, cap=0.005, max_retries=2)
 

@@ -7,7 +7,7 @@ import pytest
 from translate_servers import FakeServer
 from vichat.records import VichatError
 from vichat.translate.job import translate_texts
-from vichat.translate.retry import Backoff
+from vichat.retry import Backoff
 from vichat_plugins.openai_translate import parse_items
 
 FAST = Backoff(base=0.001, cap=0.005, max_retries=3)

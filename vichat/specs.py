@@ -204,7 +204,7 @@ class TranslatorSpec:
     """A machine translator.
 
     ``translate(texts, source, target, **options) -> list[str]``: a batch in, a batch of the same
-    length and order out. Raise :class:`vichat.translate.errors.RetryableError` (optionally with
+    length and order out. Raise :class:`vichat.retry.RetryableError` (optionally with
     ``retry_after``) for 429/5xx/timeouts so the job retries with backoff,
     :class:`vichat.translate.errors.FatalTranslatorError` (bad key, no quota) to stop the whole run
     cleanly; any other exception marks the batch failed. Keyword defaults of ``translate`` (such as

@@ -76,7 +76,7 @@ def translate(
     Records that could not be translated go to OUTPUT's .failed.jsonl side file.
     """
     from .job import plan_file, translate_file
-    from .retry import Backoff
+    from ..retry import Backoff
 
     options = _parse_options(option_values)
     field_list = [f.strip() for f in fields.split(",") if f.strip()]

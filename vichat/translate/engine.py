@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from ..records import VichatError, nfc
+from ..retry import Backoff, Cancelled, RetryableError, call_with_retries
 from ..specs import TranslatorSpec
 from .cache import TranslationCache, cache_key
-from .errors import FatalTranslatorError, ProtectionError, RetryableError
+from .errors import FatalTranslatorError, ProtectionError
 from .protect import Protected, canonical_markers, check_markers, protect
-from .retry import Backoff, Cancelled, call_with_retries
 from .split import join_parts, split_text
 
 #: Options that change how a request is made, not what comes back: left out of the cache key.

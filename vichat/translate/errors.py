@@ -11,18 +11,16 @@ The contract (see :class:`vichat.specs.TranslatorSpec`):
 
 from __future__ import annotations
 
-import email.utils
-import time
-
 from ..records import VichatError
+from ..retry import RetryableError, parse_retry_after  # re-exported: translator plugins raise it
 
-
-class RetryableError(Exception):
-    """A transient failure; ``retry_after`` is the server's requested wait in seconds, if any."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+__all__ = [
+    "FatalTranslatorError",
+    "ProtectionError",
+    "RetryableError",
+    "TranslationInterrupted",
+    "parse_retry_after",
+]
 
 
 class FatalTranslatorError(VichatError):
@@ -39,21 +37,3 @@ class TranslationInterrupted(KeyboardInterrupt):
     def __init__(self, summary: object) -> None:
         super().__init__("interrupted")
         self.summary = summary
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())

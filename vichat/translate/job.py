@@ -18,7 +18,7 @@ from .cache import TranslationCache
 from .engine import Engine, Plan, RunStats, Segment
 from .errors import FatalTranslatorError, TranslationInterrupted
 from .output import OrderedWriter, failed_path_for
-from .retry import Backoff
+from ..retry import Backoff
 
 DEFAULT_FIELDS = ("instruction", "input", "output")
 

@@ -1,15 +1,45 @@
-"""Retries with exponential backoff and full jitter, honouring a server's Retry-After."""
+"""Retries with exponential backoff and full jitter, honouring a server's Retry-After.
+
+Shared by every job that calls a remote service (translation, judging): a callee raises
+:class:`RetryableError` for 429s, 5xx and timeouts, and :func:`call_with_retries` waits and retries.
+"""
 
 from __future__ import annotations
 
+import email.utils
 import random
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from .errors import RetryableError
-
 T = TypeVar("T")
+
+
+class RetryableError(Exception):
+    """A transient failure; ``retry_after`` is the server's requested wait in seconds, if any."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,93 @@
+"""Benchmark: `vichat eval judge` with its defaults against one request at a time.
+
+Judges the 80 Vietnamese Vicuna questions in both orders (160 judgments) with the real openai
+judge plugin and client, against a loopback OpenAI-compatible server that answers each request
+after --latency seconds. Measured in one run, each cold run on a fresh cache:
+
+  baseline   --concurrency 1 (one request at a time)
+  vichat     the project's defaults (--concurrency 16), rate limits set high enough not to bind
+  defaults   the same with the default limits as well (500 requests/min, 300k tokens/min)
+  rerun      the vichat run again on its warm cache (goal: 0 requests)
+
+Not a timed test: run it by hand, e.g.
+  .venv/bin/python bench/judge.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the loopback server lives with the tests
+
+SHARED = Path(os.environ.get("VICHAT_SHARED_DATA") or REPO.parent / "shared" / "data") / "eval"
+
+
+def inputs(tmp: Path) -> tuple[Path, Path, Path, str]:
+    """Questions, model answers and baseline answers: the paper's when present, else synthetic."""
+    q, a, b = (SHARED / "vicuna80_questions_vi.jsonl", SHARED / "paper_outputs" / "answer_bloomz_instruct.jsonl",
+               SHARED / "paper_outputs" / "answer_gpt35_instruct.jsonl")
+    if q.exists() and a.exists() and b.exists():
+        return q, a, b, "the paper's vicuna80 questions, Bloomz-Chat answers vs ChatGPT answers"
+    rows = [(i, f"Câu hỏi số {i} về chủ đề {i % 9}?") for i in range(1, 81)]
+    for path, text in ((tmp / "q.jsonl", "question"), (tmp / "a.jsonl", "model"), (tmp / "b.jsonl", "baseline")):
+        with open(path, "w", encoding="utf-8") as f:
+            for i, t in rows:
+                obj = {"question_id": i, "category": "generic", "text": t} if text == "question" else \
+                      {"question_id": i, "text": f"Trả lời {text} {i}: " + "nội dung " * (20 + i % 30)}
+                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    return tmp / "q.jsonl", tmp / "a.jsonl", tmp / "b.jsonl", "80 synthetic questions (shared data not found)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latency", type=float, default=0.2, help="server answer delay per request, seconds")
+    ap.add_argument("--protocol", default="swap", choices=["swap", "paper"])
+    args = ap.parse_args()
+
+    from openai_server import JudgeServer
+    from vichat.evaluate.jobs import JudgeJob, judge_job
+    from vichat.evaluate.runner import RunOptions
+
+    tmp = Path(tempfile.mkdtemp(prefix="vichat-bench-judge-"))
+    q, a, b, what = inputs(tmp)
+    unbound = {"rpm": 1e9, "tpm": 1e12, "progress": False}
+    runs = [
+        ("baseline: one request at a time (-j 1)", RunOptions(concurrency=1, **unbound), "c1"),
+        ("vichat defaults (-j 16), limits not binding", RunOptions(**unbound), "c16"),
+        ("vichat defaults incl. 500 rpm / 300k tpm", RunOptions(progress=False), "cdef"),
+        ("vichat warm rerun (cache of the -j 16 run)", RunOptions(**unbound), "c16"),
+    ]
+    results = []
+    with JudgeServer(delay=args.latency) as server:
+        os.environ["OPENAI_API_KEY"] = "sk-bench"
+        os.environ["OPENAI_BASE_URL"] = server.openai_url
+        for label, opts, cache in runs:
+            before = server.requests
+            start = time.monotonic()
+            out = judge_job(JudgeJob(q, a, b, tmp / f"reviews-{cache}.jsonl", protocol=args.protocol,
+                                     cache=tmp / f"{cache}.sqlite", run=opts))
+            elapsed = time.monotonic() - start
+            results.append((label, server.requests - before, elapsed, len(out.tasks), out.failed))
+
+    print(f"input: {what} ({results[0][3]} judgments, protocol {args.protocol})")
+    print(f"server: 127.0.0.1, {args.latency * 1000:.0f} ms per request; judge: openai plugin, gpt-4 settings\n")
+    print(f"{'method':48s} {'requests':>9s} {'seconds':>9s} {'judgments/s':>12s} {'speed-up':>9s}")
+    base = results[0][2]
+    for label, requests, secs, n, _ in results:
+        print(f"{label:48s} {requests:9d} {secs:9.3f} {n / secs:12.1f} {base / secs:8.1f}x")
+    ratio = base / results[1][2]
+    print(f"\nwall-time ratio (one at a time / vichat defaults): {ratio:.1f}x  (goal >= 8x: {'met' if ratio >= 8 else 'NOT met'})")
+    warm = results[3][1]
+    print(f"requests on warm rerun: {warm}  (goal 0: {'met' if warm == 0 else 'NOT met'})")
+    print(f"unreadable reviews: {', '.join(str(r[4]) for r in results)}")
+
+
+if __name__ == "__main__":
+    main()

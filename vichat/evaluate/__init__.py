@@ -1,0 +1,1 @@
+"""Evaluation: pairwise judging, score parsing, protocols and bias diagnostics, reports."""

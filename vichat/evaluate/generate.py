@@ -1,0 +1,171 @@
+"""`vichat eval generate`: answers to a question set, in FastChat's answer format.
+
+Each line: ``{"question_id", "text", "answer_id", "model_id", "metadata"}`` where ``metadata``
+records the decoding (the paper's: max_new_tokens 256, temperature 0.5, top_k 20,
+repetition_penalty 1.2), the template, the seed, the base model and adapter. Generation stops at
+EOS or at the template's stop marker ("### Instruction:", where a model starts a new turn).
+Answers are appended as they finish; a rerun skips the questions already answered, so an
+interrupted run resumes (a half-written last line from a kill is dropped and redone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..records import VichatError
+from .files import Question, short_id
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings written to every answer's metadata."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.5
+    top_k: int = 20
+    top_p: float = 1.0
+    repetition_penalty: float = 1.2
+    seed: int = 0
+    template: str = "chat"
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        sample = self.temperature > 0
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": sample,
+                                  "repetition_penalty": self.repetition_penalty}
+        if sample:
+            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return kwargs
+
+
+def batch_seed(seed: int, question_id: Any) -> int:
+    """The torch seed of a batch: from ``--seed`` and its first question, not from its position,
+    so a resumed run samples what an uninterrupted one would have."""
+    return int(hashlib.sha256(f"{seed}:{question_id}".encode("utf-8")).hexdigest()[:8], 16)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to the first stop marker, stripped."""
+    cut = len(text)
+    for s in stops:
+        i = text.find(s)
+        if s and i >= 0:
+            cut = min(cut, i)
+    return text[:cut].strip()
+
+
+def existing_answers(path: Path) -> dict[Any, dict]:
+    """Answers already in ``path`` by question id; drops a torn last line left by a kill."""
+    if not path.exists():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    done: dict[Any, dict] = {}
+    keep = 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            keep += len(line)
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines) and not line.endswith("\n"):
+                with open(path, "r+", encoding="utf-8") as f:  # torn by a kill: redo that answer
+                    f.truncate(len("".join(lines[: n - 1]).encode("utf-8")))
+                break
+            raise VichatError(f"{path}:{n}: not JSON; fix or remove the file (or choose another --out)") from None
+        done[obj.get("question_id")] = obj
+    return done
+
+
+def generate_answers(
+    questions: Mapping[Any, Question], loaded: Any, template: Any, settings: GenerationSettings, out: Path, *,
+    batch_size: int = 8, limit: int | None = None, progress: bool | None = None,
+    on_answer: Callable[[dict], None] = lambda a: None,
+) -> tuple[int, int]:
+    """Answer the questions not yet in ``out``; returns ``(written, already there)``.
+
+    :param loaded: a :class:`vichat.evaluate.loading.LoadedModel`.
+    :param template: a :class:`vichat.specs.TemplateSpec` (its ``stop`` markers end an answer).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..data.templates import render_prompt
+
+    meta = {**asdict(settings), "stop": list(template.stop), "base_model": loaded.base_model, "adapter": loaded.adapter}
+    done = existing_answers(out)
+    for qid, ans in done.items():
+        old = ans.get("metadata") or {}
+        if ans.get("model_id") != loaded.model_id or any(old.get(k) != v for k, v in meta.items() if k != "adapter"):
+            raise VichatError(
+                f"{out} already holds answers from another model or other settings (question {qid!r}); "
+                "use another --out, or delete the file to start over"
+            )
+    todo = [q for q in questions.values() if q.question_id not in done][: limit if limit is not None else None]
+    model, tok = loaded.model, loaded.tokenizer
+    model.eval()
+    tok.padding_side = "left"  # generation continues on the right: pad on the left
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    kwargs = settings.generate_kwargs()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(out, "a", encoding="utf-8") as f, tqdm(total=len(todo), unit="answer", desc=f"generate ({loaded.model_id})",
+                                                     disable=(not progress) if progress is not None else None) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            # One seed per batch, derived from the first question: a resumed run draws the same.
+            torch.manual_seed(batch_seed(settings.seed, batch[0].question_id))
+            prompts = [render_prompt(template, q.text) for q in batch]
+            enc = tok(prompts, return_tensors="pt", padding=True).to(model.device)
+            with torch.no_grad():
+                gen = model.generate(**enc, **kwargs, stop_strings=list(template.stop), tokenizer=tok,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            for q, ids in zip(batch, new):
+                text = cut_at_stop(tok.decode(ids, skip_special_tokens=True), template.stop)
+                answer = {"question_id": q.question_id, "text": text,
+                          "answer_id": short_id(loaded.model_id, q.question_id, text),
+                          "model_id": loaded.model_id, "metadata": meta}
+                f.write(json.dumps(answer, ensure_ascii=False) + "\n")
+                written += 1
+                on_answer(answer)
+            f.flush()
+            bar.update(len(batch))
+    return written, len(done)
+
+
+def generate_job(
+    model_ref: str, questions_path: str | Path, out: str | Path, *, template: str | None = None,
+    set_template: str = "chat", decoding: Mapping[str, Any] | None = None, seed: int = 0, batch_size: int = 8,
+    limit: int | None = None, base_path: str | None = None, load_in: str = "none", model_id: str | None = None,
+    device: str = "auto", progress: bool | None = None,
+) -> tuple[int, int]:
+    """Load ``model_ref`` and answer the questions; see :func:`generate_answers`.
+
+    :param template: a registered template name; default ``set_template`` (chat for vicuna80,
+        doctor for icliniq100).
+    :param decoding: overrides of the model's decoding settings (the paper's by default).
+    """
+    from ..plugins import get_registry
+    from .files import default_category, load_questions
+    from .loading import load_for_generation
+
+    questions = load_questions(questions_path, default_category(questions_path))
+    tmpl = get_registry().template(template or set_template)
+    loaded = load_for_generation(model_ref, base_path=base_path, load_in=load_in)
+    if model_id:
+        loaded.model_id = model_id
+    if device != "cpu" and load_in == "none":
+        import torch
+
+        target = "cuda" if device == "auto" and torch.cuda.is_available() else (None if device == "auto" else device)
+        if target:
+            loaded.model.to(target)
+    base = loaded.decoding
+    values = {k: getattr(base, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")}
+    values.update({k: v for k, v in (decoding or {}).items() if v is not None})
+    settings = GenerationSettings(**values, seed=seed, template=tmpl.name)
+    return generate_answers(questions, loaded, tmpl, settings, Path(out), batch_size=batch_size, limit=limit, progress=progress)

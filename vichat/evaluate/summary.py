@@ -1,0 +1,44 @@
+"""Human-readable lines for ``vichat eval judge``: the dry-run estimate and the run summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _money(x: float | None) -> str:
+    return "unknown (pass --price-in/--price-out)" if x is None else f"${x:,.2f}"
+
+
+def format_estimate(est: Any) -> list[str]:
+    """The ``--dry-run`` table (``est``: :class:`vichat.evaluate.jobs.Estimate`)."""
+    rows = [
+        ("judgments", f"{est.judgments:,} ({est.cached:,} cached, {est.to_send:,} to send)"),
+        ("requests", f"{est.requests:,} (+ one re-ask for each unreadable review)"),
+        ("prompt tokens", f"~{est.prompt_tokens:,} (estimated)"),
+        ("completion tokens", f"~{est.typical_completion_tokens:,} typical, at most {est.max_completion_tokens:,}"),
+        ("estimated cost", f"{_money(est.cost(est.typical_completion_tokens))} typical, "
+                           f"at most {_money(est.cost(est.max_completion_tokens))}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    out = ["dry run: nothing was sent"] + [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    if est.missing_env and est.to_send:
+        out.append(f"  note: set {', '.join(est.missing_env)} before the real run")
+    return out
+
+
+def format_outcome(outcome: Any, out: str | Path) -> list[str]:
+    """What a run did (``outcome``: :class:`vichat.evaluate.jobs.JudgeOutcome`)."""
+    s = outcome.summary
+    u = s.usage
+    lines = [
+        f"{outcome.written} reviews written to {out}: {s.judged} judged now, {s.cached} from the cache, "
+        f"{outcome.failed} without readable scores ({outcome.not_judged} not judged)",
+        f"requests {u.requests} answered, {s.attempts} attempts; tokens {u.prompt_tokens:,} in + "
+        f"{u.completion_tokens:,} out; cost ${u.cost:,.4f}; {s.elapsed:.1f}s",
+    ]
+    if outcome.missing:
+        lines.append(f"skipped {len(outcome.missing)} question(s) without both answers: {outcome.missing[:10]}")
+    for key, err in list(s.errors.items())[:5]:
+        lines.append(f"failed: {err}")
+    return lines
