@@ -73,3 +73,26 @@ def test_bad_prompt_lines_name_the_place(tmp_path):
         load_prompts([tmp_path / "bad.jsonl"])
     with pytest.raises(VichatError, match="no judge prompt set 'nope'"):
         load_prompts().for_category("generic", "nope")
+
+
+def test_a_plugin_registers_a_prompt_set(tmp_path):
+    import json
+    import types
+
+    from vichat.evaluate.prompts import prompt_sources
+    from vichat.hookspecs import hookimpl
+    from vichat.plugins import build_registry
+    from vichat.specs import JudgePromptsSpec
+
+    general = load_prompts().for_category("generic")
+    row = {**{k: getattr(general, k) for k in ("system_prompt", "prompt_template", "instruction")},
+           "prompt_id": "med-general", "version": 1, "set": "medical-vi", "applies_to": ["*"]}
+    (tmp_path / "med.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    plugin = types.ModuleType("med_prompts")
+    plugin.register_judge_prompts = hookimpl(
+        lambda register: register(JudgePromptsSpec(name="medical-vi", description="test set", path=str(tmp_path))))
+    registry = build_registry([("med", plugin)])
+    assert registry.owner("judge_prompts", "medical-vi") == "med"
+    assert registry.owner("judge_prompts", "vicuna") == "judge-prompts"
+    files = prompt_sources(registry=registry)
+    assert tmp_path / "med.jsonl" in files

@@ -51,3 +51,11 @@ def register_templates(register: Callable) -> None:
 
     :param register: call ``register(TemplateSpec(...))`` once per template.
     """
+
+
+@hookspec
+def register_judge_prompts(register: Callable) -> None:
+    """Register sets of versioned judge prompts (JSON Lines files).
+
+    :param register: call ``register(JudgePromptsSpec(...))`` once per prompt set.
+    """

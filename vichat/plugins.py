@@ -35,6 +35,7 @@ SINGULAR = {
     "translators": "translator",
     "judges": "judge",
     "templates": "template",
+    "judge_prompts": "judge prompt set",
 }
 
 

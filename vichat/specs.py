@@ -289,12 +289,34 @@ class TemplateSpec:
         _check_str_tuple(self, "stop")
 
 
+# --------------------------------------------------------------------------- judge prompts
+
+
+@dataclass(frozen=True)
+class JudgePromptsSpec:
+    """A set of versioned judge prompts: ``path`` is a ``.jsonl`` file or a folder of them.
+
+    The file format is described in :mod:`vichat.evaluate.prompts`; each prompt in the files names
+    the ``set`` it belongs to (what ``vichat eval judge`` selects), usually ``name``.
+    """
+
+    name: str
+    description: str
+    path: str
+
+    def validate(self) -> None:
+        _check_common(self)
+        if not isinstance(self.path, str) or not self.path:
+            raise SpecError(f"JudgePromptsSpec {self.name!r}: path must be a file or folder path (str)")
+
+
 KINDS: dict[str, type] = {
     "datasets": DatasetSpec,
     "base_models": BaseModelSpec,
     "translators": TranslatorSpec,
     "judges": JudgeSpec,
     "templates": TemplateSpec,
+    "judge_prompts": JudgePromptsSpec,
 }
 
 

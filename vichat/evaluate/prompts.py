@@ -9,9 +9,10 @@ the paper's three GPT-4 judge prompts from FastChat, Apache-2.0)::
      "reask": "...", "aspects_request": "...", "description": "...", "source": "...", "license": "..."}
 
 ``applies_to`` lists the question categories the prompt judges (``"*"``: any category without a
-prompt of its own). Where prompts come from, in order: the package, the directories in
-``$VICHAT_JUDGE_PROMPTS`` (``os.pathsep``-separated; a plugin's installer or a user sets it), and
-``--prompts PATH`` on the command line. The same ``prompt_id`` and ``version`` defined twice with
+prompt of its own). Where prompts come from, in order: the prompt sets plugins register with the
+``register_judge_prompts`` hook (the built-in ``judge-prompts`` plugin registers the package's
+``vicuna`` set), the files or directories in ``$VICHAT_JUDGE_PROMPTS`` (``os.pathsep``-separated),
+and ``--prompts PATH`` on the command line. The same ``prompt_id`` and ``version`` defined twice with
 different text is an error naming both places: a version must always mean the same words, since
 reviews and the judgment cache refer to it.
 """
@@ -25,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from ..records import VichatError
 
@@ -134,11 +135,19 @@ def _files(location: Path) -> list[Path]:
     raise VichatError(f"{location}: no such judge prompt file or directory (check --prompts / ${ENV_VAR})")
 
 
-def prompt_sources(extra: Iterable[str | Path] = ()) -> list[Path]:
-    """The package's prompt files, then ``$VICHAT_JUDGE_PROMPTS``, then ``extra``."""
-    package = resources.files("vichat.evaluate") / "prompts"
-    # An install without the package data has no folder: report "no prompt set", not a traceback.
-    files = sorted(Path(str(p)) for p in package.iterdir() if p.name.endswith(".jsonl")) if package.is_dir() else []
+def package_prompts_dir() -> Path:
+    """The folder of the prompt sets shipped with vichat (registered by the ``judge-prompts`` plugin)."""
+    return Path(str(resources.files("vichat.evaluate") / "prompts"))
+
+
+def prompt_sources(extra: Iterable[str | Path] = (), registry: Any = None) -> list[Path]:
+    """Registered prompt sets, then ``$VICHAT_JUDGE_PROMPTS``, then ``extra``."""
+    from ..plugins import get_registry
+
+    registry = registry or get_registry()
+    files: list[Path] = []
+    for spec in registry.all("judge_prompts"):
+        files.extend(_files(Path(spec.path)))
     env = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p.strip()]
     for location in [*env, *extra]:
         files.extend(_files(Path(location)))
