@@ -74,12 +74,14 @@ def _add_optional_commands() -> None:
     from .data.commands import data
     from .evaluate.commands import eval_group
     from .train.commands import train
+    from .train.export_commands import export
     from .train.tiny_commands import tiny
     from .translate.commands import translate
 
     main.add_command(data)
     main.add_command(translate)
     main.add_command(train)
+    main.add_command(export)
     main.add_command(tiny)
     main.add_command(eval_group)
     main.add_command(serve)

@@ -42,13 +42,19 @@ def plot_loss_curve(log: Sequence[Mapping[str, Any]], path: str | Path, title: s
 def _fmt(value: Any) -> str:
     if value is None:
         return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+        return f"{value:.6g}"
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, (list, tuple)):
         return ", ".join(map(str, value))
     return str(value)
+
+
+def _loss(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
 
 
 def _versions() -> dict[str, str]:
@@ -130,11 +136,11 @@ def model_card(
         f"| trainable parameters | {trainable_params:,} ({pct:.3f}% of {total_params:,}) |",
         f"| LoRA targets | {', '.join(lora_targets)} |",
         f"| optimizer steps | {_fmt(results.get('global_step'))} of {_fmt(results.get('total_steps'))} |",
-        f"| final train loss | {_fmt(results.get('final_train_loss'))} |",
-        f"| final validation loss | {_fmt(results.get('final_val_loss'))} |",
-        f"| wall time | {_fmt(results.get('wall_seconds'))} s (training steps {_fmt(results.get('train_seconds'))} s) |",
-        f"| useful tokens | {_fmt(results.get('tokens_seen'))} |",
-        f"| tokens per second | {_fmt(results.get('tokens_per_second'))} (non-padding tokens, all processes) |",
+        f"| final train loss | {_loss(results.get('final_train_loss'))} |",
+        f"| final validation loss | {_loss(results.get('final_val_loss'))} |",
+        f"| wall time | {results.get('wall_seconds', 0):,.1f} s (of which training steps {results.get('train_seconds', 0):,.1f} s) |",
+        f"| useful tokens | {_fmt(results.get('tokens_seen'))} (non-padding, all processes) |",
+        f"| tokens per second | {results.get('tokens_per_second', 0):,.0f} |",
         f"| processes | {_fmt(batch.get('world'))} ({'DeepSpeed ZeRO-' + str(config.get('zero_stage')) if (batch.get('world') or 1) > 1 else 'single process'}, device {config.get('device')}) |",
         "",
         f"![loss curve]({LOSS_CURVE})",

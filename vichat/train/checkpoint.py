@@ -43,11 +43,14 @@ class TrainState:
     step_in_epoch: int = 0  # steps of ``epoch`` already done: the next step's index in the epoch's plan
     seed: int = 0
     fingerprint: str = ""
+    plan: dict[str, Any] = field(default_factory=dict)  # what the fingerprint hashes, for error messages
     total_steps: int = 0
     world_size: int = 1
     tokens_seen: int = 0  # useful (non-padding) tokens trained on, all processes
     train_seconds: float = 0.0  # time inside training steps (not evaluation or saving)
+    wall_seconds: float = 0.0  # wall time of the run up to this checkpoint (earlier sessions included)
     log: list[dict[str, Any]] = field(default_factory=list)
+    window: dict[str, Any] = field(default_factory=dict)  # steps done since the last log line (not logged yet)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=1)

@@ -70,7 +70,7 @@ class TrainConfig:
     save_steps: int = _f(200, "Checkpoint every N steps.")
     save_total_limit: int = _f(3, "Checkpoints kept.")
     packing: bool = _f(False, "Pack several examples into each max_length sequence.")
-    group_by_length: bool = _f(False, "Batch examples of similar length together (less padding).")
+    group_by_length: bool = _f(True, "Batch examples of similar length together (less padding); --no-group-by-length for shuffled batches.")
     resume: str | None = _f(None, "Resume from a checkpoint dir, or 'auto' for the latest in output_dir.")
 
     @property

@@ -135,7 +135,13 @@ def load_prepared(folder: str | Path) -> TrainingData:
 
 def tokenize_all(records: Sequence[Record], tokenizer: Any, template: Any, max_length: int) -> list[dict[str, Any]]:
     """:func:`tokenize_record` on every record (input ids, labels masked on the prompt, EOS last)."""
-    return [tokenize_record(r, tokenizer, template, max_length) for r in records]
+    out = []
+    for r in records:
+        try:
+            out.append(tokenize_record(r, tokenizer, template, max_length))
+        except ValueError as exc:  # e.g. max_length shorter than the template itself
+            raise VichatError(f"--max-length {max_length}: record {r.id!r}: {exc}") from None
+    return out
 
 
 def label_tokens(example: Mapping[str, Any]) -> int:

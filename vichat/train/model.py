@@ -61,7 +61,10 @@ def add_lora(model: Any, cfg: "TrainConfig", targets: Sequence[str]) -> Any:
             model, use_gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs=ckpt_kwargs
         )
     elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
+        else:  # pragma: no cover - transformers 4
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
     config = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

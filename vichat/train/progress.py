@@ -10,11 +10,40 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 LOG_FILE = "training_log.jsonl"
 TB_DIR = "runs"
+
+
+@dataclass
+class LogWindow:
+    """The steps since the last log line: their loss is averaged per response token."""
+
+    loss_x_tokens: float = 0.0
+    label_tokens: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    grad_norm: float = 0.0
+    steps: int = 0
+
+    def add(self, loss: float, label_tokens: int, tokens: int, seconds: float, grad_norm: float | None) -> None:
+        self.loss_x_tokens += loss * label_tokens
+        self.label_tokens += label_tokens
+        self.tokens += tokens
+        self.seconds += seconds
+        self.grad_norm += grad_norm or 0.0
+        self.steps += 1
+
+    def entry(self) -> dict[str, float]:
+        """``loss`` (per response token), mean ``grad_norm`` and useful ``tokens_per_s`` of the window."""
+        return {
+            "loss": self.loss_x_tokens / max(1, self.label_tokens),
+            "grad_norm": self.grad_norm / max(1, self.steps),
+            "tokens_per_s": self.tokens / self.seconds if self.seconds else 0.0,
+        }
 
 
 class RunLogger:

@@ -87,8 +87,6 @@ def validate_config(cfg: TrainConfig, spec: Any) -> list[str]:
             raise VichatError(f"--{name.replace('_', '-')} must be at least 1")
     if cfg.warmup_steps < 0:
         raise VichatError("--warmup-steps cannot be negative")
-    if cfg.packing and cfg.group_by_length:
-        warnings.append("--packing makes every sequence max_length long, so --group-by-length has no effect.")
     if cfg.device == "cpu" and cfg.optimizer == "paged_adamw_8bit":
         raise VichatError("paged_adamw_8bit pages optimizer state between GPU and CPU memory; it needs --device cuda")
     return warnings

@@ -1,0 +1,143 @@
+"""kill -9 and resume: checkpoints are atomic, and a resumed run ends where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest_train import PY, REPO, one_thread, run_python, subprocess_env, tiny, train_registry  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LAUNCH = ["-m", "vichat.train.launch"]
+
+
+def _result(out):
+    return json.loads((out / "train_result.json").read_text())
+
+
+def _train_losses(out):
+    lines = (out / "training_log.jsonl").read_text().splitlines()
+    return [(e["step"], e["loss"]) for e in map(json.loads, lines) if "loss" in e]
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from vichat.train.checkpoint import latest_checkpoint
+
+    args = tiny.cli_args(tmp_path / "ref", epochs=4)  # 24 steps, a checkpoint every 3
+    ref = run_python(LAUNCH + args, tmp_path)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([PY, *LAUNCH, *tiny.cli_args(out, epochs=4)], cwd=REPO, env=subprocess_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while latest_checkpoint(out) is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
+    assert not (out / "train_result.json").exists()
+    killed_at = latest_checkpoint(out)
+    assert killed_at is not None and killed_at.name != "step-24"
+
+    resumed = run_python(LAUNCH + tiny.cli_args(out, epochs=4, resume="auto"), tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    a, b = _result(tmp_path / "ref"), _result(out)
+    assert b["resumed_from"] is not None and b["global_step"] == a["global_step"] == 24
+    assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], abs=1e-4)
+    assert b["final_val_loss"] == pytest.approx(a["final_val_loss"], abs=1e-4)
+    # The whole curve agrees, and the log has no steps twice (those after the checkpoint were redone).
+    assert [s for s, _ in _train_losses(out)] == list(range(1, 25))
+    for (s1, l1), (s2, l2) in zip(_train_losses(tmp_path / "ref"), _train_losses(out)):
+        assert s1 == s2 and l1 == pytest.approx(l2, abs=1e-4)
+    wa, wb = load_file(tmp_path / "ref" / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_a_crash_mid_save_leaves_the_previous_checkpoint_as_latest(tiny, tmp_path, monkeypatch):
+    from vichat.train import checkpoint as ckpt
+    from vichat.train.trainer import run
+
+    reference = run(tiny.config(tmp_path / "ref"), registry=train_registry(), show_progress=False)
+
+    out = tmp_path / "crash"
+    real_save_rng = ckpt.save_rng
+
+    def crash_at_step_6(folder, rank):
+        real_save_rng(folder, rank)
+        if folder.name.endswith("step-6"):
+            raise KeyboardInterrupt("simulated crash in the middle of writing step-6")
+
+    monkeypatch.setattr(ckpt, "save_rng", crash_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny.config(out), registry=train_registry(), show_progress=False)
+    monkeypatch.setattr(ckpt, "save_rng", real_save_rng)
+    assert (out / "checkpoints" / ".tmp-step-6").is_dir()  # the half-written one
+    assert ckpt.latest_checkpoint(out).name == "step-3"
+
+    result = run(tiny.config(out, resume="auto"), registry=train_registry(), show_progress=False)
+    assert not (out / "checkpoints" / ".tmp-step-6").exists()
+    assert result.resumed_from.endswith("step-3")
+    assert result.final_train_loss == pytest.approx(reference.final_train_loss, abs=1e-4)
+    assert result.final_val_loss == pytest.approx(reference.final_val_loss, abs=1e-4)
+
+
+def test_incomplete_checkpoint_folders_are_not_latest(tmp_path):
+    from vichat.train.checkpoint import TrainState, latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    for step in (3, 6, 9):
+        (root / f"step-{step}").mkdir(parents=True)
+    (root / "step-3" / "trainer_state.json").write_text(TrainState(global_step=3).to_json())
+    (root / "step-6" / "trainer_state.json").write_text(TrainState(global_step=6).to_json())
+    (root / "step-9" / "trainer_state.json").write_text('{"global_step": 9, "log": [')  # torn write
+    (root / ".tmp-step-12").mkdir()
+    assert latest_checkpoint(tmp_path).name == "step-6"
+    (root / "step-6" / "trainer_state.json").write_text(TrainState(global_step=5).to_json())  # wrong folder
+    assert latest_checkpoint(tmp_path).name == "step-3"
+
+
+def test_resume_with_other_settings_is_refused(tiny, tmp_path):
+    from vichat.records import VichatError
+    from vichat.train.trainer import run
+
+    run(tiny.config(tmp_path / "o", epochs=0.5), registry=train_registry(), show_progress=False)
+    with pytest.raises(VichatError, match="optimizer"):
+        run(tiny.config(tmp_path / "o", epochs=0.5, learning_rate=5e-3, resume="auto"), registry=train_registry(),
+            show_progress=False)
+    with pytest.raises(VichatError, match="no such checkpoint folder"):
+        run(tiny.config(tmp_path / "o", resume=str(tmp_path / "nope")), registry=train_registry(), show_progress=False)
+
+
+def test_resume_auto_without_checkpoints_starts_fresh(tiny, tmp_path):
+    from vichat.train.trainer import run
+
+    result = run(tiny.config(tmp_path / "new", epochs=0.5, resume="auto"), registry=train_registry(),
+                 show_progress=False)
+    assert result.resumed_from is None and result.global_step == 3
+
+
+def test_resume_between_log_lines_keeps_the_unlogged_steps(tiny, tmp_path):
+    """logging every 4 steps, checkpoints every 3: the line at step 4 of a run resumed at step 3 still
+    averages steps 1-4, as in the uninterrupted run."""
+    import shutil
+
+    from vichat.train.trainer import run
+
+    settings = dict(logging_steps=4, save_steps=3)
+    run(tiny.config(tmp_path / "ref", **settings), registry=train_registry(), show_progress=False)
+    out = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "ref" / "checkpoints" / "step-3", out / "checkpoints" / "step-3")
+    run(tiny.config(out, resume="auto", **settings), registry=train_registry(), show_progress=False)
+    ref, res = _train_losses(tmp_path / "ref"), _train_losses(out)
+    assert [s for s, _ in res] == [s for s, _ in ref] == [4, 8, 12]
+    for (_, a), (_, b) in zip(ref, res):
+        assert a == pytest.approx(b, abs=1e-6)

@@ -1,0 +1,153 @@
+"""``export(adapter_dir, out_dir, merge=True)``: a merged full model (or a clean adapter copy) for serving.
+
+Merging adds ``B @ A x alpha / r`` into the base weights (peft's ``merge_and_unload``), so the
+result loads with plain ``AutoModelForCausalLM`` and runs as fast as the base. It is refused onto a
+quantised base: the sum would be rounded back onto the int8/NF4 grid and most of the small LoRA
+update lost (:func:`vichat.train.validate.check_merge`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..records import VichatError
+from .adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RUN_INFO
+from .validate import check_merge
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+DTYPE_NAMES = {"auto": "auto", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(adapter_config, run_info)`` of an adapter folder; run_info is ``{}`` for a non-vichat adapter."""
+    folder = Path(adapter_dir).expanduser()
+    config_path = folder / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise VichatError(f"{folder}: not a PEFT adapter folder (no {ADAPTER_CONFIG}); pass the output dir of "
+                          "`vichat train` or a checkpoints/step-N folder")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    info_path = folder / RUN_INFO
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    return config, info
+
+
+def _is_quantized(model: Any) -> bool:
+    return bool(getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False)
+                or getattr(model, "hf_quantizer", None) is not None
+                or getattr(model.config, "quantization_config", None))
+
+
+def _quantization_on_disk(ref: str) -> str | None:
+    """``"8bit"``/``"4bit"`` when the base folder holds an already-quantised checkpoint."""
+    config = Path(ref).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    q = json.loads(config.read_text(encoding="utf-8")).get("quantization_config")
+    if not q:
+        return None
+    return "8bit" if q.get("load_in_8bit") or q.get("bits") == 8 else "4bit"
+
+
+def _merged_card(adapter_dir: Path, ref: str) -> str:
+    card = adapter_dir / "README.md"
+    body = card.read_text(encoding="utf-8") if card.is_file() else ""
+    if body.startswith("---\n"):  # drop the adapter's front matter (library_name: peft no longer applies)
+        end = body.find("\n---\n", 4)
+        body = body[end + 5 :] if end >= 0 else body
+    return (f"---\nbase_model: {ref}\nlanguage:\n- vi\npipeline_tag: text-generation\ntags:\n- vichat\n- merged-lora\n---\n\n"
+            f"# Merged model\n\nThe LoRA adapter `{adapter_dir.name}` merged into `{ref}` with peft's `merge_and_unload` "
+            "(`vichat export --merge`). Load it with `AutoModelForCausalLM.from_pretrained`; the adapter's card "
+            f"follows.\n{body}")
+
+
+def load_base_for_export(ref: str, info: dict[str, Any], *, load_in: str, dtype: str, registry: Any = None) -> tuple[Any, Any]:
+    """The base model named by the adapter (through its registry spec when vichat trained it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype: Any = DTYPE_NAMES[dtype] if dtype == "auto" else getattr(torch, DTYPE_NAMES[dtype])
+    spec = None
+    if info.get("base_model"):
+        if registry is None:
+            from ..plugins import get_registry
+
+            registry = get_registry()
+        try:
+            spec = registry.base_model(info["base_model"])
+        except VichatError:
+            spec = None  # the plugin that registered it is gone: load it as a plain transformers model
+    if spec is not None:
+        return spec.load_model(ref, load_in=load_in, dtype=torch_dtype)
+    from ..models import quantization_config
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    q = quantization_config(load_in)
+    if q is not None:
+        kwargs["quantization_config"] = q
+    try:
+        return AutoModelForCausalLM.from_pretrained(ref, **kwargs), AutoTokenizer.from_pretrained(ref)
+    except OSError as exc:
+        raise VichatError(f"cannot load the base model {ref!r} ({exc}); pass --base with a local folder") from exc
+
+
+def export(
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    merge: bool = True,
+    *,
+    base: str | None = None,
+    load_in: str = "none",
+    dtype: str = "auto",
+    registry: Any = None,
+) -> Path:
+    """Write ``out_dir`` for serving.
+
+    :param merge: merge the adapter into the base (``merge_and_unload``) and save the full model
+        and tokenizer; ``False`` copies the adapter, its card and tokenizer only.
+    :param base: the base model's folder or hub id (default: ``base_model_name_or_path`` from
+        adapter_config.json).
+    :param load_in: how to load the base; ``8bit``/``4bit`` are refused for a merge.
+    :param dtype: dtype of the merged weights (``auto`` = as the base is stored).
+    """
+    adapter_dir = Path(adapter_dir).expanduser()
+    out = Path(out_dir).expanduser()
+    config, info = read_adapter(adapter_dir)
+    if out.resolve() == adapter_dir.resolve():
+        raise VichatError(f"--out {out} is the adapter folder itself; choose another folder")
+    if dtype not in DTYPE_NAMES:
+        raise VichatError(f"--dtype {dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
+    ref = base or config.get("base_model_name_or_path")
+    if not ref:
+        raise VichatError(f"{adapter_dir / ADAPTER_CONFIG} names no base model; pass --base PATH_OR_HUB_ID")
+    out.mkdir(parents=True, exist_ok=True)
+
+    if not merge:
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md", RUN_INFO, "loss_curve.png", *TOKENIZER_FILES):
+            if (adapter_dir / name).is_file():
+                shutil.copy2(adapter_dir / name, out / name)
+        return out
+
+    check_merge(load_in, ref)
+    on_disk = _quantization_on_disk(ref)
+    if on_disk:
+        check_merge(on_disk, f"{ref} (an already-quantised checkpoint)")
+    from peft import PeftModel
+
+    model, tokenizer = load_base_for_export(ref, info, load_in=load_in, dtype=dtype, registry=registry)
+    if _is_quantized(model):
+        check_merge("8bit" if getattr(model, "is_loaded_in_8bit", False) else "4bit", ref)
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    merged = model.merge_and_unload()
+    merged.save_pretrained(str(out), safe_serialization=True)
+    if any((adapter_dir / f).is_file() for f in TOKENIZER_FILES):
+        # The tokenizer saved next to the adapter is the one training used (pad fixes included).
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(out))
+    (out / "README.md").write_text(_merged_card(adapter_dir, ref), encoding="utf-8")
+    return out
