@@ -73,6 +73,7 @@ def _add_optional_commands() -> None:
     from .app.commands import arena, serve
     from .data.commands import data
     from .evaluate.commands import eval_group
+    from .serve.commands import models
     from .train.commands import train
     from .train.export_commands import export
     from .train.tiny_commands import tiny
@@ -86,6 +87,7 @@ def _add_optional_commands() -> None:
     main.add_command(eval_group)
     main.add_command(serve)
     main.add_command(arena)
+    main.add_command(models)
 
 
 _add_optional_commands()
