@@ -24,11 +24,9 @@ browser:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null \
 	  || echo "warning: could not install chromium; the browser test will be skipped"; }
 
+# The Gradio app on this machine's default models: offline, the tiny model (built on first start).
 demo: setup
-	$(VENV)/bin/vichat plugins
-	$(VENV)/bin/vichat data stats vi-sample-chat
-	$(VENV)/bin/vichat data prepare --dataset vi-sample-chat --dataset vi-sample-doctor --out runs/data
-	$(VENV)/bin/vichat translate runs/data/validation.jsonl runs/data/validation.identity.jsonl --translator identity --source vi --target vi
+	$(VENV)/bin/vichat serve
 
 test: setup browser
 	$(VENV)/bin/python -m pytest -q
