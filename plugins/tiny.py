@@ -1,1 +1,68 @@
-"""The tiny offline base model (placeholder until `vichat tiny build` lands)."""
+"""The tiny offline base model: BLOOM architecture, trained from scratch by `vichat tiny build`.
+
+It needs no download: ``load`` builds it on first use (a few minutes on two CPU cores, with
+progress printed) and finds it in the cache after that. Importing this plugin imports neither torch
+nor transformers (only :mod:`vichat.train.tiny`, which is standard-library only at import time).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from vichat.hookspecs import hookimpl
+from vichat.specs import Architecture, BaseModelSpec, Decoding
+from vichat.train.tiny import DEFAULT_CONFIG as _CFG
+
+
+def resolve_base_dir(path_or_id: str | Path) -> Path:
+    """A tiny build folder (with ``base/`` inside) or the ``base/`` folder itself, as the model folder."""
+    path = Path(path_or_id).expanduser()
+    if not (path / "config.json").exists() and (path / "base" / "config.json").exists():
+        return path / "base"
+    return path
+
+
+def load(spec: BaseModelSpec, path_or_id: str | None = None, **options: Any) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from ``path_or_id`` if given, else from the cached default build,
+    building it first (printing the plan and progress) when it is not there yet."""
+    from vichat.models import load_causal_lm
+
+    if path_or_id is None:
+        from vichat.train.tiny import build_tiny, tiny_paths
+
+        paths = tiny_paths()
+        if not paths.is_complete(()):
+            print(f"vichat: the tiny model is not built yet; building it now into {paths.root} "
+                  "(once, a few minutes; `vichat tiny build` does the same)", file=sys.stderr, flush=True)
+        # The base only: adapters are built by `vichat tiny build` (and by the demo), not on model load.
+        path_or_id = str(build_tiny(adapters=False).base)
+    return load_causal_lm(spec, str(resolve_base_dir(path_or_id)), **options)
+
+
+TINY = BaseModelSpec(
+    name="tiny",
+    description="Tiny BLOOM-architecture Vietnamese model trained from scratch offline (`vichat tiny build`).",
+    # Not on the hub: the model is built locally; this names it in reports and model cards.
+    hub_id="vichat/tiny",
+    architecture=Architecture(
+        family="bloom",
+        n_layers=_CFG.n_layer,
+        hidden_size=_CFG.hidden_size,
+        n_heads=_CFG.n_head,
+        vocab_size=_CFG.vocab_size,
+        max_positions=2048,  # ALiBi positions: no learned table limits the length
+    ),
+    # Same fused, per-head interleaved projection as BLOOMZ: LoRA targets it whole.
+    lora_targets=("query_key_value",),
+    load=load,
+    default_template="chat",
+    decoding=Decoding(max_new_tokens=128),
+    license="Apache-2.0 (part of vichat)",
+)
+
+
+@hookimpl
+def register_base_models(register):
+    register(TINY)

@@ -7,16 +7,20 @@ Everything here is deterministic for a seed, with nothing but the seed as state:
   from one record (plain and templated) fall on the same side — no leak from train to held-out;
 * batch ``k`` is drawn from a generator seeded with ``(seed, k)``, so a run resumed from a
   checkpoint at step ``k`` sees exactly the batches an uninterrupted run would;
-* dropout is off, so the forward pass has no randomness.
+* dropout draws from torch's global generator, seeded before the model is built; a checkpoint
+  stores its state, so a resumed run draws the same masks.
 
 torch and transformers are imported inside the functions: importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -65,6 +69,7 @@ class Corpus:
     n_skipped: int = 0
 
     def summary(self) -> dict[str, Any]:
+        """Counts for report.json."""
         return {
             "sources": self.sources,
             "train_texts": len(self.train),
@@ -282,8 +287,8 @@ def make_model(tokenizer: Any, cfg: "TinyConfig", seed: int) -> Any:
         hidden_size=cfg.hidden_size,
         n_layer=cfg.n_layer,
         n_head=cfg.n_head,
-        hidden_dropout=0.0,  # no randomness in the forward pass: resume and reruns are exact
-        attention_dropout=0.0,
+        hidden_dropout=cfg.dropout,
+        attention_dropout=cfg.dropout,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -334,6 +339,32 @@ class PretrainResult:
 CALIBRATION_STEPS = 10
 
 
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C (SIGINT) and kill (SIGTERM) set a flag that the loop checks between steps, so a step
+    is never cut in half and the checkpoint written on the way out is exact; a second signal
+    interrupts at once. Outside the main thread (the demo builds in a thread) nothing changes."""
+    hit: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        if hit:
+            raise KeyboardInterrupt
+        hit.append(signum)
+
+    for sig, before in previous.items():
+        if before is not signal.SIG_IGN:  # a background job ignores SIGINT: keep it that way
+            signal.signal(sig, handler)
+    try:
+        yield lambda: bool(hit)
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+
 def pretrain(
     model: Any,
     stream: "torch.Tensor",
@@ -369,7 +400,10 @@ def pretrain(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, total, losses, seconds_before = state["step"], state["total"], state["losses"], state["seconds"]
+        torch.set_rng_state(state["rng"])  # dropout masks continue exactly where the interrupted run was
         echo(f"base: resuming from the checkpoint at step {start}")
+
+    rng = torch.get_rng_state()  # the generator's state at the last step boundary
 
     def save(step: int, elapsed: float) -> None:
         if checkpoint is None:
@@ -377,7 +411,7 @@ def pretrain(
         checkpoint.mkdir(parents=True, exist_ok=True)
         tmp = checkpoint / f".state.pt.tmp-{os.getpid()}"
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "total": total,
-                    "losses": losses, "seconds": elapsed}, tmp)
+                    "losses": losses, "seconds": elapsed, "rng": rng}, tmp)
         os.replace(tmp, checkpoint / "state.pt")  # a kill mid-save leaves the previous checkpoint intact
 
     model.train()
@@ -385,38 +419,48 @@ def pretrain(
     step = start
     recent: list[float] = []
     planned = total or cfg.max_steps
+    at_boundary = True  # False while a step is half done (weights or optimizer possibly half updated)
     bar = tqdm(total=planned, initial=start, desc="base", unit="step", disable=not show, dynamic_ncols=True)
     try:
-        while total is None or step < total:
-            for group in opt.param_groups:
-                group["lr"] = cfg.learning_rate * lr_factor(step, total or cfg.max_steps, cfg.warmup_steps,
-                                                            cfg.min_lr_ratio)
-            x = _batch(stream, cfg.seq_len, cfg.batch_size, seed, step)
-            loss = model(input_ids=x, labels=x).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            value = float(loss)
-            recent.append(value)
-            if step % cfg.log_every == 0:
-                losses.append((step, sum(recent[-cfg.log_every:]) / len(recent[-cfg.log_every:])))
-            if total is None and step == start + CALIBRATION_STEPS:
-                # --minutes: fix the step count now, so the schedule (and a resume) is exact from here on.
-                per_step = (time.perf_counter() - t0) / CALIBRATION_STEPS
-                total = max(step + 1, min(cfg.max_steps, int(cfg.minutes * 60 / per_step)))
-                bar.total = total
-                echo(f"base: {per_step:.3f} s/step -> {total} steps fit in {cfg.minutes:g} min")
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{(step - start) * x.numel() / (time.perf_counter() - t0):.0f}")
-            if on_step is not None:
-                on_step(step, total or planned, value)
-            if checkpoint is not None and step % cfg.checkpoint_every == 0 and step < (total or 0):
-                save(step, seconds_before + time.perf_counter() - t0)
+        with deferred_interrupts() as interrupted:
+            while total is None or step < total:
+                if interrupted():
+                    raise KeyboardInterrupt
+                at_boundary = False
+                for group in opt.param_groups:
+                    group["lr"] = cfg.learning_rate * lr_factor(step, total or cfg.max_steps, cfg.warmup_steps,
+                                                                cfg.min_lr_ratio)
+                x = _batch(stream, cfg.seq_len, cfg.batch_size, seed, step)
+                loss = model(input_ids=x, labels=x).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                rng = torch.get_rng_state()
+                at_boundary = True
+                value = loss.item()
+                recent.append(value)
+                if step % cfg.log_every == 0:
+                    losses.append((step, sum(recent[-cfg.log_every:]) / len(recent[-cfg.log_every:])))
+                if total is None and step == start + CALIBRATION_STEPS:
+                    # --minutes: fix the step count now, so the schedule (and a resume) is exact from here on.
+                    per_step = (time.perf_counter() - t0) / CALIBRATION_STEPS
+                    total = max(step + 1, min(cfg.max_steps, int(cfg.minutes * 60 / per_step)))
+                    bar.total = total
+                    with bar.external_write_mode():  # a line of its own, not glued to the bar
+                        echo(f"base: {per_step:.3f} s/step -> {total} steps fit in {cfg.minutes:g} min")
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.3f}",
+                                tok_s=f"{(step - start) * x.numel() / (time.perf_counter() - t0):.0f}")
+                if on_step is not None:
+                    on_step(step, total or planned, value)
+                if checkpoint is not None and step % cfg.checkpoint_every == 0 and step < (total or 0):
+                    save(step, seconds_before + time.perf_counter() - t0)
     except BaseException:
-        # Ctrl-C / an exception from on_step: keep the finished steps for the rerun.
-        if step > start:
+        # Ctrl-C, kill, or an exception from on_step: keep the finished steps for the rerun. A step
+        # cut in half (a second Ctrl-C, an error inside it) is not saved: the last checkpoint stands.
+        if step > start and at_boundary:
             save(step, seconds_before + time.perf_counter() - t0)
         raise
     finally:

@@ -11,10 +11,13 @@ exists is always whole, and an interrupted build resumes from the stages it fini
 ``report.json``           written last: sizes, held-out perplexity against a unigram baseline, timings
 
 They live in ``$VICHAT_CACHE_DIR/tiny/<key>/``, where the key hashes everything that changes the
-result: the corpus files' contents, :class:`TinyConfig`, the seed and :data:`TINY_VERSION`. The
-base stage also checkpoints every few hundred steps (``.work/``), so even it resumes mid-way.
+result: the corpus files' contents, :class:`TinyConfig`, the seed and :data:`TINY_VERSION`. Each
+stage folder holds a ``stage.json`` (time taken, results); the base stage also checkpoints every
+``checkpoint_every`` steps and on Ctrl-C (``.work/``), so even it resumes mid-way, to the same weights.
 
-Only the standard library is imported at module level: checking the cache costs no torch import.
+This module decides what to build and owns the cache; :mod:`vichat.train.tiny_stages` builds each
+stage and :mod:`vichat.train.pretrain` holds the from-scratch loop. Only the standard library is
+imported here at module level: checking the cache costs no torch import.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -48,15 +51,16 @@ Progress = Callable[[str, float, str], None]
 class TinyConfig:
     """Every setting that changes what a build produces (all of them are in the cache key)."""
 
-    vocab_size: int = 6000
+    vocab_size: int = 4000
     n_layer: int = 4
     hidden_size: int = 256
     n_head: int = 4
     seq_len: int = 256
     batch_size: int = 8
-    steps: int = 1200
+    steps: int = 300
     minutes: float | None = None  # train the base for this long instead of ``steps`` (machine-dependent)
     max_steps: int = 100_000  # cap for ``minutes``
+    dropout: float = 0.1  # hidden and attention dropout (seeded; the checkpoint keeps the RNG state)
     learning_rate: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
@@ -66,7 +70,7 @@ class TinyConfig:
     max_heldout_chars: int = 200_000
     min_frequency: int = 2
     tokenizer_max_texts: int = 50_000
-    checkpoint_every: int = 200
+    checkpoint_every: int = 100
     log_every: int = 25
     adapter_overrides: tuple[tuple[str, Any], ...] = ()  # TrainConfig settings on top of the presets
 
@@ -81,6 +85,7 @@ class TinyConfig:
             raise VichatError(f"--minutes {self.minutes}: must be positive")
 
     def key_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON (for the cache key and the report)."""
         d = asdict(self)
         d["adapter_overrides"] = [list(kv) for kv in self.adapter_overrides]
         if self.minutes is not None:
@@ -178,6 +183,7 @@ def tiny_paths(corpus: Any = None, seed: int = 0, config: TinyConfig | None = No
 
 
 def read_report(paths: TinyPaths) -> dict[str, Any] | None:
+    """The build's report.json, or None while the build is incomplete."""
     try:
         return json.loads(paths.report.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -252,12 +258,13 @@ def _clean_stale(root: Path) -> None:
 
 #: Rough costs on 2 cores of the reference machine, for the plan printed before a build; the bars
 #: show the measured rate and ETA. Base: seconds per (token x parameter) of a training step.
-_SEC_PER_TOKEN_PARAM = 3.6e-8
-_TOKENIZER_SEC_PER_MCHAR = 8.0
-_ADAPTER_SECONDS = {"tiny-chat": 50.0, "tiny-doctor": 30.0}
+_SEC_PER_TOKEN_PARAM = 5.5e-11
+_TOKENIZER_SEC_PER_MCHAR = 3.0
+_ADAPTER_SECONDS = {"tiny-chat": 20.0, "tiny-doctor": 15.0}
 
 
 def approx_params(cfg: TinyConfig) -> int:
+    """Parameters of the base for ``cfg`` (tied embeddings + 12 h² per layer), without building it."""
     h = cfg.hidden_size
     return cfg.vocab_size * h + cfg.n_layer * 12 * h * h
 
@@ -356,9 +363,9 @@ def build_tiny(
 
     with _lock(paths.root, say):
         _clean_stale(paths.root)
-        if force:
-            for p in (paths.report, paths.work / "base-checkpoint"):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if force:  # stage folders are replaced only once their new version is complete
+            paths.report.unlink(missing_ok=True)
+            shutil.rmtree(paths.work, ignore_errors=True)
         return _build(paths, sources, seed, cfg, wanted, force, threads, progress, say, show_progress)
 
 
@@ -368,12 +375,10 @@ def _build(paths: TinyPaths, sources: list[str], seed: int, cfg: TinyConfig, wan
     import torch
 
     from .pretrain import load_corpus
+    from .tiny_stages import build_adapter, build_base, build_tokenizer, make_report, stage_info
 
     t_start = time.perf_counter()
-    previous = read_report(paths) or {}
-    timings: dict[str, float] = dict(previous.get("timings", {})) if not force else {}
     corpus = load_corpus(sources, cfg)
-    chars = sum(map(len, corpus.train))
     if corpus.n_skipped:
         say(f"warning: skipped {corpus.n_skipped} corpus rows without text; first: {'; '.join(corpus.skipped)}")
 
@@ -384,53 +389,46 @@ def _build(paths: TinyPaths, sources: list[str], seed: int, cfg: TinyConfig, wan
     stages["eval"] = stages["base"]
     for a in wanted:
         stages[f"adapter:{a}"] = todo(paths.adapter(a), "adapter_config.json")
-    est = estimate_seconds(cfg, chars, wanted)
+    est = estimate_seconds(cfg, sum(map(len, corpus.train)), wanted)
     est = {k: (v if stages[k] else 0.0) for k, v in est.items()}
     n_threads = threads or min(2, os.cpu_count() or 1)
     _print_plan(say, paths, cfg, corpus, stages, est, n_threads, seed)
     report_progress = _Reporter(est, progress)
     report_progress("plan", 0.0, f"building the tiny model in {paths.root}")
 
+    def done(stage: str, built: bool, folder: Path) -> None:
+        seconds = stage_info(folder).get("seconds", 0.0)
+        say(f"{stage}: " + (f"done ({_fmt(seconds)})" if built else "cached"))
+
     old_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     try:
         if stages["tokenizer"]:
-            t = time.perf_counter()
-            _build_tokenizer(paths, corpus, cfg, seed)
-            timings["tokenizer"] = round(time.perf_counter() - t, 2)
+            build_tokenizer(paths, corpus, cfg, seed)
         report_progress.finish("tokenizer", f"tokenizer ready ({paths.tokenizer})")
-        say(f"tokenizer: done ({timings.get('tokenizer', 0):.1f} s)" if stages["tokenizer"] else "tokenizer: cached")
-
+        done("tokenizer", stages["tokenizer"], paths.tokenizer)
         if stages["base"]:
-            t = time.perf_counter()
-            _build_base(paths, corpus, cfg, seed, report_progress, say, show)
-            timings["base"] = round(time.perf_counter() - t, 2)
+            build_base(paths, corpus, cfg, seed, report_progress, say, show)
         report_progress.finish("eval", "base model ready")
-        pre = json.loads((paths.base / "pretrain.json").read_text(encoding="utf-8"))
-        ev = pre["heldout"]
+        done("base", stages["base"], paths.base)
+        ev = json.loads((paths.base / "pretrain.json").read_text(encoding="utf-8"))["heldout"]
         say(f"base: held-out perplexity {ev['model_perplexity']:.1f} vs unigram {ev['unigram_perplexity']:.1f} "
-            f"(ratio {ev['ratio']:.3f})" + ("" if stages["base"] else " [cached]"))
-
-        adapter_info = dict(previous.get("adapters", {})) if not force else {}
+            f"(ratio {ev['ratio']:.3f})")
         for name in wanted:
             stage = f"adapter:{name}"
             if stages[stage]:
-                t = time.perf_counter()
-                adapter_info[name] = _build_adapter(paths, name, seed, cfg, report_progress, say)
-                timings[stage] = round(time.perf_counter() - t, 2)
-                say(f"{stage}: done ({timings[stage]:.1f} s)")
-            else:
-                adapter_info.setdefault(name, {"path": str(paths.adapter(name))})
-                say(f"{stage}: cached")
+                build_adapter(paths, name, seed, cfg, report_progress, say, show)
             report_progress.finish(stage, f"adapter {name} ready")
+            done(stage, stages[stage], paths.adapter(name))
     finally:
         torch.set_num_threads(old_threads)
 
-    timings["this_run"] = round(time.perf_counter() - t_start, 2)
-    report = _report(paths, sources, seed, cfg, corpus, pre, adapter_info, timings, n_threads)
+    previous = read_report(paths) or {}
+    built = sorted(set(wanted) | {a for a in previous.get("adapters", {}) if paths.adapter(a).exists()})
+    report = make_report(paths, sources, seed, cfg, corpus, built, time.perf_counter() - t_start, n_threads)
     _write_json(paths.report, report)
     shutil.rmtree(paths.work, ignore_errors=True)
-    say(f"tiny build complete in {_fmt(timings['this_run'])}: {paths.root}")
+    say(f"tiny build complete in {_fmt(report['timings']['this_run'])}: {paths.root}")
     if progress is not None:
         progress("done", 1.0, f"tiny model ready at {paths.root}")
     return TinyBuild(paths, report, cached=False)
@@ -453,144 +451,6 @@ def _print_plan(say: Callable[[str], None], paths: TinyPaths, cfg: TinyConfig, c
         say(f"  {stage:<20} {when:>10}  {label}")
     total = sum(est.values())
     say(f"  {'total':<20} {'~' + _fmt(total):>10}  (budget {LIMIT_SECONDS // 60} min for the default settings)")
-
-
-def _build_tokenizer(paths: TinyPaths, corpus: Any, cfg: TinyConfig, seed: int) -> None:
-    from ..data.tokenizers import train_bpe_tokenizer
-
-    tok = train_bpe_tokenizer(corpus.train, vocab_size=cfg.vocab_size, style="bloom", min_frequency=cfg.min_frequency,
-                              max_texts=cfg.tokenizer_max_texts, seed=seed, model_max_length=2048)
-    with _stage(paths.tokenizer) as tmp:
-        tok.save_pretrained(str(tmp))
-
-
-def _build_base(paths: TinyPaths, corpus: Any, cfg: TinyConfig, seed: int, report_progress: _Reporter,
-                say: Callable[[str], None], show: bool) -> None:
-    from transformers import AutoTokenizer
-
-    from .pretrain import encode_stream, heldout_perplexity, make_model, pretrain
-
-    tok = AutoTokenizer.from_pretrained(str(paths.tokenizer))
-    train = encode_stream(tok, corpus.train, show=show, desc="tokenize train")
-    heldout = encode_stream(tok, corpus.heldout, show=show, desc="tokenize held-out")
-    model = make_model(tok, cfg, seed)
-
-    def on_step(step: int, total: int, loss: float) -> None:
-        report_progress("base", step / max(1, total), f"base model: step {step}/{total}, loss {loss:.3f}")
-
-    with _deterministic():
-        result = pretrain(model, train, cfg, seed, checkpoint=paths.work / "base-checkpoint", on_step=on_step,
-                          show=show, echo=say)
-    report_progress.finish("base", "base model trained; measuring held-out perplexity")
-    t = time.perf_counter()
-    ev = heldout_perplexity(model, heldout, train, len(tok), cfg.seq_len, sum(map(len, corpus.heldout)))
-    ev["seconds"] = round(time.perf_counter() - t, 2)
-    n_params = sum(p.numel() for p in model.parameters())
-    with _stage(paths.base) as tmp:
-        model.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        _write_json(tmp / "pretrain.json", {
-            "parameters": n_params, "vocab_size": len(tok), "train_tokens": len(train), "heldout_tokens_total": len(heldout),
-            "training": result.to_dict(), "heldout": ev})
-    shutil.rmtree(paths.work / "base-checkpoint", ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _deterministic() -> Iterator[None]:
-    import torch
-
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
-
-
-def _build_adapter(paths: TinyPaths, name: str, seed: int, cfg: TinyConfig, report_progress: _Reporter,
-                   say: Callable[[str], None]) -> dict[str, Any]:
-    """Train adapter ``name`` with the trainer on the bundled sample, prepared into a data dir."""
-    try:
-        from .trainer import run
-    except ImportError as exc:
-        if exc.name == f"{__package__}.trainer":
-            raise VichatError("the LoRA trainer (vichat.train.trainer) is not part of this version, so the tiny "
-                              "adapters cannot be built; run `vichat tiny build --no-adapters` for the base "
-                              "model alone") from None
-        raise
-    from ..data.prepare import prepare
-    from ..plugins import get_registry
-    from .config import build_config
-    from .plan import plan
-    from .presets import get_preset
-
-    preset = get_preset(name)
-    data_dir = paths.work / f"data-{name}"
-    if not (data_dir / "manifest.json").exists():
-        prepare(data_dir, datasets=[preset.values["data"]], template=preset.values["template"], val_size=0.05,
-                seed=seed)
-    work = paths.work / f"adapter-{name}"
-    overrides = {"data": str(data_dir), "model_path": str(paths.base), "output_dir": str(work), "seed": seed,
-                 "device": "cpu", "resume": "auto", **dict(cfg.adapter_overrides)}
-    train_cfg = build_config(name, overrides=overrides)
-    spec = get_registry().base_model(train_cfg.base_model)
-    report_progress(f"adapter:{name}", 0.0, f"training adapter {name}")
-    say(f"adapter:{name}: LoRA on {data_dir.name} ({preset.description})")
-    result = run(plan(train_cfg, spec).config)
-    with _stage(paths.adapter(name)) as tmp:
-        for item in work.iterdir():  # the adapter and its card, not the trainer's resumable checkpoints
-            if item.is_file():
-                shutil.copy2(item, tmp / item.name)
-    shutil.rmtree(work, ignore_errors=True)
-    info: dict[str, Any] = {"path": str(paths.adapter(name)), "preset": name, "data": preset.values["data"]}
-    info["result"] = _plain(result)
-    return info
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-able view of the trainer's result, whatever shape it has."""
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    elif hasattr(value, "__dataclass_fields__"):
-        value = asdict(value)
-    try:
-        return json.loads(json.dumps(value, default=str))
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
-
-
-def _report(paths: TinyPaths, sources: list[str], seed: int, cfg: TinyConfig, corpus: Any, pre: dict[str, Any],
-            adapter_info: dict[str, Any], timings: dict[str, float], threads: int) -> dict[str, Any]:
-    import tokenizers
-    import torch
-    import transformers
-
-    from .. import __version__
-
-    for name, info in adapter_info.items():
-        info["bytes"] = _dir_bytes(paths.adapter(name))
-    stage_total = sum(v for k, v in timings.items() if k != "this_run")
-    return {
-        "key": paths.root.name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "tiny_version": TINY_VERSION,
-        "versions": {"vichat": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "tokenizers": tokenizers.__version__},
-        "seed": seed,
-        "threads": threads,
-        "config": cfg.key_dict(),
-        "corpus": {"inputs": sources, **corpus.summary()},
-        "tokenizer": {"vocab_size": pre["vocab_size"], "bytes": _dir_bytes(paths.tokenizer)},
-        "base": {"path": str(paths.base), "parameters": pre["parameters"], "bytes": _dir_bytes(paths.base),
-                 "train_tokens": pre["train_tokens"], "training": pre["training"]},
-        "perplexity": pre["heldout"],
-        "adapters": adapter_info,
-        "timings": {**timings, "stages_total": round(stage_total, 2)},
-    }
 
 
 __all__ = ["ADAPTERS", "DEFAULT_CONFIG", "TinyBuild", "TinyConfig", "TinyPaths", "build_key", "build_tiny",
