@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from ..clitools import parse_key_values, sigterm_as_interrupt
+
 SET_NAMES = ("vicuna80-vi", "vicuna80-en", "icliniq100-vi")
 
 
@@ -23,20 +25,6 @@ def _questions(set_name: str | None, questions: str | None) -> tuple[Path, str]:
     if not set_name:
         raise click.UsageError("pass --set NAME or --questions PATH")
     return set_path(set_name), SETS[set_name][1]
-
-
-def _options(values: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--option")
-        out[key.strip()] = value
-    return out
-
-
-def _sigterm(signum, frame):  # noqa: ANN001
-    raise KeyboardInterrupt  # `kill PID` stops as cleanly as Ctrl-C: finished work is kept
 
 
 @click.group("eval")
@@ -70,7 +58,7 @@ def generate_cmd(model_ref, set_name, questions, out, template, max_new_tokens, 
     qpath, set_template = _questions(set_name, questions)
     if out is None:
         out = Path("answers") / f"answer_{model_id or Path(model_ref).name}_{set_name or qpath.stem}.jsonl"
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     decoding = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
                 "repetition_penalty": repetition_penalty}
     try:
@@ -126,7 +114,7 @@ def judge_cmd(set_name, questions, answers, baseline, out, judge_name, judge_mod
     from .summary import format_estimate, format_outcome
 
     qpath, _ = _questions(set_name, questions)
-    options: dict = _options(option_values)
+    options: dict = parse_key_values(option_values)
     if judge_name == "openai":
         options.setdefault("timeout", timeout)
         if base_url:
@@ -146,7 +134,7 @@ def judge_cmd(set_name, questions, answers, baseline, out, judge_name, judge_mod
         for line in format_estimate(estimate_job(job)):
             click.echo(line)
         return
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     try:
         outcome = judge_job(job)
     except KeyboardInterrupt:

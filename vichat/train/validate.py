@@ -40,7 +40,7 @@ def validate_config(cfg: TrainConfig, spec: Any) -> list[str]:
         )
     if cfg.zero_stage == 3 and deepspeed and not quantized:
         warnings.append(
-            f"LoRA under ZeRO-3 can save an empty adapter (peft #2892): transformers >= 5 gathers the adapter "
+            "LoRA under ZeRO-3 can save an empty adapter (peft #2892): transformers >= 5 gathers the adapter "
             "in Trainer.save_model; a custom loop must gather it (train_ds.json gets "
             "stage3_gather_16bit_weights_on_model_save=true)."
         )

@@ -11,15 +11,7 @@ import sys
 
 import click
 
-
-def _parse_options(values: tuple[str, ...]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r} is not key=value (e.g. --option model=gpt-4o-mini)", param_hint="--option")
-        options[key.strip()] = value
-    return options
+from ..clitools import parse_key_values, sigterm_as_interrupt
 
 
 def format_plan(plan) -> list[str]:  # noqa: ANN001 - engine.Plan, imported lazily
@@ -37,11 +29,6 @@ def format_plan(plan) -> list[str]:  # noqa: ANN001 - engine.Plan, imported lazi
     if plan.missing_env:
         out.append(f"  note: set {', '.join(plan.missing_env)} before the real run")
     return out
-
-
-def _sigterm_as_interrupt(signum, frame):  # noqa: ANN001
-    # `kill PID` should stop as cleanly as Ctrl-C: cache committed, summary printed.
-    raise KeyboardInterrupt
 
 
 @click.command()
@@ -78,7 +65,7 @@ def translate(
     from .job import plan_file, translate_file
     from ..retry import Backoff
 
-    options = _parse_options(option_values)
+    options = parse_key_values(option_values)
     field_list = [f.strip() for f in fields.split(",") if f.strip()]
     common = dict(fields=field_list, options=options, limit=limit, cache=cache_path,
                   batch_size=batch_size, batch_chars=batch_chars, code_lines=code_lines)
@@ -89,7 +76,7 @@ def translate(
 
     from .errors import TranslationInterrupted
 
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    previous = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     try:
         summary = translate_file(
             input, output, translator, source, target, concurrency=concurrency,
