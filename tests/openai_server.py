@@ -44,6 +44,8 @@ class JudgeServer(FakeServer):
         self.first_bonus = first_bonus  # a position-biased judge: Assistant 1 gets this much more
         self.reply = reply
         self.answered: list[Seen] = []
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests the server held at once: concurrency, not timing
 
     def scores(self, user: str) -> tuple[int, int]:
         answers = {int(n): text for n, text in _ANSWER.findall(user)}
@@ -73,7 +75,12 @@ class JudgeServer(FakeServer):
             self.seen.append(seen)
             action = self.script.popleft() if self.script else ("ok",)
         if self.delay:
+            with self.lock:
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
             time.sleep(self.delay)
+            with self.lock:
+                self.in_flight -= 1
         if action[0] == "status":
             headers = action[2] if len(action) > 2 else {}
             msg = action[3] if len(action) > 3 else {"error": {"message": f"fake {action[1]}", "type": "server_error"}}

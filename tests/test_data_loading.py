@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 import unicodedata
 from pathlib import Path
 
@@ -43,10 +42,7 @@ EXPECTED = [
 @pytest.mark.slow
 def test_vi_alpaca_full_file_is_nfc_and_complete(shared_data):
     path = shared_data / "vi_instructions" / "vi_alpaca_gpt4vn.jsonl"
-    start = time.perf_counter()
     result = load("vi-alpaca", path=path)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 20
     assert result.read == result.kept == 51_052
     assert result.skipped_invalid == 0 and result.duplicates_removed == 0
     assert result.non_nfc == 75  # the MANIFEST's count of decomposed records

@@ -221,11 +221,10 @@ def test_base_url_flag_and_concurrency(files, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens there
     with JudgeServer(delay=0.2) as s:
-        start = time.monotonic()
         r = cli(files, "--base-url", s.openai_url, "--concurrency", "8")
-        elapsed = time.monotonic() - start
     assert r.exit_code == 0, r.output
-    assert s.requests == 8 and elapsed < 1.4  # one at a time would take 1.6 s of server time alone
+    # Requests overlapped at the server (one at a time would never hold two); speed is bench/judge.py's job.
+    assert s.requests == 8 and s.max_in_flight >= 2
 
 
 def _cache_rows(path):
