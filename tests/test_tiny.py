@@ -8,6 +8,8 @@ the same at any size. docs/tiny.md has the numbers of the default build.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -153,6 +155,25 @@ def test_interrupted_build_leaves_no_half_stage_and_resumes_exactly(tmp_path):
     assert not (out / ".work").exists()
 
 
+def test_ctrl_c_is_deferred_to_the_step_boundary(tmp_path):
+    cfg = replace(SMALL, steps=12, checkpoint_every=100)
+    reference = _build(config=cfg, out=tmp_path / "ref")
+    sent = []
+
+    def ctrl_c(stage: str, fraction: float, message: str) -> None:
+        if stage == "base" and "step 7/" in message and not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, arriving while the loop runs
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        _build(config=cfg, out=tmp_path / "run", progress=ctrl_c)
+    assert signal.getsignal(signal.SIGINT) is before  # the build's handler is gone again
+    resumed = _build(config=cfg, out=tmp_path / "run")
+    assert resumed.report["base"]["training"]["resumed_from_step"] == 7
+    assert _same(_weights(resumed.base), _weights(reference.base))
+
+
 def test_minutes_fix_the_step_count_after_calibration(tmp_path):
     build = _build(config=replace(SMALL, minutes=0.01), out=tmp_path / "m")
     steps = build.report["base"]["training"]["steps"]
@@ -296,3 +317,15 @@ def test_adapters_are_trained_with_the_trainer(built):
     peft_model = PeftModel.from_pretrained(model, str(build.adapters["tiny-doctor"]))
     assert peft_model.peft_config["default"].target_modules == {"query_key_value"}
     assert build_tiny(config=SMALL, echo=None).cached
+
+
+def test_load_tokenizer_by_name_uses_the_tiny_build(built, monkeypatch):
+    """`--tokenizer tiny` (data stats, training) gets the build's tokenizer, never the hub."""
+    from transformers import AutoTokenizer
+
+    from vichat.data.tokenizers import load_tokenizer
+
+    monkeypatch.setattr(tiny, "DEFAULT_CONFIG", SMALL)  # the default build, at test size
+    build, _ = built
+    tok = load_tokenizer("tiny")
+    assert tok.get_vocab() == AutoTokenizer.from_pretrained(build.base).get_vocab()

@@ -233,8 +233,9 @@ def load_tokenizer(name_or_path: str | None = None) -> "PreTrainedTokenizerBase"
 
     - ``None``: the project's default tokenizer (:func:`default_tokenizer`, cached on disk);
     - an existing local directory: ``AutoTokenizer.from_pretrained(path)``;
-    - a registered base-model name: its spec's ``hub_id`` (the default tokenizer when the spec has
-      no hub id), with :func:`apply_tokenizer_fixes` applied;
+    - a registered base-model name: the tokenizer its own loader returns when the spec has one
+      (``tiny``: the cached build's), else its spec's ``hub_id`` (the default tokenizer when the
+      spec has no hub id), with :func:`apply_tokenizer_fixes` applied;
     - anything else: a hub id. Offline, this raises :class:`VichatError` saying to pass a local
       directory.
     """
@@ -252,7 +253,14 @@ def load_tokenizer(name_or_path: str | None = None) -> "PreTrainedTokenizerBase"
         spec = get_registry().base_model(name_or_path)
     except UnknownNameError:
         return _from_pretrained(name_or_path, "")
-    tok = _from_pretrained(spec.hub_id, f"of base model {spec.name!r}, ") if spec.hub_id else default_tokenizer()
+    if spec.load is not None:
+        # A custom loader knows where its files are (the tiny model's live in the build cache);
+        # its hub_id may be a placeholder that no hub serves.
+        _, tok = spec.load_model()
+    elif spec.hub_id:
+        tok = _from_pretrained(spec.hub_id, f"of base model {spec.name!r}, ")
+    else:
+        tok = default_tokenizer()
     return apply_tokenizer_fixes(tok, spec)
 
 
