@@ -139,14 +139,13 @@ class Decoding:
     repetition_penalty: float = 1.2
 
     def as_generate_kwargs(self) -> dict[str, Any]:
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": self.temperature > 0,
-            "temperature": self.temperature if self.temperature > 0 else None,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-            "repetition_penalty": self.repetition_penalty,
-        }
+        """Keyword arguments for transformers' ``generate``; temperature 0 means greedy decoding."""
+        sample = self.temperature > 0
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": sample,
+                                  "repetition_penalty": self.repetition_penalty}
+        if sample:
+            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return kwargs
 
 
 @dataclass(frozen=True)

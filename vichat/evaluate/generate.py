@@ -17,27 +17,18 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..records import VichatError
+from ..specs import Decoding
 from .files import Question, short_id
 
 @dataclass(frozen=True)
-class GenerationSettings:
-    """Decoding settings written to every answer's metadata."""
+class GenerationSettings(Decoding):
+    """Decoding settings written to every answer's metadata: the paper's defaults, a seed, a template."""
 
-    max_new_tokens: int = 256
-    temperature: float = 0.5
-    top_k: int = 20
-    top_p: float = 1.0
-    repetition_penalty: float = 1.2
     seed: int = 0
     template: str = "chat"
 
     def generate_kwargs(self) -> dict[str, Any]:
-        sample = self.temperature > 0
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": sample,
-                                  "repetition_penalty": self.repetition_penalty}
-        if sample:
-            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-        return kwargs
+        return self.as_generate_kwargs()
 
 
 def batch_seed(seed: int, question_id: Any) -> int:
