@@ -177,7 +177,13 @@ SQL_SELECT = re.compile(r"^\s*(?:\d+[.)]\s*|truy vấn \d+:\s*)?chọn\s+(?P<col
 _SQL_FROM_LINE = re.compile(r"^\s*từ\s+\S", _I)
 SQL_OTHER = re.compile(r"^\s*(?:chèn vào\s+.+\bgiá trị\s*\(|cập nhật\s+\S+\s+đặt\s+\S+\s*=|xóa từ\s+\S+)", _I)
 ASSIGNMENT = re.compile(r"^\s*(?P<name>[^\s=()\[\]]+(?:\s+[^\s=()\[\]]+){0,2})\s*(?:=|\+=|-=)\s*(?P<value>[^=].*)$")
-_CODE_VALUE = re.compile(r"^\s*(?:[\[{]|[A-Za-z_][\w.]*\s*\(|[^\W\d][\w ]{0,20}\.\w+\s*\(|\"|'|-?\d+(?:[.,]\d+)?\s*;?\s*$)")
+# A value only code has: a list/dict literal, a string, a method call, a call of a name that is not
+# a maths function ("khoảng cách = sqrt (...)" and "Kết quả = 11" are maths answers, not code).
+_CODE_VALUE = re.compile(
+    r"^\s*(?:[\[{]|\"|'|[^\W\d][\w ]{0,20}\.\w+\s*\("
+    r"|(?!(?:sqrt|log\d*|ln|sin|cos|tan|exp|abs|max|min|f|g|h|p|gcd|lcm)\s*\()[A-Za-z_][\w.]*\s*\()",
+    re.I,
+)
 _SENTENCE = re.compile(r"\w[.!?]\s+[^\W\d_]{2,}")  # "... cho 2. Điều này": prose, not a statement
 _C_LINE = re.compile(r"(?:;|\{|\{\s*\}|\}\s*;?)\s*(?://.*)?$")
 _C_STRUCTURE = re.compile(r"=|\[|\+\+|--|\.\w+\s*\(|\w\s*\(|^\s*\}|\{\s*$|^\s*(?:int|float|double|char|string|bool|boolean|const|let|var|public|private|static|void|return)\b", _I)
@@ -262,7 +268,9 @@ def _c_hits(line: str, in_braces: bool, sql_context: _Lazy, html_context: bool, 
         hits.append("sql")
     m = ASSIGNMENT.match(line)
     if m and has_vietnamese(m.group("name")) and _CODE_VALUE.match(code_part(m.group("value"))):
-        if not m.group("name").rstrip().endswith(":") and not _BULLET.match(line):
+        # "Ma trận A = [[1, 2], ...]" names a maths object; code names are not "noun + one letter".
+        maths_name = re.fullmatch(r".*[^\x00-\x7f].*\s[A-Za-z]", m.group("name").strip())
+        if not m.group("name").rstrip().endswith(":") and not _BULLET.match(line) and not maths_name:
             hits.append("assignment")
     return hits
 
