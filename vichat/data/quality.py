@@ -282,9 +282,10 @@ def code_problems(text: str, *, field: str = "output", context: str = "", refere
     :param context: the rest of the record (the instruction): decides whether SQL is expected.
     :param reference: the English original of ``text``; enables the ``py-syntax`` check.
     """
-    if not text or not has_vietnamese(text):
+    if not text:
         return []
     lines = text.splitlines()
+    lines[0] = strip_prose_prefix(lines[0])  # a joined prompt: "Sửa đoạn mã sau: cho i trong ..."
     sql_context = _Lazy(lambda: bool(_SQL_CONTEXT.search(context) or _SQL_CONTEXT.search(text)))
     html_context = bool(HTML_CONTEXT.search(text))
     hits: list[CodeHit] = []
@@ -297,8 +298,7 @@ def code_problems(text: str, *, field: str = "output", context: str = "", refere
             continue
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
         sql_line = f"{line} {nxt}" if _SQL_FROM_LINE.match(nxt) else line  # SELECT ... / FROM ... on two lines
-        code_line = strip_prose_prefix(line) if i == 0 else line
-        rules = _python_hits(lines, i) + _c_hits(code_line, depth > 0, sql_context, html_context, sql_line)
+        rules = _python_hits(lines, i) + _c_hits(line, depth > 0, sql_context, html_context, sql_line)
         m = PY_RETURN.match(line)
         if m and "py-return" not in rules and _indent(line) > 0 and python_lines:
             rules.append("py-return")
