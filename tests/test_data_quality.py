@@ -316,3 +316,47 @@ def test_repair_of_the_real_file_against_the_english_reference(google, shared_da
     loop = json.loads(after[1456])
     assert "for i in range(1,11):" in loop["response"] and "print(i)" in loop["response"]
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_repair_ctrl_c_then_resume_pays_nothing_twice(google, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def word(i: int) -> str:  # distinct words, not digits: numbers are protected and never sent
+        return "".join("klmnoprstu"[int(d)] for d in str(i)) + "ish"
+
+    n = 24
+    broken = [{"prompt": f"Viết vòng lặp {word(i)}.", "response": f"cho x trong phạm vi (1, {i + 2}):\n    in (x)"}
+              for i in range(n)]
+    english = [{"instruction": f"Write the {word(i)} loop.", "input": "", "output": f"for x in range(1, {i + 2}):\n    print(x)"}
+               for i in range(n)]
+    _write(tmp_path / "broken.jsonl", broken)
+    (tmp_path / "en.json").write_text(json.dumps(english), encoding="utf-8")
+    cmd = [sys.executable, "-m", "vichat.cli", *_repair_args(tmp_path, "--match", "index", "--batch-size", "2", "-j", "2")]
+    google.delay = 0.05
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.monotonic() + 30
+    while google.requests < 4:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the server saw too few requests"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted:" in err and "rerun the same command to resume" in err and "Traceback" not in err
+    assert not (tmp_path / "fixed.jsonl").exists()
+    first = {t for s in google.seen for t in s.texts}
+    google.delay = 0.0
+    before = len(google.seen)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    second = {t for s in google.seen[before:] for t in s.texts}
+    assert second and len(first | second) == n  # one instruction segment per record; code is never sent
+    assert not first & second  # batches in flight at Ctrl-C landed in the cache: nothing is paid twice
+    assert f"{n} re-translated" in done.stdout
+    fixed = [json.loads(x) for x in (tmp_path / "fixed.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["response"] for r in fixed] == [e["output"] for e in english]
