@@ -229,6 +229,10 @@ def _repair_args(tmp_path, *extra):
 def test_repair_retranslates_only_broken_records_and_code_survives(google, tmp_path):
     _write(tmp_path / "broken.jsonl", VI)
     (tmp_path / "en.json").write_text(json.dumps(EN), encoding="utf-8")
+    dry = CliRunner().invoke(main, _repair_args(tmp_path, "--dry-run"))
+    assert dry.exit_code == 0, dry.output
+    assert "repair: 4 records with broken code, 3 matched by content, 1 unmatched" in dry.stdout
+    assert google.requests == 0 and not (tmp_path / "fixed.jsonl").exists()
     result = CliRunner().invoke(main, _repair_args(tmp_path))
     assert result.exit_code == 0, result.output
     assert "4 records with broken code, 3 re-translated" in result.stdout and "1 unmatched" in result.stdout
