@@ -84,7 +84,7 @@ _BULLET = re.compile(r"^\s*(?:[-•*●+]|\d+[.)]|[a-zA-Z][.)])\s")
 _PSEUDOCODE = re.compile(r"mã giả|giả mã|pseudo", re.I)
 _SQL_CONTEXT = re.compile(r"\bsql\b|truy vấn|cơ sở dữ liệu|\bbảng\b|database|query|table", re.I)
 
-# Vietnamese words that stand for Python/JS/SQL keywords. Case-insensitive; "(?i)" is set per rule.
+# Vietnamese words that stand for Python/JS keywords (the rules below match them case-insensitively).
 _FOR = r"(?:cho|đối với)"
 _RETURN = r"(?:trả lại|trả về|trở lại)"
 _OPERATOR = re.compile(r"==|!=|! =|<=|>=|[<>%]|\+=|-=|\b(?:and|or|not|is)\b|\btrong\b\s+[\w\[(\"']")
@@ -165,14 +165,21 @@ PY_BLOCK = re.compile(
     _I,
 )
 PY_COMPREHENSION = re.compile(rf"[\[{{(]\s*[\w.()\[\]*+ -]+\s+{_FOR}\s+\w+\s+trong\s+", _I)
-JS_FUNCTION = re.compile(r"(?:^|\s)(?:hàm|chức năng)\s*[\w$]*\s*\([^()]*\)\s*\{?\s*$|\bfunction\s+[\w$]+\s*\([^)]*[^\x00-\x7f][^)]*\)", _I)
+JS_FUNCTION = re.compile(
+    r"(?:^|\s)(?:hàm|chức năng)\s*[\w$]*\s*\([^()]*\)\s*\{?\s*$"  # "hàm tong (a, b) {"
+    r"|\bfunction\s+[\w$]+\s*\([^)]*[^\x00-\x7f][^)]*\)",  # "function f (mảng)"
+    _I,
+)
 JS_ELSE = re.compile(r"\}\s*khác\b|^\s*khác\s*\{|\bkhác nếu\s*\(", _I)
 JS_LET = re.compile(r"^\s*(?:đặt|để|hãy để)\s+[^\s=]+(?:\s+[^\s=]+){0,2}\s*=[^=].*;\s*(?://.*)?$", _I)
 C_RETURN = re.compile(rf"^\s*{_RETURN}\b.*;\s*(?://.*)?$", _I)
 CSS_PROPERTY = re.compile(r"(?:^|[{;])\s*(?P<prop>[^\s:;{}\"'][^:;{}\"']*)\s*:\s*[^;{}]+;")
 HTML_TAG = re.compile(r"<\s*/?\s*(?P<name>[^\s<>/=\"'!?]+)(?P<attrs>\s[^<>]*)?/?>")
 HTML_STYLE = re.compile(r"\bstyle\s*=\s*\"(?P<css>[^\"]*)\"", _I)
-HTML_CONTEXT = re.compile(r"</?(?:html|head|body|div|span|p|a|table|tr|td|th|ul|ol|li|form|input|br|h[1-6]|button|select|option|label|img)\b", _I)
+HTML_CONTEXT = re.compile(
+    r"</?(?:html|head|body|div|span|p|a|table|tr|td|th|ul|ol|li|form|input|br|h[1-6]|button|select|option|label|img)\b",
+    _I,
+)
 SQL_SELECT = re.compile(r"^\s*(?:\d+[.)]\s*|truy vấn \d+:\s*)?chọn\s+(?P<cols>.+?)\s+từ\s+\S", _I | re.S)
 _SQL_FROM_LINE = re.compile(r"^\s*từ\s+\S", _I)
 SQL_OTHER = re.compile(r"^\s*(?:chèn vào\s+.+\bgiá trị\s*\(|cập nhật\s+\S+\s+đặt\s+\S+\s*=|xóa từ\s+\S+)", _I)
@@ -186,7 +193,11 @@ _CODE_VALUE = re.compile(
 )
 _SENTENCE = re.compile(r"\w[.!?]\s+[^\W\d_]{2,}")  # "... cho 2. Điều này": prose, not a statement
 _C_LINE = re.compile(r"(?:;|\{|\{\s*\}|\}\s*;?)\s*(?://.*)?$")
-_C_STRUCTURE = re.compile(r"=|\[|\+\+|--|\.\w+\s*\(|\w\s*\(|^\s*\}|\{\s*$|^\s*(?:int|float|double|char|string|bool|boolean|const|let|var|public|private|static|void|return)\b", _I)
+_C_STRUCTURE = re.compile(
+    r"=|\[|\+\+|--|\.\w+\s*\(|\w\s*\(|^\s*\}|\{\s*$"
+    r"|^\s*(?:int|float|double|char|string|bool|boolean|const|let|var|public|private|static|void|return)\b",
+    _I,
+)
 
 
 def _python_hits(lines: Sequence[str], i: int) -> list[str]:
