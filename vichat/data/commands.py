@@ -103,7 +103,8 @@ def show_cmd(name_or_path: str, count: int, path: str | None, subset: str | None
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stats_cmd(name_or_path: str, path: str | None, subset: str | None, tokenizer: str | None, template: str,
               max_length: int, skip_invalid: bool, as_json: bool) -> None:
-    """Samples, tokens per sample (avg, p95), total tokens, truncation, non-NFC and untranslated counts."""
+    """Samples, tokens per sample (avg, p95), total tokens, truncation, non-NFC, untranslated and
+    broken-code counts (records whose code machine translation turned Vietnamese)."""
     from .loading import load
     from .stats import compute_stats, format_stats
     from .tokenizers import load_tokenizer
@@ -131,11 +132,19 @@ def stats_cmd(name_or_path: str, path: str | None, subset: str | None, tokenizer
               help="Replace a source's data by a local file/folder or another dataset (repeatable).")
 @click.option("--template", default=None, help="Template recorded for training (default: the mixture's).")
 @click.option("--skip-invalid", is_flag=True, help=SKIP_HELP)
+@click.option("--keep-corrupted-code", is_flag=True,
+              help="Keep records whose code machine translation broke (default: drop them and list them in skipped.jsonl).")
+@click.option("--drop-untranslated", is_flag=True,
+              help="Also drop Vietnamese-set records that look like untranslated English (listed in skipped.jsonl).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def prepare_cmd(mixture: str | None, datasets: tuple[str, ...], out: str, val_size: str, seed: int,
                 limits: tuple[str, ...], sources: tuple[str, ...], template: str | None, skip_invalid: bool,
-                as_json: bool) -> None:
-    """Write OUT/train.jsonl, OUT/validation.jsonl and OUT/manifest.json from a mixture or datasets."""
+                keep_corrupted_code: bool, drop_untranslated: bool, as_json: bool) -> None:
+    """Write OUT/train.jsonl, OUT/validation.jsonl and OUT/manifest.json from a mixture or datasets.
+
+    Records whose code the translation broke (Python, JavaScript, SQL, HTML, CSS with Vietnamese
+    words in place of keywords) are dropped and written with their reason to OUT/skipped.jsonl.
+    """
     from .mixtures import parse_assignments, parse_limits
     from .prepare import prepare, summarise
 
@@ -149,6 +158,8 @@ def prepare_cmd(mixture: str | None, datasets: tuple[str, ...], out: str, val_si
         seed=seed,
         skip_invalid=skip_invalid,
         template=template,
+        keep_corrupted_code=keep_corrupted_code,
+        drop_untranslated=drop_untranslated,
     )
     if as_json:
         _echo_json(manifest)

@@ -11,6 +11,11 @@ local file or folder (read through the same dataset plugin) or by another regist
 (``--source alpaca=vi-sample-chat``). ``sample-chat`` and ``sample-doctor`` are the same mixtures
 built from the bundled sample, for offline runs and tests.
 
+Quality screen: before limits are applied, a Vietnamese record whose code the translation broke
+(:mod:`vichat.data.quality`) is dropped unless ``keep_corrupted_code``; with ``drop_untranslated`` a
+record that looks like untranslated English (:mod:`vichat.data.language`) is dropped too. Both are
+counted per source and listed, with the reason, in the skip report.
+
 Determinism: a limited source keeps a random subset drawn with ``Random(f"{seed}:{key}")``, and the
 mixed records are shuffled with ``Random(seed)``; the same inputs and seed give the same order.
 Records repeated across sources are removed (first source wins) and counted.
@@ -81,6 +86,47 @@ MIXTURES: dict[str, Mixture] = {
 }
 
 
+@dataclass(frozen=True)
+class Screened:
+    """A record the quality screen dropped (or flagged and kept): why, in words a person can check."""
+
+    record: Record
+    kind: str  # "corrupted_code" | "untranslated"
+    reason: str
+    kept: bool = False
+
+    def entry(self, key: str) -> dict[str, Any]:
+        """The skipped.jsonl line: where (source key and record id), what kind, why."""
+        return {"location": f"{key}: id {self.record.id}", "kind": self.kind, "problem": self.reason,
+                "id": self.record.id, "source": key}
+
+
+def screen_records(
+    records: Sequence[Record], *, keep_corrupted_code: bool = False, drop_untranslated: bool = False
+) -> tuple[list[Record], list[Screened]]:
+    """``(kept, screened)``: Vietnamese records with broken code (unless kept) or, with
+    ``drop_untranslated``, that look untranslated, go to ``screened`` with their reason."""
+    from .language import record_looks_untranslated
+    from .quality import describe_hits, record_code_problems
+
+    kept: list[Record] = []
+    screened: list[Screened] = []
+    for r in records:
+        if r.language == "vi":
+            hits = record_code_problems(r)
+            if hits:
+                screened.append(Screened(r, "corrupted_code", "code broken by translation: " + describe_hits(hits),
+                                         kept=keep_corrupted_code))
+                if not keep_corrupted_code:
+                    continue
+            if drop_untranslated and record_looks_untranslated(f"{r.instruction}\n{r.input}", r.output):
+                screened.append(Screened(r, "untranslated", "looks like untranslated English (no Vietnamese "
+                                         "diacritics, English stop words)"))
+                continue
+        kept.append(r)
+    return kept, screened
+
+
 @dataclass
 class SourceResult:
     """What one source contributed: its load account, the limit applied and the records used."""
@@ -92,6 +138,14 @@ class SourceResult:
     limit: int | None
     used: int = 0
     duplicates_across: int = 0
+    screened: list[Screened] = field(default_factory=list)
+
+    def screened_count(self, kind: str, kept: bool = False) -> int:
+        return sum(1 for s in self.screened if s.kind == kind and s.kept == kept)
+
+    @property
+    def dropped_by_screen(self) -> int:
+        return sum(1 for s in self.screened if not s.kept)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +155,9 @@ class SourceResult:
             "limit": self.limit,
             "used": self.used,
             "duplicates_across_sources": self.duplicates_across,
+            "dropped_corrupted_code": self.screened_count("corrupted_code"),
+            "kept_corrupted_code": self.screened_count("corrupted_code", kept=True),
+            "dropped_untranslated": self.screened_count("untranslated"),
             **self.load.to_dict(),
         }
 
@@ -128,7 +185,12 @@ class MixtureResult:
             "read": sum(s.load.read for s in self.sources),
             "skipped_invalid": sum(s.load.skipped_invalid for s in self.sources),
             "duplicates_removed": sum(s.load.duplicates_removed + s.duplicates_across for s in self.sources),
-            "dropped_by_limit": sum(s.load.kept - s.duplicates_across - s.used for s in self.sources),
+            "dropped_corrupted_code": sum(s.screened_count("corrupted_code") for s in self.sources),
+            "kept_corrupted_code": sum(s.screened_count("corrupted_code", kept=True) for s in self.sources),
+            "dropped_untranslated": sum(s.screened_count("untranslated") for s in self.sources),
+            "dropped_by_limit": sum(
+                s.load.kept - s.dropped_by_screen - s.duplicates_across - s.used for s in self.sources
+            ),
             "records": len(self.records),
         }
 
@@ -193,12 +255,16 @@ def build_mixture(
     limits: Mapping[str, int] | None = None,
     seed: int = 42,
     skip_invalid: bool = False,
+    keep_corrupted_code: bool = False,
+    drop_untranslated: bool = False,
     registry: Any = None,
 ) -> MixtureResult:
-    """Load every source of ``mixture``, apply limits, remove cross-source duplicates, shuffle.
+    """Load every source of ``mixture``, screen it, apply limits, remove cross-source duplicates, shuffle.
 
     :param sources: ``{key: path_or_dataset}`` replacing a source's data (``--source``).
     :param limits: ``{key: n}`` capping a source (``--limit``), on top of the mixture's own caps.
+    :param keep_corrupted_code: keep records whose code translation broke (still counted).
+    :param drop_untranslated: drop Vietnamese records that look like untranslated English.
     """
     mix = get_mixture(mixture) if isinstance(mixture, str) else mixture
     sources, limits = dict(sources or {}), dict(limits or {})
@@ -221,16 +287,19 @@ def build_mixture(
             else:
                 path = override  # a file or folder, read through the source's own plugin
         loaded = load(dataset, path=path, skip_invalid=skip_invalid, registry=registry)
+        clean, screened = screen_records(
+            loaded.records, keep_corrupted_code=keep_corrupted_code, drop_untranslated=drop_untranslated
+        )
         # Only records actually used by an earlier source count as taken: a record that an earlier
         # source's limit left out stays available here.
-        unique = [r for r in loaded.records if (r.instruction, r.input, r.output) not in seen]
-        across = loaded.kept - len(unique)
+        unique = [r for r in clean if (r.instruction, r.input, r.output) not in seen]
+        across = len(clean) - len(unique)
         limit = limits.get(src.key, src.limit)
         if limit is not None and limit < len(unique):
             picked = sorted(random.Random(f"{seed}:{src.key}").sample(range(len(unique)), limit))
             unique = [unique[i] for i in picked]  # keeps file order within the source
         seen.update((r.instruction, r.input, r.output) for r in unique)
-        results.append(SourceResult(src.key, dataset, path, loaded, limit, len(unique), across))
+        results.append(SourceResult(src.key, dataset, path, loaded, limit, len(unique), across, screened))
         mixed.extend(unique)
     mixed, renamed = _unique_ids(mixed)  # before shuffling, so the later source is the renamed one
     random.Random(seed).shuffle(mixed)

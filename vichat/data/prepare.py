@@ -5,7 +5,9 @@ Output folder::
     DIR/train.jsonl        one Record.to_json() per line
     DIR/validation.jsonl   same format (may be empty with --val-size 0)
     DIR/manifest.json      what was built from what: sources and their counts, seed, template,
-                           skipped / duplicate report, and the sha256 of each output file
+                           skipped / duplicate / quality-screen report, and the sha256 of each output file
+    DIR/skipped.jsonl      every record left out, one per line with where and why: invalid rows, and
+                           records the quality screen dropped (broken code, untranslated)
 
 Every file is written to a temporary name in DIR and renamed into place (atomic on POSIX), and the
 manifest is written last: a folder with a manifest always has complete, matching data files.
@@ -119,11 +121,16 @@ def prepare(
     seed: int = 42,
     skip_invalid: bool = False,
     template: str | None = None,
+    keep_corrupted_code: bool = False,
+    drop_untranslated: bool = False,
     registry: Any = None,
 ) -> dict[str, Any]:
     """Build a mixture (``mixture`` or ad hoc from ``datasets``), split it, write it; return the manifest.
 
     The validation set is the first ``n`` records of the seeded shuffle, the rest is training.
+    Records whose code the translation broke are dropped unless ``keep_corrupted_code``; with
+    ``drop_untranslated`` records that look untranslated are dropped too (see
+    :func:`vichat.data.mixtures.screen_records`). Both are counted and listed in skipped.jsonl.
     """
     if (mixture is None) == (not datasets):
         raise VichatError("pass either --mixture NAME or one or more --dataset NAME_OR_PATH (not both)")
@@ -135,7 +142,8 @@ def prepare(
         mix = adhoc_mixture(datasets, template or "chat")
     val = parse_val_size(val_size)
     result: MixtureResult = build_mixture(
-        mix, sources=sources, limits=limits, seed=seed, skip_invalid=skip_invalid, registry=registry
+        mix, sources=sources, limits=limits, seed=seed, skip_invalid=skip_invalid,
+        keep_corrupted_code=keep_corrupted_code, drop_untranslated=drop_untranslated, registry=registry,
     )
     if not result.records:
         raise VichatError(f"mixture {mix.name!r} has no records to write (check --limit and the sources)")
@@ -153,6 +161,8 @@ def prepare(
         "seed": seed,
         "val_size": val,
         "skip_invalid": skip_invalid,
+        "keep_corrupted_code": keep_corrupted_code,
+        "drop_untranslated": drop_untranslated,
         "counts": {
             **result.counts(),
             "train": train.records,
@@ -165,15 +175,32 @@ def prepare(
         "record_fields": ["id", "instruction", "input", "output", "source", "language"],
     }
     skipped_path = out_dir / SKIPPED_FILE
-    if result.skipped.entries:
-        # Every skipped row, not only the first few the summary shows: nothing is dropped unseen.
-        lines = [json.dumps({"location": loc, "problem": prob}, ensure_ascii=False) for loc, prob in result.skipped.entries]
+    # Every record left out, not only the first few the summary shows: nothing is dropped unseen.
+    lines = [json.dumps({"location": loc, "kind": "invalid", "problem": prob}, ensure_ascii=False)
+             for loc, prob in result.skipped.entries]
+    lines += [json.dumps(s.entry(src.key), ensure_ascii=False) for src in result.sources for s in src.screened if not s.kept]
+    manifest["screen"] = _screen_summary(result)
+    if lines:
         write_text_atomic(skipped_path, "\n".join(lines) + "\n")
         manifest["skipped"]["file"] = SKIPPED_FILE
+        manifest["screen"]["file"] = SKIPPED_FILE
     else:
         skipped_path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
     write_json_atomic(out_dir / MANIFEST_FILE, manifest)
     return manifest
+
+
+def _screen_summary(result: MixtureResult) -> dict[str, Any]:
+    """Counts and first examples of what the quality screen found (dropped or kept)."""
+    out: dict[str, Any] = {}
+    for kind in ("corrupted_code", "untranslated"):
+        found = [(src.key, s) for src in result.sources for s in src.screened if s.kind == kind]
+        out[kind] = {
+            "dropped": sum(1 for _, s in found if not s.kept),
+            "kept": sum(1 for _, s in found if s.kept),
+            "first": [f"{key}: id {s.record.id}: {s.reason}"[:200] for key, s in found[:3]],
+        }
+    return out
 
 
 def read_manifest(folder: str | Path, verify: bool = True) -> dict[str, Any]:
@@ -205,6 +232,16 @@ def summarise(manifest: Mapping[str, Any]) -> str:
         if s["skipped"]["count"]:
             reasons = "; ".join(f"{r} ({n})" for r, n in s["skipped"]["reasons"].items())
             lines.append(f"    skipped: {reasons}; first: " + " | ".join(s["skipped"]["first"]))
+        screen = [f"{s.get(k, 0)} {what}" for k, what in (
+            ("dropped_corrupted_code", "dropped for code broken by translation"),
+            ("kept_corrupted_code", "kept with code broken by translation (--keep-corrupted-code)"),
+            ("dropped_untranslated", "dropped as untranslated (--drop-untranslated)"),
+        ) if s.get(k)]
+        if screen:
+            lines.append("    quality: " + ", ".join(screen))
+    for kind, info in manifest.get("screen", {}).items():
+        if isinstance(info, dict) and info.get("first"):
+            lines.append(f"  first {kind.replace('_', ' ')}: " + " | ".join(info["first"][:2]))
     c = manifest["counts"]
     lines.append(f"  total: {c['records']} records -> train {c['train']}, validation {c['validation']}")
     for name, info in manifest["files"].items():

@@ -20,6 +20,7 @@ from ..records import Record
 from ..specs import TemplateSpec
 from .language import record_looks_untranslated
 from .loading import LoadResult
+from .quality import record_code_problems
 from .templates import render_prompt
 from .tokenize import resolve_template
 
@@ -44,6 +45,9 @@ class DatasetStats:
     non_nfc: int
     untranslated: int
     untranslated_share: float
+    corrupted_code: int
+    corrupted_code_share: float
+    corrupted_code_first: list[str]
     read: int
     skipped_invalid: int
     duplicates_removed: int
@@ -101,6 +105,7 @@ def compute_stats(
     untranslated = sum(
         1 for r in result.records if record_looks_untranslated(f"{r.instruction}\n{r.input}", r.output)
     )
+    corrupted, first = code_corruption(result.records)
     return DatasetStats(
         name=result.name,
         records=n,
@@ -116,10 +121,26 @@ def compute_stats(
         non_nfc=result.non_nfc,
         untranslated=untranslated,
         untranslated_share=round(untranslated / n, 4) if n else 0.0,
+        corrupted_code=corrupted,
+        corrupted_code_share=round(corrupted / n, 4) if n else 0.0,
+        corrupted_code_first=first,
         read=result.read,
         skipped_invalid=result.skipped_invalid,
         duplicates_removed=result.duplicates_removed,
     )
+
+
+def code_corruption(records: Sequence[Record], examples: int = 3) -> tuple[int, list[str]]:
+    """How many records have code that translation broke, and where the first ones are
+    (``"vi-alpaca-4187 py-for at output line 1: 'cho x trong ...'"``)."""
+    count, first = 0, []
+    for r in records:
+        hits = record_code_problems(r)
+        if hits:
+            count += 1
+            if len(first) < examples:
+                first.append(f"{r.id} {hits[0].describe()}")
+    return count, first
 
 
 def _human(n: float) -> str:
@@ -141,8 +162,13 @@ def format_stats(stats: DatasetStats) -> str:
         (f"truncated at {stats.max_length}", f"{stats.truncated} ({pct(stats.truncated_share)})"),
         ("non-NFC records (raw)", str(stats.non_nfc)),
         ("looks untranslated", f"{stats.untranslated} ({pct(stats.untranslated_share)})"),
+        ("code broken by translation", f"{stats.corrupted_code} ({pct(stats.corrupted_code_share)})"),
         ("read / skipped / duplicates", f"{stats.read} / {stats.skipped_invalid} / {stats.duplicates_removed}"),
         ("template / tokenizer", f"{stats.template} / {stats.tokenizer}"),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join([f"dataset: {stats.name}"] + [f"  {k.ljust(width)}  {v}" for k, v in rows])
+    lines = [f"dataset: {stats.name}"] + [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    if stats.corrupted_code_first:
+        lines.append("  first records with broken code:")
+        lines.extend(f"    {where[:150]}" for where in stats.corrupted_code_first)
+    return "\n".join(lines)

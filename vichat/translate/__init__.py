@@ -2,7 +2,8 @@
 
 Modules: :mod:`.protect` (markers for code, numbers, links), :mod:`.split` (long texts),
 :mod:`.cache` (SQLite), :mod:`.retry` (backoff), :mod:`.engine` (batching, threads),
-:mod:`.output` (ordered JSONL), :mod:`.job` (the API), :mod:`.commands` (the CLI),
+:mod:`.output` (ordered JSONL), :mod:`.job` (the API), :mod:`.repair` and :mod:`.matching`
+(re-translating records an old translation broke), :mod:`.commands` (the CLI),
 :mod:`.errors` (what plugins raise). Nothing heavy is imported until used.
 """
 
@@ -14,6 +15,8 @@ _API = {
     "translate_file": "job",
     "translate_texts": "job",
     "plan_file": "job",
+    "repair_file": "repair",
+    "plan_repair": "repair",
     "TranslateSummary": "job",
     "TextsResult": "job",
     "TranslationCache": "cache",

@@ -50,22 +50,39 @@ def format_plan(plan) -> list[str]:  # noqa: ANN001 - engine.Plan, imported lazi
 @click.option("--backoff-max", type=click.FloatRange(0), default=30.0, show_default=True, help="Longest wait between retries (a server's Retry-After wins).")
 @click.option("--code-lines/--no-code-lines", default=True, show_default=True, help="Also protect unfenced lines that look like code.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: when stderr is a terminal].")
+@click.option("--repair", is_flag=True,
+              help="INPUT is an old translation: re-translate only its records whose code the translation broke, "
+                   "from their English originals in --source-records, and write INPUT with them repaired to OUTPUT.")
+@click.option("--source-records", type=click.Path(exists=True), default=None,
+              help="With --repair: the English originals (e.g. Alpaca's alpaca_data.json).")
+@click.option("--match", "match", type=click.Choice(["auto", "id", "index", "content"]), default="auto", show_default=True,
+              help="With --repair: how a record finds its original: equal 'id' fields, the same position, or shared "
+                   "numbers/code/names ('content'); auto = id when both files have ids, else content.")
 def translate(
     input: str, output: str, translator: str, source: str, target: str, fields: str, concurrency: int,
     option_values: tuple[str, ...], dry_run: bool, limit: int | None, cache_path: str | None,
     batch_size: int | None, batch_chars: int | None, retries: int, backoff_base: float,
-    backoff_max: float, code_lines: bool, progress: bool | None,
+    backoff_max: float, code_lines: bool, progress: bool | None, repair: bool, source_records: str | None,
+    match: str,
 ) -> None:
     """Translate FIELDS of every record in INPUT (JSONL, JSON, CSV, Parquet) into OUTPUT (JSONL).
 
     Code, URLs, e-mail addresses, numbers and placeholders come back unchanged. Every finished
     batch is cached, so an interrupted run resumes where it stopped and a rerun costs nothing.
     Records that could not be translated go to OUTPUT's .failed.jsonl side file.
+
+    With --repair, INPUT is a translation whose code was translated too ('cho x trong ...'):
+    `vichat translate --repair BROKEN.jsonl OUTPUT --source-records EN.json -t google`.
     """
     from .job import plan_file, translate_file
     from ..retry import Backoff
 
     options = parse_key_values(option_values)
+    if repair or source_records:
+        _repair(input, output, translator, source, target, source_records, match, concurrency, options, dry_run,
+                limit, cache_path, batch_size, batch_chars, code_lines, progress,
+                Backoff(base=backoff_base, cap=backoff_max, max_retries=retries), repair)
+        return
     field_list = [f.strip() for f in fields.split(",") if f.strip()]
     common = dict(fields=field_list, options=options, limit=limit, cache=cache_path,
                   batch_size=batch_size, batch_chars=batch_chars, code_lines=code_lines)
@@ -87,6 +104,44 @@ def translate(
         click.echo("\n".join(exc.summary.lines()), err=True)
         sys.exit(130)
     except KeyboardInterrupt:  # outside the request loop (reading input, publishing output)
+        click.echo("interrupted; finished work is cached: rerun the same command to resume", err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo("\n".join(summary.lines()))
+    if summary.failed_records:
+        sys.exit(1)
+
+
+def _repair(input, output, translator, source, target, source_records, match, concurrency, options, dry_run,  # noqa: ANN001
+            limit, cache_path, batch_size, batch_chars, code_lines, progress, backoff, repair) -> None:
+    """``vichat translate --repair``: see :mod:`vichat.translate.repair`."""
+    if not repair:
+        raise click.UsageError("--source-records is only used with --repair")
+    if not source_records:
+        raise click.UsageError("--repair needs --source-records EN_FILE (the English originals, e.g. alpaca_data.json)")
+    if limit is not None:
+        raise click.UsageError("--limit does not apply to --repair (every record of INPUT is written to OUTPUT)")
+    from .repair import plan_repair, repair_file
+
+    common = dict(match=match, options=options, cache=cache_path, batch_size=batch_size, batch_chars=batch_chars,
+                  code_lines=code_lines)
+    if dry_run:
+        plan, counts = plan_repair(input, source_records, translator, source, target, **common)
+        click.echo("\n".join(format_plan(plan)))
+        click.echo(f"  repair: {counts['flagged']} records with broken code, {counts['matched']} matched by "
+                   f"{counts['mode']}, {counts['unmatched']} unmatched")
+        return
+    from .errors import TranslationInterrupted
+
+    previous = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
+    try:
+        summary = repair_file(input, output, source_records, translator, source, target, concurrency=concurrency,
+                              backoff=backoff, progress=progress, **common)
+    except TranslationInterrupted as exc:
+        click.echo("\n".join(exc.summary.lines()), err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
         click.echo("interrupted; finished work is cached: rerun the same command to resume", err=True)
         sys.exit(130)
     finally:

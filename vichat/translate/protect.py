@@ -66,6 +66,9 @@ CODE_LINE = re.compile(
     | .*[(=].*;[ \t]*
     | .*[)=][ \t]*\{[ \t]*
     | (?:else|do|try|finally)[ \t]*\{[ \t]*
+    | \}[ \t]*(?:else|catch|finally|while)\b.*   # "} else {", "} catch (e) {", "} while (x);"
+    | else(?:[ \t]+if[ \t]*\(.*)?[ \t]*          # a bare "else" / "else if (...)" line of C-like code
+    | (?:if|while|for|switch)[ \t]*\(.*\)[ \t]*\{?[ \t]*  # C-like control line without a brace: "if (x == y)"
     | [})\]]+[;,)]*[ \t]*
     | (?:\#include|\#!|//|/\*|\*/).*
     | (?:SELECT|INSERT|UPDATE|DELETE|CREATE)\b.*\b(?:FROM|INTO|SET|TABLE)\b.*
