@@ -16,8 +16,7 @@ import functools
 import json
 import os
 
-from vichat.hookspecs import hookimpl
-from vichat.specs import JudgeSpec
+from vichat.plugin import hookimpl, JudgeSpec
 
 KEY_VAR = "OPENAI_API_KEY"
 DEFAULT_MODEL = "gpt-4"
@@ -36,8 +35,8 @@ def classify(exc: Exception, model: str) -> Exception:
     """The error the run acts on for an exception of the openai client: retry, stop, or fail."""
     import openai
 
-    from vichat.evaluate.conversation import FatalJudgeError
-    from vichat.retry import RetryableError, parse_retry_after
+    from vichat.plugin import FatalJudgeError
+    from vichat.plugin import RetryableError, parse_retry_after
 
     status = getattr(exc, "status_code", None)
     response = getattr(exc, "response", None)
@@ -59,8 +58,8 @@ def make_sender(model: str, *, temperature: float, max_tokens: int, base_url: st
     """A ``send(messages) -> Reply`` for :func:`vichat.evaluate.conversation.converse`."""
     import openai
 
-    from vichat.evaluate.conversation import FatalJudgeError, Reply
-    from vichat.retry import RetryableError
+    from vichat.plugin import FatalJudgeError, Reply
+    from vichat.plugin import RetryableError
 
     key = os.environ.get(KEY_VAR)
     if not key:
@@ -98,7 +97,7 @@ def judge(
     aspects: bool = False, policy=None,  # noqa: ANN001
 ):
     """Judge one pair of answers with ``prompt`` (a :class:`vichat.evaluate.prompts.JudgePrompt`)."""
-    from vichat.evaluate.conversation import converse
+    from vichat.plugin import converse
 
     send = make_sender(str(model), temperature=temperature, max_tokens=max_tokens, base_url=base_url, timeout=timeout)
     return converse(send, question, answer1, answer2, prompt, policy=policy, aspects=bool(aspects))

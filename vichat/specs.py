@@ -7,6 +7,7 @@ fault; the plugin manager calls it on everything a plugin registers.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
@@ -109,9 +110,20 @@ class DatasetSpec:
 # --------------------------------------------------------------------------- base models
 
 
+# Accepted ``Architecture.family`` values ("gpt-j", "GPT_J" and "gptj" are the same). Each but
+# "other" has a module-shape table (vichat/train/shapes.py), so a dry run can count LoRA parameters
+# and estimate memory without weights; "other" trains and serves, but its dry run cannot count.
+FAMILIES: tuple[str, ...] = ("bloom", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "gpt2", "other")
+
+
+def family_key(family: str) -> str:
+    """``family`` compared without case, ``-`` or ``_`` ("GPT-J" -> "gptj")."""
+    return family.lower().replace("-", "").replace("_", "")
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """The shape numbers a dry run needs without downloading weights."""
+    """The shape numbers a dry run needs without downloading weights; ``family`` is one of FAMILIES."""
 
     family: str
     n_layers: int
@@ -189,6 +201,16 @@ class BaseModelSpec:
             raise SpecError(f"BaseModelSpec {self.name!r}: hub_id must be a string")
         if not isinstance(self.architecture, Architecture):
             raise SpecError(f"BaseModelSpec {self.name!r}: architecture must be an Architecture")
+        family = self.architecture.family
+        known = {family_key(f) for f in FAMILIES}
+        if not isinstance(family, str) or family_key(family) not in known:
+            close = difflib.get_close_matches(family_key(str(family)), sorted(known), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SpecError(
+                f"BaseModelSpec {self.name!r}: architecture.family={family!r} is not a known family.{hint} "
+                f"Accepted: {', '.join(FAMILIES)} ('other' for an architecture without a shape table: "
+                "it trains and serves, but a dry run cannot count its LoRA parameters)."
+            )
         if not self.lora_targets:
             raise SpecError(f"BaseModelSpec {self.name!r}: lora_targets must name at least one module")
         if self.padding_side not in ("left", "right"):
