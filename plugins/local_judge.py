@@ -92,5 +92,6 @@ def register_judges(register):
             name="local",
             description="A base model loaded in-process judges (--judge-model NAME, --option path=DIR); no key, no cost.",
             judge=judge,
+            price=(0.0, 0.0),
         )
     )

@@ -272,3 +272,33 @@ def test_the_papers_answer_files_are_valid_input(server, tmp_path, shared_data, 
     assert len(rows) == 80 and server.requests == 80
     assert {r["prompt_id"] for r in rows if r["category"] == "coding"} == {"vicuna-coding"}
     assert rows[0]["model_id"] == "bigscience/bloomz-7b1-mt" and rows[0]["baseline_id"] == "gpt-4-0613"
+
+
+def test_third_party_judge_without_policy_is_counted_and_a_free_one_costs_nothing(files):
+    """A plugin judge written from docs/plugins.md alone: no `policy`, no converse, `price=(0, 0)`."""
+    import vichat.plugins as plugins_module
+    from vichat.plugin import JudgeResult, JudgeSpec, hookimpl
+
+    calls = []
+
+    def judge(question, answer1, answer2, prompt, *, model="", temperature=0.0, max_tokens=512):
+        calls.append(question)
+        return JudgeResult(7.0, 5.0, "7 5\nĐánh giá ngắn.")
+
+    mod = type(sys)("free_judge")
+    mod.register_judges = hookimpl(lambda register: register(JudgeSpec(
+        name="free-judge", description="A judge that runs locally and costs nothing.", judge=judge,
+        price=(0.0, 0.0))))
+    plugins_module._registry = plugins_module.build_registry([("free-judge", mod)])
+    try:
+        r = cli(files, "--judge", "free-judge", "--dry-run")
+        assert r.exit_code == 0, r.output
+        assert "free ($0.00) typical, at most free ($0.00)" in r.output and "unknown" not in r.output
+        r = cli(files, "--judge", "free-judge")
+        assert r.exit_code == 0, r.output
+        rows = reviews(files)
+        assert len(rows) == len(calls) == 8  # swap protocol: both orders of 4 questions
+        assert all(row["usage"]["requests"] == 1 for row in rows)
+        assert "requests 8 answered, 8 attempts" in r.output and "cost $0.0000" in r.output
+    finally:
+        plugins_module.reset_registry()

@@ -268,18 +268,29 @@ class JudgeResult:
 
 @dataclass(frozen=True)
 class JudgeSpec:
-    """A pairwise judge: ``judge(question, answer1, answer2, prompt, **options) -> JudgeResult``."""
+    """A pairwise judge: ``judge(question, answer1, answer2, prompt, **options) -> JudgeResult``.
+
+    ``price`` is ``(input, output)`` US dollars per million tokens: ``(0, 0)`` for a judge that costs
+    nothing per request (a model run locally), ``None`` to look the judge model up in the known
+    list prices (``--price-in``/``--price-out`` override either).
+    """
 
     name: str
     description: str
     judge: Callable[..., JudgeResult]
     env_vars: Sequence[str] = ()
     default_model: str = ""
+    price: tuple[float, float] | None = None
 
     def validate(self) -> None:
         _check_common(self)
         _check_callable(self, "judge")
         _check_str_tuple(self, "env_vars")
+        if self.price is not None and (
+            len(tuple(self.price)) != 2 or not all(isinstance(x, (int, float)) and x >= 0 for x in self.price)
+        ):
+            raise SpecError(f"JudgeSpec {self.name!r}: price must be None or (input, output) USD per million "
+                            f"tokens, both >= 0; got {self.price!r}")
 
 
 # --------------------------------------------------------------------------- templates

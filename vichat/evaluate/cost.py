@@ -107,14 +107,14 @@ class Budget:
         return worst
 
     def settle(self, reserved: float, prompt_tokens: int | None, completion_tokens: int | None,
-               estimate: int) -> None:
-        """Replace a reservation by what the request really used (the estimate when the server
+               estimate: int, requests: int = 1) -> None:
+        """Replace a reservation by what the request(s) really used (the estimate when the server
         sent no usage, so a count is never silently zero)."""
         p = prompt_tokens if prompt_tokens is not None else estimate
         c = completion_tokens or 0
         with self._lock:
             self._reserved = max(0.0, self._reserved - reserved)
-            self.usage.requests += 1
+            self.usage.requests += requests
             self.usage.prompt_tokens += p
             self.usage.completion_tokens += c
             self.usage.cost += self.cost_of(p, c)

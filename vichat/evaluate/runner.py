@@ -20,7 +20,7 @@ from ..specs import JudgeResult, JudgeSpec
 from ..retry import Backoff, Cancelled, RetryableError, call_with_retries
 from .cache import JudgmentCache
 from .conversation import RequestPolicy
-from .cost import Budget, BudgetExceeded, Usage
+from .cost import Budget, BudgetExceeded, Usage, estimate_messages
 from .judge import JudgeSettings, Task, result_payload
 from .limiter import RateLimiter
 
@@ -69,7 +69,7 @@ def judge_caller(spec: JudgeSpec, settings: JudgeSettings, policy: RequestPolicy
     if takes_any or "policy" in params:
         return lambda t: spec.judge(t.question.text, t.answer1.text, t.answer2.text, t.prompt, policy=policy, **options)
 
-    # A judge that does not take the policy: rate-limit and retry the whole call instead.
+    # A judge that does not take the policy: rate-limit, retry and count the whole call instead.
     def call(t: Task) -> JudgeResult:
         def before() -> None:
             with policy._lock:
@@ -77,10 +77,17 @@ def judge_caller(spec: JudgeSpec, settings: JudgeSettings, policy: RequestPolicy
             if policy.limiter is not None:
                 policy.limiter.acquire(0, policy.stop)
 
-        return call_with_retries(
+        result = call_with_retries(
             lambda: spec.judge(t.question.text, t.answer1.text, t.answer2.text, t.prompt, **options),
             policy.backoff, policy.stop, on_attempt=before,
         )
+        if policy.budget is not None:
+            # One answered call, as its review records it; token counts only if the judge said.
+            estimate = estimate_messages(t.prompt.messages(t.question.text, t.answer1.text, t.answer2.text))
+            policy.budget.settle(0.0, getattr(result, "prompt_tokens", None) or None,
+                                 getattr(result, "completion_tokens", None), estimate,
+                                 requests=getattr(result, "requests", 0) or 1)
+        return result
 
     return call
 

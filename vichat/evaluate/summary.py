@@ -7,7 +7,9 @@ from typing import Any
 
 
 def _money(x: float | None) -> str:
-    return "unknown (pass --price-in/--price-out)" if x is None else f"${x:,.2f}"
+    if x is None:
+        return "unknown (pass --price-in/--price-out)"
+    return "free ($0.00)" if x == 0 else f"${x:,.2f}"
 
 
 def format_estimate(est: Any) -> list[str]:
