@@ -133,7 +133,7 @@ def test_reask_that_works_is_kept(server, files):
 
 def test_malformed_body_429_and_500_storms(server, files):
     server.push(("malformed",), *[("status", 429, {"Retry-After": "0.01"})] * 5, *[("status", 500)] * 5, ("status", 503))
-    out = job(files)
+    out = job(files, run=RunOptions(backoff=FAST, progress=False, rpm=None, tpm=None))  # storms, not limits
     rows = reviews(files)
     assert all(r["score"] is not None for r in rows) and len(rows) == 8
     assert out.summary.attempts == 8 + 12 and server.requests == 20
@@ -302,3 +302,20 @@ def test_third_party_judge_without_policy_is_counted_and_a_free_one_costs_nothin
         assert "requests 8 answered, 8 attempts" in r.output and "cost $0.0000" in r.output
     finally:
         plugins_module.reset_registry()
+
+
+def test_limits_start_low_and_follow_what_the_server_announces(server, files):
+    from vichat.evaluate.limiter import START_RPM, START_TPM
+
+    out = job(files, protocol="paper", run=RunOptions(backoff=FAST, progress=False, concurrency=2))
+    assert out.summary.limits == (10_000, 2_000_000)  # the fake server's x-ratelimit-limit-* headers
+    server.limit_headers = None  # a server that announces nothing: the start values stay
+    out = job(files, protocol="paper", use_cache=False, run=RunOptions(backoff=FAST, progress=False))
+    assert out.summary.limits == (START_RPM, START_TPM)
+    server.limit_headers = {"x-ratelimit-limit-requests": "10000", "x-ratelimit-limit-tokens": "2000000"}
+    r = cli(files, "--protocol", "paper", "--no-cache", "--rpm", "60", "--tpm", "0")  # given limits are kept
+    assert r.exit_code == 0, r.output
+    assert "rate limit 60 requests/min, no token limit" in r.output
+    r = cli(files, "--protocol", "paper", "--no-cache")
+    assert "rate limit 10,000 requests/min, 2,000,000 tokens/min (announced by the server)" in r.output
+    assert cli(files, "--rpm", "lots").exit_code == 2

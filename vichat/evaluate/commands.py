@@ -72,6 +72,26 @@ def generate_cmd(model_ref, set_name, questions, out, template, max_new_tokens, 
     click.echo(f"{written} answers written to {out}" + (f" ({existing} were already there)" if existing else ""))
 
 
+class _Limit(click.ParamType):
+    """``auto`` or a number of requests/tokens per minute (0: no limit)."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
+        if isinstance(value, (int, float)) or value == "auto":
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor a number", param, ctx)
+        if number < 0:
+            self.fail(f"{value!r} is negative (0 means no limit)", param, ctx)
+        return number
+
+
+LIMIT = _Limit()
+
+
 @eval_group.command("judge")
 @click.option("--set", "set_name", type=click.Choice(SET_NAMES), help="A question set from $VICHAT_SHARED_DATA/eval.")
 @click.option("--questions", type=click.Path(exists=True, dir_okay=False), help="Questions .jsonl (or --set).")
@@ -89,8 +109,11 @@ def generate_cmd(model_ref, set_name, questions, out, template, max_new_tokens, 
 @click.option("--temperature", default=0.2, show_default=True, type=click.FloatRange(0), help="Judge sampling temperature.")
 @click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(1), help="Longest review.")
 @click.option("--concurrency", "-j", default=16, show_default=True, type=click.IntRange(1, 512), help="Requests in flight.")
-@click.option("--rpm", default=500.0, show_default=True, type=click.FloatRange(0), help="Requests per minute (0: no limit).")
-@click.option("--tpm", default=300_000.0, show_default=True, type=click.FloatRange(0), help="Tokens per minute (0: no limit).")
+@click.option("--rpm", default="auto", show_default=True, type=LIMIT,
+              help="Requests per minute; auto: start at 500 (gpt-4, lowest paid tier), then what the server's "
+                   "x-ratelimit headers announce; 0: no limit.")
+@click.option("--tpm", default="auto", show_default=True, type=LIMIT,
+              help="Tokens per minute; auto: start at 10000, then what the server announces; 0: no limit.")
 @click.option("--max-cost", type=click.FloatRange(0), help="Hard cap in USD: stop before a request could exceed it.")
 @click.option("--price-in", type=click.FloatRange(0), help="USD per million prompt tokens [default: known models' list price].")
 @click.option("--price-out", type=click.FloatRange(0), help="USD per million completion tokens.")
@@ -109,8 +132,9 @@ def judge_cmd(set_name, questions, answers, baseline, out, judge_name, judge_mod
     """Judge a model's answers against a baseline's, pairwise; writes FastChat-format reviews."""
     from ..retry import Backoff
     from .judge import JudgeSettings
-    from .runner import RunOptions
     from .jobs import JudgeJob, estimate_job, judge_job
+    from .limiter import START_RPM, START_TPM
+    from .runner import RunOptions
     from .summary import format_estimate, format_outcome
 
     qpath, _ = _questions(set_name, questions)
@@ -126,7 +150,9 @@ def judge_cmd(set_name, questions, answers, baseline, out, judge_name, judge_mod
         prompt_paths=prompt_paths, cache=cache_path, use_cache=not no_cache, skip_missing=skip_missing, limit=limit,
         settings=JudgeSettings(judge=judge_name, model=judge_model, temperature=temperature, max_tokens=max_tokens,
                                aspects=aspects, options=options),
-        run=RunOptions(concurrency=concurrency, rpm=rpm or None, tpm=tpm or None, max_cost=max_cost,
+        run=RunOptions(concurrency=concurrency, rpm=START_RPM if rpm == "auto" else (rpm or None),
+                       tpm=START_TPM if tpm == "auto" else (tpm or None), adaptive_limits="auto" in (rpm, tpm),
+                       max_cost=max_cost,
                        price=(price_in, price_out) if price_in is not None else None,
                        backoff=Backoff(base=1.0, cap=60.0, max_retries=max_retries), retry_failed=retry_failed),
     )

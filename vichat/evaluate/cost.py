@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..jobs import Halt
 from ..records import VichatError
 
 #: (input, output) USD per million tokens; the longest matching prefix of the model name wins.
@@ -58,8 +59,9 @@ def estimate_messages(messages: Sequence[dict]) -> int:
     return sum(estimate_tokens(str(m.get("content", ""))) + MESSAGE_OVERHEAD_TOKENS for m in messages)
 
 
-class BudgetExceeded(VichatError):
-    """The next request could push spending past ``--max-cost``; nothing more is sent."""
+class BudgetExceeded(VichatError, Halt):
+    """The next request could push spending past ``--max-cost``; nothing more is sent (a
+    :class:`vichat.jobs.Halt`: judgments in flight still land)."""
 
 
 @dataclass
