@@ -140,15 +140,33 @@ class Architecture:
             object.__setattr__(self, "intermediate_size", 4 * self.hidden_size)
 
 
+def _setting(default: Any, help: str, label: str, low: float, high: float, step: float,
+             valid: tuple[float, float | None]) -> Any:
+    """A decoding field with what every surface needs to offer it: the CLI flag's help, the app's
+    Vietnamese label, the range (and slider step) a public visitor's value is clamped to, and the
+    values that make sense at all (``valid``: minimum, maximum or None), which the CLI accepts."""
+    return field(default=default, metadata={"help": help, "label": label, "range": (low, high), "step": step,
+                                            "valid": valid})
+
+
 @dataclass(frozen=True)
 class Decoding:
-    """Sampling settings; the defaults are the paper's (section IV-C)."""
+    """Sampling settings; the defaults are the paper's (section IV-C).
 
-    max_new_tokens: int = 256
-    temperature: float = 0.5
-    top_k: int = 20
-    top_p: float = 1.0
-    repetition_penalty: float = 1.2
+    The one description of decoding: CLI flags (:func:`vichat.clitools.decoding_options`), the
+    app's sliders and their server-side clamp (:mod:`vichat.app.controls`) are all made from these
+    fields and their metadata (:func:`decoding_fields`).
+    """
+
+    max_new_tokens: int = _setting(256, "Longest answer in tokens.", "Số token tối đa (max_new_tokens)", 1, 1024, 1,
+                                   (1, None))
+    temperature: float = _setting(0.5, "Sampling temperature; 0 = greedy.", "Nhiệt độ (temperature)", 0.0, 1.5, 0.05,
+                                  (0, None))
+    top_k: int = _setting(20, "Sample from the k likeliest tokens; 0 = all.", "top_k", 0, 100, 1, (0, None))
+    top_p: float = _setting(1.0, "Nucleus sampling: the smallest set of tokens with this much probability.",
+                            "top_p", 0.05, 1.0, 0.05, (0, 1))
+    repetition_penalty: float = _setting(1.2, "Penalty on tokens already in the text (1.0 = none).",
+                                         "Phạt lặp từ (repetition_penalty)", 1.0, 2.0, 0.05, (0, None))
 
     def as_generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for transformers' ``generate``; temperature 0 means greedy decoding."""
@@ -158,6 +176,12 @@ class Decoding:
         if sample:
             kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         return kwargs
+
+
+def decoding_fields() -> list[Any]:
+    """The fields of :class:`Decoding` (``dataclasses.Field``: ``name``, ``type``, ``default``,
+    ``metadata["help" | "label" | "range" | "step" | "valid"]``), in order."""
+    return list(fields(Decoding))
 
 
 @dataclass(frozen=True)

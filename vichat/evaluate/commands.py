@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from ..clitools import parse_key_values, sigterm_as_interrupt
+from ..clitools import decoding_options, decoding_overrides, parse_key_values, sigterm_as_interrupt
 
 SET_NAMES = ("vicuna80-vi", "vicuna80-en", "icliniq100-vi")
 
@@ -38,11 +38,7 @@ def eval_group() -> None:
 @click.option("--questions", type=click.Path(exists=True, dir_okay=False), help="A questions .jsonl instead of --set.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Answers file [default: answers/answer_<model>_<set>.jsonl].")
 @click.option("--template", help="Prompt template [default: chat for vicuna80, doctor for icliniq100].")
-@click.option("--max-new-tokens", type=click.IntRange(1), help="[default: the model's; the paper's 256]")
-@click.option("--temperature", type=click.FloatRange(0), help="[default: the model's; the paper's 0.5; 0 = greedy]")
-@click.option("--top-k", type=click.IntRange(0), help="[default: the model's; the paper's 20]")
-@click.option("--top-p", type=click.FloatRange(0, 1), help="[default: the model's; 1.0]")
-@click.option("--repetition-penalty", type=click.FloatRange(0), help="[default: the model's; the paper's 1.2]")
+@decoding_options()
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Questions per generate() call.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N unanswered questions.")
@@ -50,8 +46,8 @@ def eval_group() -> None:
 @click.option("--load-in", default="none", show_default=True, type=click.Choice(["none", "8bit", "4bit"]))
 @click.option("--model-id", help="model_id to record [default: the adapter/model dir name].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-def generate_cmd(model_ref, set_name, questions, out, template, max_new_tokens, temperature, top_k, top_p,  # noqa: ANN001
-                 repetition_penalty, seed, batch_size, limit, base_path, load_in, model_id, device) -> None:
+def generate_cmd(model_ref, set_name, questions, out, template, seed, batch_size, limit, base_path,  # noqa: ANN001
+                 load_in, model_id, device, **decoding) -> None:
     """Answer a question set with a model, in FastChat's answer format (resumable)."""
     from .generate import generate_job
 
@@ -59,8 +55,7 @@ def generate_cmd(model_ref, set_name, questions, out, template, max_new_tokens, 
     if out is None:
         out = Path("answers") / f"answer_{model_id or Path(model_ref).name}_{set_name or qpath.stem}.jsonl"
     signal.signal(signal.SIGTERM, sigterm_as_interrupt)
-    decoding = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-                "repetition_penalty": repetition_penalty}
+    decoding = decoding_overrides(decoding)
     try:
         written, existing = generate_job(
             model_ref, qpath, out, template=template, set_template=set_template, decoding=decoding, seed=seed,

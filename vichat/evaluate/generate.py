@@ -156,8 +156,7 @@ def generate_job(
         target = "cuda" if device == "auto" and torch.cuda.is_available() else (None if device == "auto" else device)
         if target:
             loaded.model.to(target)
-    base = loaded.decoding
-    values = {k: getattr(base, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")}
+    values = asdict(loaded.decoding)
     values.update({k: v for k, v in (decoding or {}).items() if v is not None})
     settings = GenerationSettings(**values, seed=seed, template=tmpl.name)
     return generate_answers(questions, loaded, tmpl, settings, Path(out), batch_size=batch_size, limit=limit, progress=progress)
