@@ -16,10 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from vichat.data.fetch import hub_rows, tag_rows, url_rows
-from vichat.data.readers import read_rows
-from vichat.hookspecs import hookimpl
-from vichat.specs import DatasetSpec, Row
+from vichat.plugin import hookimpl, DatasetSpec, hub_rows, read_rows, Row, tag_rows, url_rows
 
 ALPACA_URL = "https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json"
 ALPACA_HOMEPAGE = "https://github.com/tatsu-lab/stanford_alpaca"

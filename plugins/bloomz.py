@@ -1,7 +1,6 @@
 """BLOOMZ base models: bloomz-7b1-mt (the paper's) and bloomz-560m (a small one for CPUs)."""
 
-from vichat.hookspecs import hookimpl
-from vichat.specs import Architecture, BaseModelSpec
+from vichat.plugin import hookimpl, Architecture, BaseModelSpec
 
 
 def _spec(name: str, description: str, hub_id: str, arch: Architecture) -> BaseModelSpec:

@@ -26,10 +26,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from vichat.data.fetch import hub_rows, url_rows
-from vichat.data.readers import read_rows
-from vichat.hookspecs import hookimpl
-from vichat.specs import DatasetSpec, Row
+from vichat.plugin import hookimpl, DatasetSpec, hub_rows, read_rows, Row, url_rows
 
 HOMEPAGE = "https://github.com/Kent0n-Li/ChatDoctor"
 CHATDOCTOR_COMMIT = "e77bd7ebafbffb6d82be3410cd0d4ebebe75a516"

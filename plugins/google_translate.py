@@ -16,8 +16,7 @@ import atexit
 import os
 import threading
 
-from vichat.hookspecs import hookimpl
-from vichat.specs import TranslatorSpec
+from vichat.plugin import hookimpl, TranslatorSpec
 
 DEFAULT_URL = "https://translation.googleapis.com/language/translate/v2"
 KEY_VAR = "GOOGLE_API_KEY"
@@ -53,7 +52,7 @@ def translate(texts: list[str], source: str, target: str, *, timeout: float = 60
     """Translate one batch; raises RetryableError on 429/5xx/timeouts/garbled answers."""
     import httpx
 
-    from vichat.translate.errors import FatalTranslatorError, RetryableError, parse_retry_after
+    from vichat.plugin import FatalTranslatorError, RetryableError, parse_retry_after
 
     key = os.environ.get(KEY_VAR)
     if not key:

@@ -16,10 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from vichat.data.fetch import hub_rows, tag_rows, url_rows
-from vichat.data.readers import read_rows
-from vichat.hookspecs import hookimpl
-from vichat.specs import DatasetSpec, Row
+from vichat.plugin import hookimpl, DatasetSpec, hub_rows, read_rows, Row, tag_rows, url_rows
 
 GPT4ALL_HUB = "nomic-ai/gpt4all_prompt_generations"
 GPT4ALL_HOMEPAGE = "https://github.com/nomic-ai/gpt4all"

@@ -1,7 +1,6 @@
 """VietAI's GPT-J 6B trained on Vietnamese news (the paper's GPT-J base)."""
 
-from vichat.hookspecs import hookimpl
-from vichat.specs import Architecture, BaseModelSpec
+from vichat.plugin import hookimpl, Architecture, BaseModelSpec
 
 GPTJ_6B_VI = BaseModelSpec(
     name="gptj-6b-vi",

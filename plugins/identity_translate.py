@@ -1,7 +1,6 @@
 """The ``identity`` translator: returns texts unchanged. For tests and dry pipelines (costs nothing)."""
 
-from vichat.hookspecs import hookimpl
-from vichat.specs import TranslatorSpec
+from vichat.plugin import hookimpl, TranslatorSpec
 
 
 def translate(texts: list[str], source: str, target: str, **options: object) -> list[str]:

@@ -1,8 +1,7 @@
 """Built-in judge prompt sets: the paper's GPT-4 judge prompts (FastChat's, versioned)."""
 
 from vichat.evaluate.prompts import package_prompts_dir
-from vichat.hookspecs import hookimpl
-from vichat.specs import JudgePromptsSpec
+from vichat.plugin import hookimpl, JudgePromptsSpec
 
 
 @hookimpl

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import threading
 
-from vichat.hookspecs import hookimpl
-from vichat.specs import JudgeSpec
+from vichat.plugin import hookimpl, JudgeSpec
 
 _models: dict = {}
 _load_lock = threading.Lock()
@@ -45,7 +44,7 @@ def render_chat(tokenizer, messages: list[dict]) -> str:  # noqa: ANN001
 
 def make_sender(model: str, path: str | None, *, temperature: float, max_tokens: int):
     """A ``send(messages) -> Reply`` that generates with the local model."""
-    from vichat.evaluate.conversation import FatalJudgeError, Reply
+    from vichat.plugin import FatalJudgeError, Reply
 
     if not model:
         raise FatalJudgeError("the local judge needs --judge-model NAME (a base model listed by `vichat plugins`)")
@@ -80,7 +79,7 @@ def judge(
     temperature: float = 0.0, max_tokens: int = 1024, aspects: bool = False, policy=None,  # noqa: ANN001
 ):
     """Judge one pair of answers with a local model."""
-    from vichat.evaluate.conversation import converse
+    from vichat.plugin import converse
 
     send = make_sender(str(model), path, temperature=temperature, max_tokens=max_tokens)
     return converse(send, question, answer1, answer2, prompt, policy=policy, aspects=bool(aspects))
@@ -93,5 +92,6 @@ def register_judges(register):
             name="local",
             description="A base model loaded in-process judges (--judge-model NAME, --option path=DIR); no key, no cost.",
             judge=judge,
+            price=(0.0, 0.0),
         )
     )

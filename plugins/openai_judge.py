@@ -6,8 +6,9 @@ Environment: ``OPENAI_API_KEY`` (required; any value for a local server without 
 ``vichat eval judge``): ``model`` (default gpt-4), ``temperature`` (0.2, FastChat's reviewer
 setting), ``max_tokens`` (1024), ``base_url`` (overrides ``OPENAI_BASE_URL``), ``timeout``
 (seconds per request, 120), ``aspects`` (also ask for the four aspect scores as JSON) and
-``policy`` (the run's rate limiter, cost cap and retries). The key is read from the environment
-only and never logged.
+``policy`` (the run's rate limiter, cost cap and retries). The limits the server announces in its
+``x-ratelimit-limit-*`` headers go back to the run's limiter with each answer. The key is read from
+the environment only and never logged.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import functools
 import json
 import os
 
-from vichat.hookspecs import hookimpl
-from vichat.specs import JudgeSpec
+from vichat.plugin import hookimpl, JudgeSpec
 
 KEY_VAR = "OPENAI_API_KEY"
 DEFAULT_MODEL = "gpt-4"
@@ -36,8 +36,8 @@ def classify(exc: Exception, model: str) -> Exception:
     """The error the run acts on for an exception of the openai client: retry, stop, or fail."""
     import openai
 
-    from vichat.evaluate.conversation import FatalJudgeError
-    from vichat.retry import RetryableError, parse_retry_after
+    from vichat.plugin import FatalJudgeError
+    from vichat.plugin import RetryableError, parse_retry_after
 
     status = getattr(exc, "status_code", None)
     response = getattr(exc, "response", None)
@@ -55,12 +55,23 @@ def classify(exc: Exception, model: str) -> Exception:
     return exc
 
 
+def announced_limits(headers) -> tuple[float | None, float | None] | None:  # noqa: ANN001
+    """``(requests, tokens)`` per minute from OpenAI's ``x-ratelimit-limit-*`` headers, or None."""
+    out = []
+    for name in ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens"):
+        try:
+            out.append(float(headers.get(name)))
+        except (TypeError, ValueError):
+            out.append(None)
+    return None if out == [None, None] else (out[0], out[1])
+
+
 def make_sender(model: str, *, temperature: float, max_tokens: int, base_url: str | None, timeout: float):
     """A ``send(messages) -> Reply`` for :func:`vichat.evaluate.conversation.converse`."""
     import openai
 
-    from vichat.evaluate.conversation import FatalJudgeError, Reply
-    from vichat.retry import RetryableError
+    from vichat.plugin import FatalJudgeError, Reply
+    from vichat.plugin import RetryableError
 
     key = os.environ.get(KEY_VAR)
     if not key:
@@ -69,9 +80,10 @@ def make_sender(model: str, *, temperature: float, max_tokens: int, base_url: st
 
     def send(messages: list[dict]) -> Reply:
         try:
-            resp = client.chat.completions.create(
+            raw = client.chat.completions.with_raw_response.create(
                 model=model, messages=messages, temperature=float(temperature), max_tokens=int(max_tokens)
             )
+            resp = raw.parse()
         except (openai.OpenAIError, json.JSONDecodeError) as exc:
             mapped = classify(exc, model)
             if mapped is exc:
@@ -87,6 +99,7 @@ def make_sender(model: str, *, temperature: float, max_tokens: int, base_url: st
             prompt_tokens=getattr(usage, "prompt_tokens", None),
             completion_tokens=getattr(usage, "completion_tokens", None),
             finish_reason=choice.finish_reason,
+            limits=announced_limits(raw.headers),
         )
 
     return send
@@ -98,7 +111,7 @@ def judge(
     aspects: bool = False, policy=None,  # noqa: ANN001
 ):
     """Judge one pair of answers with ``prompt`` (a :class:`vichat.evaluate.prompts.JudgePrompt`)."""
-    from vichat.evaluate.conversation import converse
+    from vichat.plugin import converse
 
     send = make_sender(str(model), temperature=temperature, max_tokens=max_tokens, base_url=base_url, timeout=timeout)
     return converse(send, question, answer1, answer2, prompt, policy=policy, aspects=bool(aspects))

@@ -23,8 +23,7 @@ import os
 import re
 import threading
 
-from vichat.hookspecs import hookimpl
-from vichat.specs import TranslatorSpec
+from vichat.plugin import hookimpl, TranslatorSpec
 
 KEY_VAR = "OPENAI_API_KEY"
 LANGUAGES = {
@@ -103,7 +102,7 @@ def translate(
     """Translate one batch through the chat completions API."""
     import openai
 
-    from vichat.translate.errors import FatalTranslatorError, RetryableError, parse_retry_after
+    from vichat.plugin import FatalTranslatorError, RetryableError, parse_retry_after
 
     if not os.environ.get(KEY_VAR):
         raise FatalTranslatorError(f"the openai translator needs {KEY_VAR} (any value for a local server without keys)")

@@ -12,10 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
-from vichat.data.readers import read_rows
-from vichat.hookspecs import hookimpl
-from vichat.records import VichatError
-from vichat.specs import DatasetSpec, Row
+from vichat.plugin import hookimpl, DatasetSpec, read_rows, Row, VichatError
 
 PACKAGE = "vichat.data"
 FILES = {"vi-sample-chat": "general.jsonl", "vi-sample-doctor": "medical.jsonl"}

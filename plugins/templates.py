@@ -1,7 +1,7 @@
 """Built-in prompt templates: the paper's chat and doctor templates."""
 
 from vichat.data.templates import CHAT, DOCTOR
-from vichat.hookspecs import hookimpl
+from vichat.plugin import hookimpl
 
 
 @hookimpl

@@ -46,6 +46,9 @@ class JudgeServer(FakeServer):
         self.answered: list[Seen] = []
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests the server held at once: concurrency, not timing
+        # What OpenAI sends with every answer (a tier-4-like account); None: no rate-limit headers.
+        self.limit_headers: dict[str, str] | None = {"x-ratelimit-limit-requests": "10000",
+                                                      "x-ratelimit-limit-tokens": "2000000"}
 
     def scores(self, user: str) -> tuple[int, int]:
         answers = {int(n): text for n, text in _ANSWER.findall(user)}
@@ -102,7 +105,7 @@ class JudgeServer(FakeServer):
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": len(raw) // 4, "completion_tokens": max(1, len(content) // 4),
                       "total_tokens": len(raw) // 4 + max(1, len(content) // 4)},
-        })
+        }, self.limit_headers)
 
     def kinds(self) -> list[str]:
         return [s.api.removeprefix("judge-") for s in self.seen]

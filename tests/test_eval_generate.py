@@ -117,3 +117,38 @@ def test_local_judge_runs_in_process(tiny_bloom, questions, tmp_path, monkeypatc
     assert row["usage"]["requests"] == 2 and row["reasked"]
     assert row["score"] is None and "unreadable after one re-ask" in row["error"]
     assert "cost $0.0000" in r.output
+
+
+def test_answers_are_clean_nfc_text_from_nfc_prompts(tiny_bloom, tmp_path, monkeypatch):
+    """Prompts are NFC-encoded as in training and serving; answers never carry U+FFFD or control
+    characters (what a byte-level tokenizer decodes from a cut-off multi-byte letter)."""
+    import unicodedata
+
+    from transformers import PreTrainedTokenizerBase
+
+    from vichat.records import clean_generated
+
+    assert clean_generated("A\ufffd\x07b\r\nc\td\x1b[31m") == "Ab\nc\td[31m"
+    assert clean_generated("Vie\u0323\u0302t") == "Việt"
+
+    decomposed = unicodedata.normalize("NFD", QUESTIONS[0]["text"])
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question_id": 1, "text": decomposed, "category": "generic"}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    seen_prompts, real_call, real_decode = [], PreTrainedTokenizerBase.__call__, PreTrainedTokenizerBase.decode
+
+    def call(self, text=None, *args, **kwargs):
+        seen_prompts.extend(text if isinstance(text, list) else [text])
+        return real_call(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", call)
+    monkeypatch.setattr(PreTrainedTokenizerBase, "decode",
+                        lambda self, *a, **k: "\ufffdXin\x00 chào\x1b\ufffd " + real_decode(self, *a, **k))
+    out = tmp_path / "answers.jsonl"
+    r = run("--model", tiny_bloom, "--questions", path, "--out", out, "--max-new-tokens", 4)
+    assert r.exit_code == 0, r.output
+    assert seen_prompts and all(unicodedata.is_normalized("NFC", p) for p in seen_prompts if isinstance(p, str))
+    assert any(QUESTIONS[0]["text"] in p for p in seen_prompts if isinstance(p, str))
+    text = json.loads(out.read_text(encoding="utf-8"))["text"]
+    assert text.startswith("Xin chào") and "\ufffd" not in text
+    assert not any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in text)

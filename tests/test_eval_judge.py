@@ -133,7 +133,7 @@ def test_reask_that_works_is_kept(server, files):
 
 def test_malformed_body_429_and_500_storms(server, files):
     server.push(("malformed",), *[("status", 429, {"Retry-After": "0.01"})] * 5, *[("status", 500)] * 5, ("status", 503))
-    out = job(files)
+    out = job(files, run=RunOptions(backoff=FAST, progress=False, rpm=None, tpm=None))  # storms, not limits
     rows = reviews(files)
     assert all(r["score"] is not None for r in rows) and len(rows) == 8
     assert out.summary.attempts == 8 + 12 and server.requests == 20
@@ -272,3 +272,50 @@ def test_the_papers_answer_files_are_valid_input(server, tmp_path, shared_data, 
     assert len(rows) == 80 and server.requests == 80
     assert {r["prompt_id"] for r in rows if r["category"] == "coding"} == {"vicuna-coding"}
     assert rows[0]["model_id"] == "bigscience/bloomz-7b1-mt" and rows[0]["baseline_id"] == "gpt-4-0613"
+
+
+def test_third_party_judge_without_policy_is_counted_and_a_free_one_costs_nothing(files):
+    """A plugin judge written from docs/plugins.md alone: no `policy`, no converse, `price=(0, 0)`."""
+    import vichat.plugins as plugins_module
+    from vichat.plugin import JudgeResult, JudgeSpec, hookimpl
+
+    calls = []
+
+    def judge(question, answer1, answer2, prompt, *, model="", temperature=0.0, max_tokens=512):
+        calls.append(question)
+        return JudgeResult(7.0, 5.0, "7 5\nĐánh giá ngắn.")
+
+    mod = type(sys)("free_judge")
+    mod.register_judges = hookimpl(lambda register: register(JudgeSpec(
+        name="free-judge", description="A judge that runs locally and costs nothing.", judge=judge,
+        price=(0.0, 0.0))))
+    plugins_module._registry = plugins_module.build_registry([("free-judge", mod)])
+    try:
+        r = cli(files, "--judge", "free-judge", "--dry-run")
+        assert r.exit_code == 0, r.output
+        assert "free ($0.00) typical, at most free ($0.00)" in r.output and "unknown" not in r.output
+        r = cli(files, "--judge", "free-judge")
+        assert r.exit_code == 0, r.output
+        rows = reviews(files)
+        assert len(rows) == len(calls) == 8  # swap protocol: both orders of 4 questions
+        assert all(row["usage"]["requests"] == 1 for row in rows)
+        assert "requests 8 answered, 8 attempts" in r.output and "cost $0.0000" in r.output
+    finally:
+        plugins_module.reset_registry()
+
+
+def test_limits_start_low_and_follow_what_the_server_announces(server, files):
+    from vichat.evaluate.limiter import START_RPM, START_TPM
+
+    out = job(files, protocol="paper", run=RunOptions(backoff=FAST, progress=False, concurrency=2))
+    assert out.summary.limits == (10_000, 2_000_000)  # the fake server's x-ratelimit-limit-* headers
+    server.limit_headers = None  # a server that announces nothing: the start values stay
+    out = job(files, protocol="paper", use_cache=False, run=RunOptions(backoff=FAST, progress=False))
+    assert out.summary.limits == (START_RPM, START_TPM)
+    server.limit_headers = {"x-ratelimit-limit-requests": "10000", "x-ratelimit-limit-tokens": "2000000"}
+    r = cli(files, "--protocol", "paper", "--no-cache", "--rpm", "60", "--tpm", "0")  # given limits are kept
+    assert r.exit_code == 0, r.output
+    assert "rate limit 60 requests/min, no token limit" in r.output
+    r = cli(files, "--protocol", "paper", "--no-cache")
+    assert "rate limit 10,000 requests/min, 2,000,000 tokens/min (announced by the server)" in r.output
+    assert cli(files, "--rpm", "lots").exit_code == 2

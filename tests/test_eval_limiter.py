@@ -71,3 +71,20 @@ def test_prices_and_estimates():
     assert price_for("gpt-4") == (30.0, 60.0) and price_for("gpt-4-0613") == (30.0, 60.0)
     assert price_for("gpt-4o-mini-2024-07-18") == (0.15, 0.60) and price_for("llama3") is None
     assert estimate_tokens("hello world") == 4 and estimate_tokens("Tiếng Việt") > estimate_tokens("Tieng Viet")
+
+
+def test_adaptive_limiter_adopts_announced_limits_and_keeps_what_was_spent():
+    from vichat.evaluate.limiter import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(500, 10_000, adaptive=True, clock=lambda: now[0])
+    assert limiter.try_acquire(9_000) == 0.0  # 1,000 tokens left of a 10,000 minute
+    assert limiter.try_acquire(5_000) > 0
+    limiter.adopt(10_000, 2_000_000)
+    assert limiter.limits == (10_000, 2_000_000) and limiter.announced
+    assert limiter.try_acquire(5_000) == 0.0  # what was spent stays spent, the rest is the new allowance
+    limiter.adopt(None, 1_000)  # a smaller announced limit: 14,000 already spent, so it waits
+    assert limiter.limits == (10_000, 1_000) and limiter.try_acquire(10) > 0
+    fixed = RateLimiter(60, 0, clock=lambda: now[0])  # the user's numbers: never replaced
+    fixed.adopt(10_000, 2_000_000)
+    assert fixed.limits == (60, None) and not fixed.announced

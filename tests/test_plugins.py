@@ -221,3 +221,143 @@ def test_get_registry_is_cached():
     reset_registry()
     assert get_registry() is get_registry()
     reset_registry()
+
+
+# -- what a third-party plugin author runs into --------------------------------------------------
+
+
+def _spec_module(name: str, **functions) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    for attr, fn in functions.items():
+        setattr(mod, attr, fn)
+    return mod
+
+
+def test_misspelt_hook_warns_and_strict_mode_raises():
+    mod = _spec_module("typo", register_judge=hookimpl(lambda register: None))
+    with pytest.warns(PluginWarning, match=r"register_judge is marked @hookimpl but vichat has no hook.*"
+                                           r"Did you mean 'register_judges'"):
+        registry = build_registry([("typo", mod)], entry_points=False)
+    assert registry.plugins["typo"].errors
+    with pytest.raises(VichatError, match="register_judge is marked @hookimpl"):
+        build_registry([("typo", mod)], entry_points=False, strict=True)
+
+
+def test_hook_without_hookimpl_warns_and_strict_mode_raises():
+    called = []
+    mod = _spec_module("unmarked", register_base_models=lambda register: called.append(1))
+    with pytest.warns(PluginWarning, match=r"register_base_models is not marked with @hookimpl"):
+        build_registry([("unmarked", mod)], entry_points=False)
+    with pytest.raises(VichatError, match="not marked with @hookimpl"):
+        build_registry([("unmarked", mod)], entry_points=False, strict=True)
+    assert called == []
+    # Both mistakes at once: unmarked and misspelt.
+    mod = _spec_module("both", register_dataset=lambda register: None)
+    with pytest.warns(PluginWarning, match=r"rename it to 'register_datasets'"):
+        build_registry([("both", mod)], entry_points=False)
+
+
+def test_correct_plugin_and_helpers_named_register_raise_nothing():
+    mod = _module("fine", register_base_models=lambda register: register(_base("fine-1")))
+    mod.registered_names = lambda: ["x"]  # a helper whose name merely starts with "register"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry = build_registry([("fine", mod)], entry_points=False, strict=True)
+    assert registry.names("base_models") == ["fine-1"]
+
+
+def test_name_clash_with_a_builtin_is_listed_under_both_plugins():
+    reset_registry()
+    clash = _module("clash", register_base_models=lambda register: register(_base("tiny")))
+    with pytest.warns(PluginWarning, match="'tiny' and 'aaa-clash'|'aaa-clash' and 'tiny'"):
+        registry = build_registry([("aaa-clash", clash)])
+    assert "tiny" in registry.plugins["tiny"].registered["base_models"]
+    assert "tiny" in registry.plugins["aaa-clash"].registered["base_models"]
+    assert sorted(registry.conflicts[("base_models", "tiny")]) == ["aaa-clash", "tiny"]
+    with pytest.raises(NameConflictError):
+        registry.base_model("tiny")
+    import vichat.plugins as plugins_module
+
+    plugins_module._registry = registry  # what `vichat plugins` shows for this registry
+    try:
+        result = CliRunner().invoke(main, ["plugins"])
+        assert result.exit_code == 1
+        blocks = result.stdout.split("\n\n")[0]
+        tiny_lines = [line for line in result.stdout.splitlines() if "tiny (CONFLICT)" in line]
+        assert len(tiny_lines) == 2, blocks
+    finally:
+        reset_registry()
+
+
+def test_unknown_kind_says_which_kinds_exist():
+    from vichat.plugins import UnknownKindError
+
+    registry = build_registry([], entry_points=False)
+    with pytest.raises(UnknownKindError, match=r"no kind of component named 'judge'\. Did you mean 'judges'\? "
+                                               r"Kinds: datasets, base_models"):
+        registry.names("judge")
+    with pytest.raises(VichatError, match="Kinds:"):
+        registry.get("base-models", "x")
+
+
+def test_architecture_family_is_checked_at_registration():
+    def spec(family: str) -> BaseModelSpec:
+        arch = Architecture(family=family, n_layers=2, hidden_size=64, n_heads=4, vocab_size=1000)
+        return BaseModelSpec(name=f"m-{family.lower()}", description="d", hub_id="o/m", architecture=arch,
+                             lora_targets=("q_proj",))
+
+    mod = _module("fams", register_base_models=lambda register: [register(spec(f))
+                                                                  for f in ("lama", "GPT-J", "other", "qwen2")])
+    with pytest.warns(PluginWarning, match=r"family='lama' is not a known family\. Did you mean 'llama'\?"):
+        registry = build_registry([("fams", mod)], entry_points=False)
+    assert registry.names("base_models") == ["m-gpt-j", "m-other", "m-qwen2"]
+
+
+def test_every_family_but_other_has_a_shape_table():
+    from vichat.specs import FAMILIES, family_key
+    from vichat.train.shapes import FAMILIES as SHAPES
+
+    assert {family_key(f) for f in FAMILIES if f != "other"} == set(SHAPES)
+
+
+def test_public_namespace_is_complete_light_and_used_by_builtins():
+    import vichat.plugin as api
+
+    for name in api.__all__:
+        assert getattr(api, name) is not None, name
+    from vichat.evaluate.conversation import converse
+    from vichat.specs import JudgeResult
+
+    assert api.converse is converse and api.JudgeResult is JudgeResult
+    with pytest.raises(AttributeError, match="public names"):
+        api.not_a_name  # noqa: B018
+    code = ("import sys, vichat.plugin as p; [getattr(p, n) for n in p.__all__]; "
+            "print(sorted(m for m in ('torch', 'transformers', 'gradio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    # Third-party-style built-ins use only the public namespace; the three that register vichat's
+    # own data (templates, judge prompts, the tiny model) may read it where it lives.
+    own_data = {"templates.py", "judge_prompts.py", "tiny.py", "__init__.py"}
+    for path in sorted((REPO / "plugins").glob("*.py")):
+        if path.name in own_data:
+            continue
+        imports = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                   if line.strip().startswith(("from vichat", "import vichat"))]
+        bad = [line for line in imports if not line.startswith(("from vichat.plugin import", "from vichat.plugins import get_registry"))]
+        assert bad == [], f"{path.name} imports internals: {bad}"
+
+
+def test_docs_use_the_public_namespace_and_document_kinds_and_families():
+    from vichat.specs import FAMILIES, KINDS
+
+    doc = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
+    assert "from vichat.hookspecs import" not in doc and "from vichat.specs import" not in doc
+    assert "from vichat.plugin import" in doc
+    for kind in KINDS:
+        assert f"`{kind}`" in doc, f"kind {kind} is not documented"
+    for family in FAMILIES:
+        assert f"`{family}`" in doc, f"family {family} is not documented"
+    import vichat.plugin as api
+
+    for name in api.__all__:
+        assert f"`{name}`" in doc, f"vichat.plugin.{name} is not documented"

@@ -59,7 +59,8 @@ def plugins_cmd(as_json: bool) -> None:
             click.echo(f"{p['name']}  ({dist}; {p['module']})")
             for kind, names in p["registered"].items():
                 if names:
-                    click.echo(f"    {kind.replace('_', ' ')}: {', '.join(names)}")
+                    shown = [f"{n} (CONFLICT)" if (kind, n) in registry.conflicts else n for n in names]
+                    click.echo(f"    {kind.replace('_', ' ')}: {', '.join(shown)}")
             for err in p["errors"]:
                 click.echo(f"    ERROR: {err}")
         for c in conflicts:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import click
 
 
@@ -19,3 +21,26 @@ def parse_key_values(values: tuple[str, ...], flag: str = "--option") -> dict[st
 def sigterm_as_interrupt(signum, frame) -> None:  # noqa: ANN001 - a signal handler's signature
     """Make ``kill PID`` stop a job as cleanly as Ctrl-C: finished work is kept."""
     raise KeyboardInterrupt
+
+
+def decoding_options(default: str = "the model's") -> Callable[[Callable], Callable]:
+    """One ``--max-new-tokens``, ``--temperature``, ... option per :class:`vichat.specs.Decoding`
+    field, with its help text and range; unset options are None (``default`` says what applies)."""
+    from .specs import decoding_fields
+
+    def decorate(command: Callable) -> Callable:
+        for f in reversed(decoding_fields()):
+            low, high = f.metadata["valid"]
+            kind = click.IntRange(low, high) if f.type in (int, "int") else click.FloatRange(low, high)
+            command = click.option(f"--{f.name.replace('_', '-')}", f.name, type=kind, default=None,
+                                   help=f"{f.metadata['help']} [default: {default}; the paper's {f.default}]")(command)
+        return command
+
+    return decorate
+
+
+def decoding_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`vichat.specs.Decoding` fields a command's options set (None: not given)."""
+    from .specs import decoding_fields
+
+    return {f.name: values[f.name] for f in decoding_fields() if values.get(f.name) is not None}

@@ -59,6 +59,19 @@ class UnknownNameError(VichatError, KeyError):
         return self.args[0]
 
 
+class UnknownKindError(VichatError, KeyError):
+    """A kind string that is not one of :data:`vichat.specs.KINDS`."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        close = difflib.get_close_matches(str(kind), list(KINDS), n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        super().__init__(f"no kind of component named {kind!r}.{hint} Kinds: {', '.join(KINDS)}.")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
 class NameConflictError(VichatError):
     def __init__(self, kind: str, name: str, owners: list[str]) -> None:
         self.kind, self.name, self.owners = kind, name, owners
@@ -116,10 +129,19 @@ class Registry:
         self.conflicts: dict[tuple[str, str], list[str]] = {}
 
     # -- lookup ------------------------------------------------------------------------------
+    def _kind(self, kind: str) -> dict[str, tuple[Any, str]]:
+        try:
+            return self._items[kind]
+        except (KeyError, TypeError):
+            raise UnknownKindError(kind) from None
+
     def names(self, kind: str) -> list[str]:
-        return sorted(self._items[kind])
+        """Registered names of ``kind``, one of ``datasets``, ``base_models``, ``translators``,
+        ``judges``, ``templates``, ``judge_prompts`` (:data:`vichat.specs.KINDS`)."""
+        return sorted(self._kind(kind))
 
     def get(self, kind: str, name: str) -> Any:
+        self._kind(kind)
         if (kind, name) in self.conflicts:
             raise NameConflictError(kind, name, self.conflicts[(kind, name)])
         try:
@@ -160,13 +182,43 @@ class Registry:
         warnings.warn(str(problem), PluginWarning, stacklevel=3)
 
     def _add(self, kind: str, spec: Any, plugin: str) -> None:
+        # Every plugin that registered a name lists it, whichever came first: a clash shows under
+        # both owners (and in ``conflicts``), never only under the one that happened to load first.
+        self.plugins[plugin].registered[kind].append(spec.name)
         existing = self._items[kind].get(spec.name)
         if existing is not None:
             owners = self.conflicts.setdefault((kind, spec.name), [existing[1]])
             owners.append(plugin)
             return
         self._items[kind][spec.name] = (spec, plugin)
-        self.plugins[plugin].registered[kind].append(spec.name)
+
+
+def _hook_mistakes(pm: pluggy.PluginManager, obj: Any) -> list[str]:
+    """Hook implementations that would silently do nothing: a marked function whose name is no
+    hook (``register_judge`` for ``register_judges``), or a hook-like function left unmarked."""
+    hooks = sorted(HOOKS.values())
+    out: list[str] = []
+    for attr in dir(obj):
+        if not attr.startswith("register"):
+            continue
+        try:
+            value = getattr(obj, attr)
+        except Exception:  # noqa: BLE001 - a property that raises is not a hook
+            continue
+        if not callable(value):
+            continue
+        close = difflib.get_close_matches(attr, hooks, n=1, cutoff=0.8)
+        marked = pm.parse_hookimpl_opts(obj, attr) is not None
+        if marked and attr not in hooks:
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            out.append(f"{attr} is marked @hookimpl but vichat has no hook of that name, so it is never "
+                       f"called.{hint} Hooks: {', '.join(hooks)}.")
+        elif not marked and (attr in hooks or close):
+            hook = attr if attr in hooks else close[0]
+            fix = "" if attr == hook else f" and rename it to {hook!r}"
+            out.append(f"{attr} is not marked with @hookimpl, so it is never called: decorate it with "
+                       f"`@hookimpl` (from vichat.plugin import hookimpl){fix}.")
+    return out
 
 
 def _iter_entry_points() -> list[md.EntryPoint]:
@@ -229,6 +281,8 @@ def build_registry(
         except Exception as exc:  # noqa: BLE001
             registry._problem(name, f"invalid hook implementation: {exc}", strict, exc)
             continue
+        for mistake in _hook_mistakes(pm, obj):
+            registry._problem(name, mistake, strict)
 
     for kind, hook_name in HOOKS.items():
         spec_type = KINDS[kind]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
@@ -35,6 +36,17 @@ def nfc(text: str) -> str:
 
 def is_nfc(text: str) -> bool:
     return unicodedata.is_normalized("NFC", text)
+
+
+# C0/C1 control characters other than tab and newline, and U+FFFD (bytes a tokenizer could not
+# decode, e.g. half of a 3-byte Vietnamese letter at the end of an answer).
+_GARBAGE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")
+
+
+def clean_generated(text: str) -> str:
+    """Generated text as it is stored and shown: NFC, without control characters (tab and newline
+    kept, ``\r\n`` becomes ``\n``) and without replacement characters."""
+    return nfc(_GARBAGE.sub("", text.replace("\r\n", "\n")))
 
 
 @dataclass(frozen=True, slots=True)

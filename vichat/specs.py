@@ -7,6 +7,7 @@ fault; the plugin manager calls it on everything a plugin registers.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
@@ -109,9 +110,20 @@ class DatasetSpec:
 # --------------------------------------------------------------------------- base models
 
 
+# Accepted ``Architecture.family`` values ("gpt-j", "GPT_J" and "gptj" are the same). Each but
+# "other" has a module-shape table (vichat/train/shapes.py), so a dry run can count LoRA parameters
+# and estimate memory without weights; "other" trains and serves, but its dry run cannot count.
+FAMILIES: tuple[str, ...] = ("bloom", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "gpt2", "other")
+
+
+def family_key(family: str) -> str:
+    """``family`` compared without case, ``-`` or ``_`` ("GPT-J" -> "gptj")."""
+    return family.lower().replace("-", "").replace("_", "")
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """The shape numbers a dry run needs without downloading weights."""
+    """The shape numbers a dry run needs without downloading weights; ``family`` is one of FAMILIES."""
 
     family: str
     n_layers: int
@@ -128,15 +140,33 @@ class Architecture:
             object.__setattr__(self, "intermediate_size", 4 * self.hidden_size)
 
 
+def _setting(default: Any, help: str, label: str, low: float, high: float, step: float,
+             valid: tuple[float, float | None]) -> Any:
+    """A decoding field with what every surface needs to offer it: the CLI flag's help, the app's
+    Vietnamese label, the range (and slider step) a public visitor's value is clamped to, and the
+    values that make sense at all (``valid``: minimum, maximum or None), which the CLI accepts."""
+    return field(default=default, metadata={"help": help, "label": label, "range": (low, high), "step": step,
+                                            "valid": valid})
+
+
 @dataclass(frozen=True)
 class Decoding:
-    """Sampling settings; the defaults are the paper's (section IV-C)."""
+    """Sampling settings; the defaults are the paper's (section IV-C).
 
-    max_new_tokens: int = 256
-    temperature: float = 0.5
-    top_k: int = 20
-    top_p: float = 1.0
-    repetition_penalty: float = 1.2
+    The one description of decoding: CLI flags (:func:`vichat.clitools.decoding_options`), the
+    app's sliders and their server-side clamp (:mod:`vichat.app.controls`) are all made from these
+    fields and their metadata (:func:`decoding_fields`).
+    """
+
+    max_new_tokens: int = _setting(256, "Longest answer in tokens.", "Số token tối đa (max_new_tokens)", 1, 1024, 1,
+                                   (1, None))
+    temperature: float = _setting(0.5, "Sampling temperature; 0 = greedy.", "Nhiệt độ (temperature)", 0.0, 1.5, 0.05,
+                                  (0, None))
+    top_k: int = _setting(20, "Sample from the k likeliest tokens; 0 = all.", "top_k", 0, 100, 1, (0, None))
+    top_p: float = _setting(1.0, "Nucleus sampling: the smallest set of tokens with this much probability.",
+                            "top_p", 0.05, 1.0, 0.05, (0, 1))
+    repetition_penalty: float = _setting(1.2, "Penalty on tokens already in the text (1.0 = none).",
+                                         "Phạt lặp từ (repetition_penalty)", 1.0, 2.0, 0.05, (0, None))
 
     def as_generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for transformers' ``generate``; temperature 0 means greedy decoding."""
@@ -146,6 +176,12 @@ class Decoding:
         if sample:
             kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         return kwargs
+
+
+def decoding_fields() -> list[Any]:
+    """The fields of :class:`Decoding` (``dataclasses.Field``: ``name``, ``type``, ``default``,
+    ``metadata["help" | "label" | "range" | "step" | "valid"]``), in order."""
+    return list(fields(Decoding))
 
 
 @dataclass(frozen=True)
@@ -189,6 +225,16 @@ class BaseModelSpec:
             raise SpecError(f"BaseModelSpec {self.name!r}: hub_id must be a string")
         if not isinstance(self.architecture, Architecture):
             raise SpecError(f"BaseModelSpec {self.name!r}: architecture must be an Architecture")
+        family = self.architecture.family
+        known = {family_key(f) for f in FAMILIES}
+        if not isinstance(family, str) or family_key(family) not in known:
+            close = difflib.get_close_matches(family_key(str(family)), sorted(known), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SpecError(
+                f"BaseModelSpec {self.name!r}: architecture.family={family!r} is not a known family.{hint} "
+                f"Accepted: {', '.join(FAMILIES)} ('other' for an architecture without a shape table: "
+                "it trains and serves, but a dry run cannot count its LoRA parameters)."
+            )
         if not self.lora_targets:
             raise SpecError(f"BaseModelSpec {self.name!r}: lora_targets must name at least one module")
         if self.padding_side not in ("left", "right"):
@@ -246,18 +292,29 @@ class JudgeResult:
 
 @dataclass(frozen=True)
 class JudgeSpec:
-    """A pairwise judge: ``judge(question, answer1, answer2, prompt, **options) -> JudgeResult``."""
+    """A pairwise judge: ``judge(question, answer1, answer2, prompt, **options) -> JudgeResult``.
+
+    ``price`` is ``(input, output)`` US dollars per million tokens: ``(0, 0)`` for a judge that costs
+    nothing per request (a model run locally), ``None`` to look the judge model up in the known
+    list prices (``--price-in``/``--price-out`` override either).
+    """
 
     name: str
     description: str
     judge: Callable[..., JudgeResult]
     env_vars: Sequence[str] = ()
     default_model: str = ""
+    price: tuple[float, float] | None = None
 
     def validate(self) -> None:
         _check_common(self)
         _check_callable(self, "judge")
         _check_str_tuple(self, "env_vars")
+        if self.price is not None and (
+            len(tuple(self.price)) != 2 or not all(isinstance(x, (int, float)) and x >= 0 for x in self.price)
+        ):
+            raise SpecError(f"JudgeSpec {self.name!r}: price must be None or (input, output) USD per million "
+                            f"tokens, both >= 0; got {self.price!r}")
 
 
 # --------------------------------------------------------------------------- templates

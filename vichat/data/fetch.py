@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from ..cache import cache_dir
 from ..records import VichatError
 from ..specs import Row
 from .readers import read_rows
@@ -34,11 +35,6 @@ DEFAULT_TIMEOUT = 15.0
 
 class FetchError(VichatError):
     """Public data could not be fetched; the message says where to get it and how to pass it."""
-
-
-def cache_dir() -> Path:
-    """The vichat cache folder (``$VICHAT_CACHE_DIR`` or ``~/.cache/vichat``)."""
-    return Path(os.environ.get("VICHAT_CACHE_DIR") or Path.home() / ".cache" / "vichat")
 
 
 def timeout() -> float:

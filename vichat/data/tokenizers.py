@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from ..cache import cache_dir
 from ..records import VichatError
 from .templates import CHAT, DOCTOR, render_prompt
 
@@ -122,11 +123,6 @@ def train_bpe_tokenizer(
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def cache_dir() -> Path:
-    """Where vichat caches derived files: ``$VICHAT_CACHE_DIR`` or ``~/.cache/vichat``."""
-    return Path(os.environ.get("VICHAT_CACHE_DIR") or "~/.cache/vichat").expanduser()
 
 
 def sample_texts() -> list[str]:

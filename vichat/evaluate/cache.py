@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..records import VichatError
-from ..translate.cache import default_cache_path
+from ..cache import SqliteCache, cache_dir
 
 KEY_VERSION = "vichat-judge-1"
 TABLE = """
@@ -39,7 +37,7 @@ CREATE TABLE IF NOT EXISTS judgments (
 
 def default_judge_cache() -> Path:
     """``$VICHAT_CACHE_DIR/judge.sqlite``, beside the translation cache (``~/.cache/vichat``)."""
-    return default_cache_path().with_name("judge.sqlite")
+    return cache_dir() / "judge.sqlite"
 
 
 def judgment_key(
@@ -55,35 +53,17 @@ def judgment_key(
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
-class JudgmentCache:
+class JudgmentCache(SqliteCache):
     """A handle on the cache file; used from the run's main thread only."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else default_judge_cache()
-        if str(self.path) != ":memory:":
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise VichatError(f"cannot create the folder of the judge cache {self.path}: {exc} (pass --cache PATH)") from exc
-        try:
-            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-            for pragma in ("journal_mode=WAL", "synchronous=NORMAL"):
-                self._db.execute(f"PRAGMA {pragma}")
-            self._db.execute(TABLE)
-        except sqlite3.DatabaseError as exc:
-            raise VichatError(f"{self.path}: not a usable judge cache ({exc}); pass --cache PATH or move it away") from exc
+        super().__init__(default_judge_cache() if path is None else path, [TABLE], "judge cache")
 
     def lookup(self, keys: Iterable[str], *, include_failed: bool = True) -> dict[str, dict]:
         """The cached judgments among ``keys`` (without unreadable ones if ``include_failed`` is False)."""
-        wanted = list(dict.fromkeys(keys))
-        out: dict[str, dict] = {}
-        for i in range(0, len(wanted), 400):  # SQLite caps bound parameters per statement
-            part = wanted[i : i + 400]
-            sql = f"SELECT key, ok, payload FROM judgments WHERE key IN ({','.join('?' * len(part))})"
-            for key, ok, payload in self._db.execute(sql, part):
-                if ok or include_failed:
-                    out[key] = json.loads(payload)
-        return out
+        return {key: json.loads(payload)
+                for key, ok, payload in self.select_in("SELECT key, ok, payload FROM judgments WHERE key IN ({})", keys)
+                if ok or include_failed}
 
     def store(self, key: str, *, judge: str, model: str, prompt: str, ok: bool, payload: Mapping[str, Any]) -> None:
         """Commit one judgment (replacing an older one under the same key)."""
@@ -92,12 +72,3 @@ class JudgmentCache:
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM judgments").fetchone()[0]
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> "JudgmentCache":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from ..clitools import parse_key_values, sigterm_as_interrupt
+from ..clitools import decoding_options, decoding_overrides, parse_key_values, sigterm_as_interrupt
 
 SET_NAMES = ("vicuna80-vi", "vicuna80-en", "icliniq100-vi")
 
@@ -38,11 +38,7 @@ def eval_group() -> None:
 @click.option("--questions", type=click.Path(exists=True, dir_okay=False), help="A questions .jsonl instead of --set.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Answers file [default: answers/answer_<model>_<set>.jsonl].")
 @click.option("--template", help="Prompt template [default: chat for vicuna80, doctor for icliniq100].")
-@click.option("--max-new-tokens", type=click.IntRange(1), help="[default: the model's; the paper's 256]")
-@click.option("--temperature", type=click.FloatRange(0), help="[default: the model's; the paper's 0.5; 0 = greedy]")
-@click.option("--top-k", type=click.IntRange(0), help="[default: the model's; the paper's 20]")
-@click.option("--top-p", type=click.FloatRange(0, 1), help="[default: the model's; 1.0]")
-@click.option("--repetition-penalty", type=click.FloatRange(0), help="[default: the model's; the paper's 1.2]")
+@decoding_options()
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Questions per generate() call.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N unanswered questions.")
@@ -50,8 +46,8 @@ def eval_group() -> None:
 @click.option("--load-in", default="none", show_default=True, type=click.Choice(["none", "8bit", "4bit"]))
 @click.option("--model-id", help="model_id to record [default: the adapter/model dir name].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-def generate_cmd(model_ref, set_name, questions, out, template, max_new_tokens, temperature, top_k, top_p,  # noqa: ANN001
-                 repetition_penalty, seed, batch_size, limit, base_path, load_in, model_id, device) -> None:
+def generate_cmd(model_ref, set_name, questions, out, template, seed, batch_size, limit, base_path,  # noqa: ANN001
+                 load_in, model_id, device, **decoding) -> None:
     """Answer a question set with a model, in FastChat's answer format (resumable)."""
     from .generate import generate_job
 
@@ -59,8 +55,7 @@ def generate_cmd(model_ref, set_name, questions, out, template, max_new_tokens, 
     if out is None:
         out = Path("answers") / f"answer_{model_id or Path(model_ref).name}_{set_name or qpath.stem}.jsonl"
     signal.signal(signal.SIGTERM, sigterm_as_interrupt)
-    decoding = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-                "repetition_penalty": repetition_penalty}
+    decoding = decoding_overrides(decoding)
     try:
         written, existing = generate_job(
             model_ref, qpath, out, template=template, set_template=set_template, decoding=decoding, seed=seed,
@@ -70,6 +65,26 @@ def generate_cmd(model_ref, set_name, questions, out, template, max_new_tokens, 
         click.echo(f"interrupted: the answers so far are in {out}; rerun the same command to continue", err=True)
         sys.exit(130)
     click.echo(f"{written} answers written to {out}" + (f" ({existing} were already there)" if existing else ""))
+
+
+class _Limit(click.ParamType):
+    """``auto`` or a number of requests/tokens per minute (0: no limit)."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
+        if isinstance(value, (int, float)) or value == "auto":
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor a number", param, ctx)
+        if number < 0:
+            self.fail(f"{value!r} is negative (0 means no limit)", param, ctx)
+        return number
+
+
+LIMIT = _Limit()
 
 
 @eval_group.command("judge")
@@ -89,8 +104,11 @@ def generate_cmd(model_ref, set_name, questions, out, template, max_new_tokens, 
 @click.option("--temperature", default=0.2, show_default=True, type=click.FloatRange(0), help="Judge sampling temperature.")
 @click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(1), help="Longest review.")
 @click.option("--concurrency", "-j", default=16, show_default=True, type=click.IntRange(1, 512), help="Requests in flight.")
-@click.option("--rpm", default=500.0, show_default=True, type=click.FloatRange(0), help="Requests per minute (0: no limit).")
-@click.option("--tpm", default=300_000.0, show_default=True, type=click.FloatRange(0), help="Tokens per minute (0: no limit).")
+@click.option("--rpm", default="auto", show_default=True, type=LIMIT,
+              help="Requests per minute; auto: start at 500 (gpt-4, lowest paid tier), then what the server's "
+                   "x-ratelimit headers announce; 0: no limit.")
+@click.option("--tpm", default="auto", show_default=True, type=LIMIT,
+              help="Tokens per minute; auto: start at 10000, then what the server announces; 0: no limit.")
 @click.option("--max-cost", type=click.FloatRange(0), help="Hard cap in USD: stop before a request could exceed it.")
 @click.option("--price-in", type=click.FloatRange(0), help="USD per million prompt tokens [default: known models' list price].")
 @click.option("--price-out", type=click.FloatRange(0), help="USD per million completion tokens.")
@@ -109,8 +127,9 @@ def judge_cmd(set_name, questions, answers, baseline, out, judge_name, judge_mod
     """Judge a model's answers against a baseline's, pairwise; writes FastChat-format reviews."""
     from ..retry import Backoff
     from .judge import JudgeSettings
-    from .runner import RunOptions
     from .jobs import JudgeJob, estimate_job, judge_job
+    from .limiter import START_RPM, START_TPM
+    from .runner import RunOptions
     from .summary import format_estimate, format_outcome
 
     qpath, _ = _questions(set_name, questions)
@@ -126,7 +145,9 @@ def judge_cmd(set_name, questions, answers, baseline, out, judge_name, judge_mod
         prompt_paths=prompt_paths, cache=cache_path, use_cache=not no_cache, skip_missing=skip_missing, limit=limit,
         settings=JudgeSettings(judge=judge_name, model=judge_model, temperature=temperature, max_tokens=max_tokens,
                                aspects=aspects, options=options),
-        run=RunOptions(concurrency=concurrency, rpm=rpm or None, tpm=tpm or None, max_cost=max_cost,
+        run=RunOptions(concurrency=concurrency, rpm=START_RPM if rpm == "auto" else (rpm or None),
+                       tpm=START_TPM if tpm == "auto" else (tpm or None), adaptive_limits="auto" in (rpm, tpm),
+                       max_cost=max_cost,
                        price=(price_in, price_out) if price_in is not None else None,
                        backoff=Backoff(base=1.0, cap=60.0, max_retries=max_retries), retry_failed=retry_failed),
     )

@@ -38,6 +38,9 @@ class Reply:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
+    #: ``(requests, tokens)`` per minute the server announced for this model and account (its
+    #: ``x-ratelimit-limit-*`` headers); the run's limiter adopts them. None: not announced.
+    limits: tuple[float | None, float | None] | None = None
 
 
 Send = Callable[[list[dict]], Reply]
@@ -76,6 +79,13 @@ class RequestPolicy:
     attempts: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def count_attempt(self, tokens: float = 0.0) -> None:
+        """Count one attempt and wait until the limiter lets a request of ``tokens`` go."""
+        with self._lock:
+            self.attempts += 1
+        if self.limiter is not None:
+            self.limiter.acquire(tokens, self.stop)
+
     def send(self, send: Send, messages: list[dict]) -> Reply:
         """Send ``messages`` through ``send`` under this policy; returns the reply."""
         estimate = estimate_messages(messages)
@@ -83,10 +93,7 @@ class RequestPolicy:
         reserved = self.budget.reserve(estimate, self.max_tokens) if self.budget is not None else 0.0
 
         def before_attempt() -> None:
-            with self._lock:
-                self.attempts += 1
-            if self.limiter is not None:
-                self.limiter.acquire(worst, self.stop)
+            self.count_attempt(worst)
 
         try:
             reply = call_with_retries(lambda: send(messages), self.backoff, self.stop, on_attempt=before_attempt)
@@ -96,6 +103,8 @@ class RequestPolicy:
             raise
         used = (reply.prompt_tokens or estimate) + (reply.completion_tokens or 0)
         if self.limiter is not None:
+            if reply.limits is not None:
+                self.limiter.adopt(*reply.limits)
             self.limiter.refund(worst - used)
         if self.budget is not None:
             self.budget.settle(reserved, reply.prompt_tokens, reply.completion_tokens, estimate)

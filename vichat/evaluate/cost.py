@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..jobs import Halt
 from ..records import VichatError
 
 #: (input, output) USD per million tokens; the longest matching prefix of the model name wins.
@@ -58,8 +59,9 @@ def estimate_messages(messages: Sequence[dict]) -> int:
     return sum(estimate_tokens(str(m.get("content", ""))) + MESSAGE_OVERHEAD_TOKENS for m in messages)
 
 
-class BudgetExceeded(VichatError):
-    """The next request could push spending past ``--max-cost``; nothing more is sent."""
+class BudgetExceeded(VichatError, Halt):
+    """The next request could push spending past ``--max-cost``; nothing more is sent (a
+    :class:`vichat.jobs.Halt`: judgments in flight still land)."""
 
 
 @dataclass
@@ -107,14 +109,14 @@ class Budget:
         return worst
 
     def settle(self, reserved: float, prompt_tokens: int | None, completion_tokens: int | None,
-               estimate: int) -> None:
-        """Replace a reservation by what the request really used (the estimate when the server
+               estimate: int, requests: int = 1) -> None:
+        """Replace a reservation by what the request(s) really used (the estimate when the server
         sent no usage, so a count is never silently zero)."""
         p = prompt_tokens if prompt_tokens is not None else estimate
         c = completion_tokens or 0
         with self._lock:
             self._reserved = max(0.0, self._reserved - reserved)
-            self.usage.requests += 1
+            self.usage.requests += requests
             self.usage.prompt_tokens += p
             self.usage.completion_tokens += c
             self.usage.cost += self.cost_of(p, c)

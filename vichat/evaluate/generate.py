@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..records import VichatError
+from ..records import VichatError, clean_generated, nfc
 from ..specs import Decoding
 from .files import Question, short_id
 
@@ -109,14 +109,15 @@ def generate_answers(
             batch = todo[start : start + batch_size]
             # One seed per batch, derived from the first question: a resumed run draws the same.
             torch.manual_seed(batch_seed(settings.seed, batch[0].question_id))
-            prompts = [render_prompt(template, q.text) for q in batch]
+            # NFC, as in training and serving: a decomposed "ệ" would be other tokens than the model saw.
+            prompts = [render_prompt(template, nfc(q.text)) for q in batch]
             enc = tok(prompts, return_tensors="pt", padding=True).to(model.device)
             with torch.no_grad():
                 gen = model.generate(**enc, **kwargs, stop_strings=list(template.stop), tokenizer=tok,
                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
             new = gen[:, enc["input_ids"].shape[1]:]
             for q, ids in zip(batch, new):
-                text = cut_at_stop(tok.decode(ids, skip_special_tokens=True), template.stop)
+                text = cut_at_stop(clean_generated(tok.decode(ids, skip_special_tokens=True)), template.stop)
                 answer = {"question_id": q.question_id, "text": text,
                           "answer_id": short_id(loaded.model_id, q.question_id, text),
                           "model_id": loaded.model_id, "metadata": meta}
@@ -155,8 +156,7 @@ def generate_job(
         target = "cuda" if device == "auto" and torch.cuda.is_available() else (None if device == "auto" else device)
         if target:
             loaded.model.to(target)
-    base = loaded.decoding
-    values = {k: getattr(base, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")}
+    values = asdict(loaded.decoding)
     values.update({k: v for k, v in (decoding or {}).items() if v is not None})
     settings = GenerationSettings(**values, seed=seed, template=tmpl.name)
     return generate_answers(questions, loaded, tmpl, settings, Path(out), batch_size=batch_size, limit=limit, progress=progress)

@@ -81,10 +81,13 @@ def _prepare(job: JudgeJob, spec: Any) -> tuple[list[Task], list[Any], JudgeSett
     return tasks, missing, settings
 
 
-def _price(job: JudgeJob, settings: JudgeSettings) -> tuple[float, float] | None:
+def _price(job: JudgeJob, spec: Any, settings: JudgeSettings) -> tuple[float, float] | None:
+    """Flags first, then the judge's own price (``(0, 0)`` for a free one), then the list price."""
     if job.run.price is not None:
         return job.run.price
-    return (0.0, 0.0) if settings.judge == "local" else price_for(settings.model)
+    if spec.price is not None:
+        return (float(spec.price[0]), float(spec.price[1]))
+    return price_for(settings.model)
 
 
 def _open_cache(job: JudgeJob):  # noqa: ANN202 - JudgmentCache or None
@@ -110,7 +113,7 @@ def estimate_job(job: JudgeJob) -> Estimate:
     return Estimate(
         judgments=len(tasks), cached=len(hits), to_send=len(todo), requests=per * len(todo),
         prompt_tokens=per * prompt_tokens, typical_completion_tokens=per * len(todo) * TYPICAL_COMPLETION_TOKENS,
-        max_completion_tokens=per * len(todo) * settings.max_tokens, price=_price(job, settings),
+        max_completion_tokens=per * len(todo) * settings.max_tokens, price=_price(job, spec, settings),
         missing_env=[v for v in spec.env_vars if not os.environ.get(v)],
     )
 
@@ -123,7 +126,7 @@ def judge_job(job: JudgeJob) -> JudgeOutcome:
 
     spec = get_registry().judge(job.settings.judge)
     tasks, missing, settings = _prepare(job, spec)
-    opts = replace(job.run, price=_price(job, settings))
+    opts = replace(job.run, price=_price(job, spec, settings))
     cache = _open_cache(job)
     try:
         summary = run_tasks(spec, settings, tasks, cache, opts)

@@ -7,7 +7,9 @@ from typing import Any
 
 
 def _money(x: float | None) -> str:
-    return "unknown (pass --price-in/--price-out)" if x is None else f"${x:,.2f}"
+    if x is None:
+        return "unknown (pass --price-in/--price-out)"
+    return "free ($0.00)" if x == 0 else f"${x:,.2f}"
 
 
 def format_estimate(est: Any) -> list[str]:
@@ -37,6 +39,11 @@ def format_outcome(outcome: Any, out: str | Path) -> list[str]:
         f"requests {u.requests} answered, {s.attempts} attempts; tokens {u.prompt_tokens:,} in + "
         f"{u.completion_tokens:,} out; cost ${u.cost:,.4f}; {s.elapsed:.1f}s",
     ]
+    rpm, tpm = s.limits
+    if rpm or tpm:
+        parts = [f"{rpm:,.0f} requests/min" if rpm else "no request limit",
+                 f"{tpm:,.0f} tokens/min" if tpm else "no token limit"]
+        lines.append(f"rate limit {', '.join(parts)}" + (" (announced by the server)" if s.limits_announced else ""))
     if outcome.missing:
         lines.append(f"skipped {len(outcome.missing)} question(s) without both answers: {outcome.missing[:10]}")
     for key, err in list(s.errors.items())[:5]:

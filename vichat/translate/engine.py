@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import inspect
 import os
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from ..records import VichatError, nfc
+from ..jobs import CANCELLED, FAILED, FATAL, HALT, ItemFailed, Outcome, run_pool
 from ..retry import Backoff, Cancelled, RetryableError, call_with_retries
 from ..specs import TranslatorSpec
 from .cache import TranslationCache, cache_key
@@ -247,33 +247,15 @@ class Engine:
         return self.stats
 
     def _dispatch(self, batches: list[_Batch], on_done: Callable[[Segment], None]) -> None:
-        work: queue.Queue = queue.Queue()
-        results: queue.Queue = queue.Queue()
+        from tqdm.auto import tqdm
+
+
         stop = threading.Event()
         lock = threading.Lock()
-        for batch in batches:
-            work.put(batch)
 
         def count_request() -> None:
             with lock:
                 self.stats.requests += 1
-
-        def worker() -> None:
-            while True:
-                try:
-                    batch = work.get_nowait()
-                except queue.Empty:
-                    return
-                if stop.is_set():
-                    results.put(("cancelled", batch, None))
-                    continue
-                results.put(self._send(batch, stop, count_request))
-
-        # Daemon threads: Ctrl-C must not wait for a slow request to time out.
-        for _ in range(min(self.concurrency, len(batches))):
-            threading.Thread(target=worker, daemon=True, name="vichat-translate").start()
-
-        from tqdm.auto import tqdm
 
         bar = tqdm(
             total=sum(len(b.keys) for b in batches),
@@ -282,45 +264,12 @@ class Engine:
             disable=(not self.progress) if self.progress is not None else None,
             dynamic_ncols=True,
         )
-        outstanding = len(batches)
-        fatal: BaseException | None = None
         try:
-            while outstanding:
-                try:
-                    outcome = results.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                outstanding -= 1
-                fatal = self._absorb(outcome, on_done, bar) or fatal
-                if fatal is not None:
-                    stop.set()
-                    break
-        except KeyboardInterrupt:
-            stop.set()
-            self._drain(results, outstanding, on_done, bar)
+            run_pool(batches, lambda batch: self._send(batch, stop, count_request),
+                     lambda outcome: self._absorb(outcome, on_done, bar), concurrency=self.concurrency,
+                     stop=stop, attempts=self.backoff.max_retries + 1, grace=self.grace, name="vichat-translate")
+        finally:
             bar.close()
-            raise
-        if fatal is not None:
-            self._drain(results, outstanding, on_done, bar)
-        bar.close()
-        if fatal is not None:
-            raise fatal
-
-    def _drain(self, results: queue.Queue, outstanding: int, on_done: Callable, bar: Any) -> None:
-        # Batches already in flight have probably been paid for: give them a moment to land in
-        # the cache. A second Ctrl-C stops waiting.
-        deadline = time.monotonic() + self.grace
-        try:
-            while outstanding and time.monotonic() < deadline:
-                try:
-                    outcome = results.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                outstanding -= 1
-                if outcome[0] == "ok":
-                    self._absorb(outcome, on_done, bar)
-        except KeyboardInterrupt:
-            pass
 
     def _wait_gate(self, stop: threading.Event) -> None:
         # A server that asked one worker to wait (Retry-After) means all of them: hammering it
@@ -333,7 +282,7 @@ class Engine:
             if stop.wait(wait):
                 raise Cancelled()
 
-    def _send(self, batch: _Batch, stop: threading.Event, count_request: Callable[[], None]) -> tuple:
+    def _send(self, batch: _Batch, stop: threading.Event, count_request: Callable[[], None]) -> list[str]:
         def attempt() -> list[str]:
             self._wait_gate(stop)
             try:
@@ -347,27 +296,21 @@ class Engine:
 
         try:
             out = call_with_retries(attempt, self.backoff, stop, on_attempt=count_request)
-        except Cancelled:
-            return ("cancelled", batch, None)
         except VichatError as exc:  # missing key, rejected key, exhausted quota: stop the job
-            return ("fatal", batch, exc if isinstance(exc, FatalTranslatorError) else FatalTranslatorError(str(exc)))
-        except RetryableError as exc:
-            return ("failed", batch, f"gave up after {self.backoff.max_retries + 1} attempts: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a plugin's failure fails this batch only
-            return ("failed", batch, f"{type(exc).__name__}: {exc}")
+            raise exc if isinstance(exc, FatalTranslatorError) else FatalTranslatorError(str(exc)) from exc
         if not isinstance(out, (list, tuple)) or len(out) != len(batch.texts):
             n = len(out) if isinstance(out, (list, tuple)) else type(out).__name__
-            return ("failed", batch, f"translator returned {n} texts for {len(batch.texts)}")
-        return ("ok", batch, list(out))
+            raise ItemFailed(f"translator returned {n} texts for {len(batch.texts)}")
+        return list(out)
 
-    def _absorb(self, outcome: tuple, on_done: Callable[[Segment], None], bar: Any) -> BaseException | None:
-        kind, batch, payload = outcome
-        if kind == "fatal":
+    def _absorb(self, outcome: Outcome, on_done: Callable[[Segment], None], bar: Any) -> BaseException | None:
+        kind, batch, payload = outcome.kind, outcome.item, outcome.payload
+        if kind == FATAL:
             return payload
-        if kind == "cancelled":
+        if kind in (CANCELLED, HALT):
             return None
         bar.update(len(batch.keys))
-        if kind == "failed":
+        if kind == FAILED:
             self.stats.batches_failed += 1
             for key in batch.keys:
                 self._resolve(key, None, payload, on_done)
