@@ -16,6 +16,7 @@ from vichat.specs import JudgeResult, JudgeSpec
 from test_app_units import write_report
 
 PAPER = (256, 0.5, 20, 1.0, 1.2)
+ADMIN = "admin-token-for-tests-0123456789"
 
 
 class JudgesPlugin:
@@ -45,7 +46,8 @@ def app(tmp_path_factory):
     mp.setenv("OPENAI_API_KEY", "sk-test-abcdef123456")
     mp.delenv("VICHAT_TEST_MISSING_KEY", raising=False)
     backend = CannedBackend(delay_s=0.01, fail_trigger="#lỗi")
-    settings = test_settings(tmp, report_dirs=(tmp / "reports",), max_turns=3, max_input_chars=300)
+    settings = test_settings(tmp, report_dirs=(tmp / "reports",), max_turns=3, max_input_chars=300,
+                             judges=("echo-judge", "broken-judge", "keyed-judge"), admin_token=ADMIN)
     with running_app(backend, settings) as (demo, url):
         yield demo, url, backend, settings
     mp.undo()
@@ -201,7 +203,7 @@ def test_a_failing_side_blocks_the_vote_but_not_the_app(client):
 def test_export_votes_as_jsonl(app, client):
     battle(client)
     client.predict(api_name="/battle_vote_a")
-    update = client.predict(api_name="/export_votes")
+    update = client.predict(ADMIN, api_name="/export_votes")
     path = update["value"] if isinstance(update, dict) else update
     lines = open(path, encoding="utf-8").read().splitlines()
     assert len(lines) == len(votes_in(app[3].votes_db))
@@ -267,16 +269,27 @@ def test_stopping_a_battle_still_allows_a_vote_on_what_was_answered(tmp_path):
 
     backend = CannedBackend(delay_s=0.03)
     set_backend(backend)
-    ctx = AppContext.create(backend, settings_for(tmp_path))
-    h = ArenaHandlers(ctx, "anonymous", random.Random(0))
-    views = []
-    for k, view in enumerate(h.send_anonymous("Dừng giữa chừng nhé", "")):
-        views.append(view)
-        if k == 3:
-            h.stop()
-    battle_id, status, buttons = views[-1][0], views[-1][3], views[-1][5:]
+    ctx = AppContext.create(backend, settings_for(tmp_path, min_answer_chars=15))
+
+    def stopped_battle(after_views: int) -> list:
+        h = ArenaHandlers(ctx, "anonymous", random.Random(0))
+        views = []
+        for k, view in enumerate(h.send_anonymous("Dừng giữa chừng nhé", "")):
+            views.append(view)
+            if k == after_views:
+                h.stop()
+        return h, views[-1]
+
+    # Stopped at the first words: below the minimum, so the battle cannot be voted on.
+    h, view = stopped_battle(1)
+    assert "ngắn hơn 15 ký tự" in view[3] and not any(b["interactive"] for b in view[5:])
+    assert "ngắn hơn 15 ký tự" in h.vote("a", view[0])[2]
+    assert votes_in(ctx.settings.votes_db) == []
+    # Stopped later, with both answers past the minimum: the vote is on what was answered.
+    h, view = stopped_battle(8)
+    battle_id, status, buttons = view[0], view[3], view[5:]
     assert "Đã dừng" in status and all(b["interactive"] for b in buttons)
     reveal = h.vote("b", battle_id)[2]
     assert "Đã ghi nhận" in reveal
     [row] = votes_in(ctx.settings.votes_db)
-    assert row["vote"] == "b" and 0 < len(row["answer_a"]) < 150  # partial answers, as shown
+    assert row["vote"] == "b" and 15 <= len(row["answer_a"]) < 150  # partial answers, as shown

@@ -1,4 +1,4 @@
-"""Limits a public demo needs: input length, turns, per-session rates, and keeping secrets out of
+"""Limits a public demo needs: input and history size, turns, rates, and keeping secrets out of
 everything the page shows or the log records.
 
 Messages raised here are for visitors, so they are in Vietnamese; they say what the limit is.
@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from typing import Sequence
 
 from ..records import VichatError, nfc
 from .settings import Rate
@@ -36,6 +37,40 @@ def check_message(text: str | None, max_chars: int) -> str:
     if len(text) > max_chars:
         raise LimitError(f"Tin nhắn quá dài: {len(text)} ký tự, tối đa {max_chars}. Hãy rút gọn rồi gửi lại.")
     return text
+
+
+def check_conversation(message: str | None, turns: Sequence[tuple[str, str]], *, max_chars: int, max_turns: int,
+                       max_answer_chars: int, max_history_chars: int) -> str:
+    """The one input check of every endpoint that takes text or history, run before anything is
+    tokenised: the message (:func:`check_message`), the number of turns, each earlier message and
+    answer, and the history's total size. Returns the normalised message.
+
+    A client can send any history it likes (``/chat`` and ``/regenerate`` take it as input), so
+    nothing of it is trusted to be what this server once produced."""
+    check_turns(len(turns), max_turns)
+    total = 0
+    for k, (question, answer) in enumerate(turns, 1):
+        if len(question or "") > max_chars:
+            raise LimitError(f"Lượt {k} của cuộc trò chuyện quá dài: {len(question)} ký tự, tối đa {max_chars}. "
+                             "Bấm “Xóa” để bắt đầu lại.")
+        if len(answer or "") > max_answer_chars:
+            raise LimitError(f"Câu trả lời ở lượt {k} quá dài: {len(answer)} ký tự, tối đa {max_answer_chars}. "
+                             "Bấm “Xóa” để bắt đầu lại.")
+        total += len(question or "") + len(answer or "")
+    if total > max_history_chars:
+        raise LimitError(f"Cuộc trò chuyện quá dài: {total} ký tự, tối đa {max_history_chars}. "
+                         "Bấm “Xóa” để bắt đầu lại.")
+    return check_message(message, max_chars)
+
+
+def refuse(exc: BaseException | str, what: str = "request") -> Exception:
+    """A ``gr.Error`` for a refusal the visitor caused (a limit, a bad input): the page shows the
+    message; the log gets one line, not a traceback (refusals come by the thousand under abuse)."""
+    import gradio as gr
+
+    message = scrub(str(exc))
+    log.info("refused %s: %s", what, message[:200])
+    return gr.Error(message, print_exception=False)
 
 
 def check_turns(turns_so_far: int, max_turns: int) -> None:
