@@ -53,25 +53,28 @@ def bound_queue(demo: Any, max_size: int | None) -> None:
 
 
 class PrivateEndpoints:
-    """ASGI middleware: ``POST .../call|run|api/<name>`` is 404 when ``<name>`` is a private event."""
+    """ASGI middleware: ``POST .../call|run|api/<name>`` is 404 unless ``<name>`` is a public event
+    (private ones, and names that do not exist: Gradio would log a traceback for each probe)."""
 
     def __init__(self, app: Any, blocks: Any) -> None:
         self.app = app
         self.blocks = blocks
         self._names: frozenset[str] | None = None
 
-    def private_names(self) -> frozenset[str]:
+    def public_names(self) -> frozenset[str]:
         if self._names is None:
             self._names = frozenset(
                 fn.api_name for fn in self.blocks.fns.values()
-                if getattr(fn, "api_visibility", "public") == "private" and isinstance(fn.api_name, str)
+                if getattr(fn, "api_visibility", "public") != "private" and isinstance(fn.api_name, str)
             )
         return self._names
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") == "http" and scope.get("method") == "POST":
             match = _NAMED_ROUTE.search(scope.get("path", ""))
-            if match and match.group(1) in self.private_names():
+            if match and match.group(1) == "v2":
+                match = None  # "/call/v2/<name>" is matched with its name, not as "/call/v2"
+            if match and match.group(1) not in self.public_names():
                 body = json.dumps({"detail": f"no public endpoint named {match.group(1)!r}"}).encode()
                 await send({"type": "http.response.start", "status": 404,
                             "headers": [(b"content-type", b"application/json"),
