@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
 
 import pytest
 from app_support import BATTLE_ID, running_app, test_settings, text_of, votes_in
@@ -31,7 +37,13 @@ class JudgesPlugin:
         def broken(question, answer1, answer2, prompt):
             raise RuntimeError("upstream 500 with key sk-test-abcdef123456")
 
+        def echo_auth(question, answer1, answer2, prompt):
+            # A judge endpoint that echoes the request it got, headers included.
+            key = os.environ["OPENAI_API_KEY"]
+            return JudgeResult(7.0, 7.0, f"7 7\nrequest: Authorization: Bearer {key}", {})
+
         register(JudgeSpec("echo-judge", "Test judge.", judge, default_model="echo-1"))
+        register(JudgeSpec("echo-auth", "Echoes its request.", echo_auth))
         register(JudgeSpec("broken-judge", "Always fails.", broken))
         register(JudgeSpec("keyed-judge", "Needs a key.", judge, env_vars=("VICHAT_TEST_MISSING_KEY",)))
 
@@ -47,7 +59,8 @@ def app(tmp_path_factory):
     mp.delenv("VICHAT_TEST_MISSING_KEY", raising=False)
     backend = CannedBackend(delay_s=0.01, fail_trigger="#lỗi")
     settings = test_settings(tmp, report_dirs=(tmp / "reports",), max_turns=3, max_input_chars=300,
-                             judges=("echo-judge", "broken-judge", "keyed-judge"), admin_token=ADMIN)
+                             judges=("echo-judge", "broken-judge", "keyed-judge", "echo-auth"), admin_token=ADMIN,
+                             export_ttl_s=3)
     with running_app(backend, settings) as (demo, url):
         yield demo, url, backend, settings
     mp.undo()
@@ -203,12 +216,21 @@ def test_a_failing_side_blocks_the_vote_but_not_the_app(client):
 def test_export_votes_as_jsonl(app, client):
     battle(client)
     client.predict(api_name="/battle_vote_a")
+    with pytest.raises(AppError, match="Sai mã quản trị"):
+        client.predict("not-the-token", api_name="/export_votes")
+    before = set(Path(tempfile.gettempdir()).glob("vichat-votes-*"))
     update = client.predict(ADMIN, api_name="/export_votes")
+    made = set(Path(tempfile.gettempdir()).glob("vichat-votes-*")) - before
+    assert len(made) == 1
     path = update["value"] if isinstance(update, dict) else update
     lines = open(path, encoding="utf-8").read().splitlines()
     assert len(lines) == len(votes_in(app[3].votes_db))
     assert {"battle_id", "model_a", "model_b", "vote", "prompt", "answer_a", "answer_b", "decoding",
-            "session", "voted_at"} <= set(json.loads(lines[0]))
+            "session", "address", "voted_at"} <= set(json.loads(lines[0]))
+    deadline = time.monotonic() + 60
+    while any(p.exists() for p in made) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(p.exists() for p in made)  # the server's file is removed after the download window
 
 
 def test_scoring_with_a_judge_plugin(client):
@@ -224,6 +246,22 @@ def test_judge_errors_are_messages_and_keys_never_shown(client):
     assert "gặp lỗi" in summary and "sk-test" not in summary and "***" in summary
     with pytest.raises(AppError, match="VICHAT_TEST_MISSING_KEY"):
         client.predict("keyed-judge", "", "vicuna-general@v1", False, "Q?", "A1", "A2", api_name="/score")
+
+
+def test_keys_are_masked_in_the_judge_explanation_too(client):
+    summary, _, explanation = client.predict("echo-auth", "", "vicuna-general@v1", False, "Q?", "A1", "A2",
+                                             api_name="/score")
+    assert "Bearer ***" in explanation and "sk-test" not in explanation + summary
+
+
+def test_private_events_are_not_callable_by_name(app):
+    url = app[1]
+    for name in ("judge_default_model", "refresh", "poll", "no_such_endpoint"):
+        r = httpx.post(f"{url}gradio_api/call/{name}", json={"data": ["openai"]}, timeout=120)
+        assert r.status_code == 404, (name, r.status_code)
+        assert httpx.post(f"{url}gradio_api/run/{name}", json={"data": []}, timeout=120).status_code == 404
+    public = httpx.post(f"{url}gradio_api/call/leaderboard", json={"data": [False]}, timeout=120)
+    assert public.status_code == 200 and "event_id" in public.json()
 
 
 def test_score_from_the_current_battle(client):
