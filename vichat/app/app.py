@@ -8,6 +8,7 @@ starts a server with both.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from typing import Any
 
@@ -139,6 +140,10 @@ def banner(demo: gr.Blocks) -> str:
         f"  vote export   : {'on (admin token)' if s.export_enabled and s.admin_token else 'off (no VICHAT_ADMIN_TOKEN)'}",
     ]
     lines += [f"  WARNING       : {w}" for w in ctx.warnings]
+    if os.environ.get("SPACE_ID") and not s.trusted_proxy_header:
+        # On Spaces the TCP peer is the platform's proxy: every visitor would share its limits.
+        lines.append("  WARNING       : running on a Space without VICHAT_TRUSTED_PROXY_HEADER: all visitors share "
+                     "the proxy's address and its limits (set it to x-forwarded-for, see docs/app.md)")
     width = max(len(line) for line in lines)
     return "\n".join(["=" * width, *lines, "=" * width])
 
