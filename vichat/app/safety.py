@@ -1,4 +1,4 @@
-"""Limits a public demo needs: input and history size, turns, rates, and keeping secrets out of
+"""Limits a public demo needs: input and history size, turns, one-line refusals, and keeping secrets out of
 everything the page shows or the log records.
 
 Messages raised here are for visitors, so they are in Vietnamese; they say what the limit is.
@@ -9,14 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
-import time
 import traceback
-from collections import deque
 from typing import Sequence
 
 from ..records import VichatError, nfc
-from .settings import Rate
 
 log = logging.getLogger("vichat.app")
 
@@ -79,42 +75,6 @@ def check_turns(turns_so_far: int, max_turns: int) -> None:
         raise LimitError(
             f"Cuộc trò chuyện đã đủ {max_turns} lượt, giới hạn của bản demo. Bấm “Xóa” (hoặc “Trận mới”) để bắt đầu lại."
         )
-
-
-class RateLimiter:
-    """A sliding-window limit per key (a hashed session): at most ``rate.count`` per ``rate.window`` s.
-
-    In memory: a restart forgets it, which is acceptable for a demo's abuse limit (votes themselves
-    are durable). Keys idle for a whole window are dropped, so memory stays bounded.
-    """
-
-    def __init__(self, rate: Rate, clock=time.monotonic) -> None:  # noqa: ANN001 - injectable for tests
-        self.rate = rate
-        self._clock = clock
-        self._events: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-        self._last_sweep = clock()
-
-    def check(self, key: str) -> float:
-        """Record one event for ``key`` and return 0, or return the seconds to wait (nothing recorded)."""
-        if self.rate.count <= 0:
-            return 0.0
-        now = self._clock()
-        with self._lock:
-            if now - self._last_sweep > self.rate.window:
-                self._sweep(now)
-            events = self._events.setdefault(key, deque())
-            while events and now - events[0] >= self.rate.window:
-                events.popleft()
-            if len(events) >= self.rate.count:
-                return max(0.01, self.rate.window - (now - events[0]))
-            events.append(now)
-            return 0.0
-
-    def _sweep(self, now: float) -> None:
-        self._last_sweep = now
-        for key in [k for k, ev in self._events.items() if not ev or now - ev[-1] >= self.rate.window]:
-            del self._events[key]
 
 
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:
