@@ -46,6 +46,10 @@ def page(tmp_path_factory):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             pg = browser.new_page(viewport={"width": 1280, "height": 1000}, locale="vi-VN")
             pg.set_default_timeout(20_000)
+            failed: list[str] = []  # API calls the page made that the server refused
+            pg.on("response", lambda r: failed.append(f"{r.status} {r.url}")
+                  if "/gradio_api/" in r.url and r.status >= 400 else None)
+            pg.vichat_failed = failed  # type: ignore[attr-defined]
             pg.goto(url, wait_until="domcontentloaded")  # never networkidle: Gradio keeps a stream open
             pg.wait_for_selector("#chat-input textarea")
             pg.vichat_hits = hits  # type: ignore[attr-defined]
@@ -155,3 +159,13 @@ def test_a_hostile_answer_renders_as_text_and_loads_nothing(page):
     assert history.locator("strong, b", has_text="chữ đậm").count() == 1  # formatting kept
     ARTIFACTS.mkdir(exist_ok=True)
     pg.screenshot(path=str(ARTIFACTS / "app-sanitised.png"), full_page=True)
+
+
+def test_the_page_never_hit_a_refused_endpoint(page):
+    """Private events, and the loading poll, must still work from the page (last test: it covers
+    everything the tests above clicked)."""
+    pg, _ = page
+    pg.get_by_role("tab", name="🧑‍⚖️ Chấm điểm").click()
+    pg.get_by_role("tab", name="🏆 Bảng xếp hạng").click()
+    pg.wait_for_timeout(1000)
+    assert pg.vichat_failed == [], pg.vichat_failed

@@ -262,6 +262,10 @@ def test_private_events_are_not_callable_by_name(app):
         assert httpx.post(f"{url}gradio_api/run/{name}", json={"data": []}, timeout=120).status_code == 404
     public = httpx.post(f"{url}gradio_api/call/leaderboard", json={"data": [False]}, timeout=120)
     assert public.status_code == 200 and "event_id" in public.json()
+    # Generation cannot skip the queue (and its concurrency limit) through the direct route.
+    direct = httpx.post(f"{url}gradio_api/run/chat", json={"data": ["Xin chào", [], "bloomz-chat", "chat", *PAPER]},
+                        timeout=120)
+    assert direct.status_code == 404 and "queue" in direct.text
 
 
 def test_score_from_the_current_battle(client):

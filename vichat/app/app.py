@@ -67,8 +67,12 @@ def build_app(backend: ChatBackend, settings: AppSettings | None = None, *, rng:
         def poll() -> tuple[str, Any]:
             return preparer.status(), gr.Timer(active=not preparer.ready)
 
-        timer.tick(poll, None, [loading, timer], api_visibility="private", queue=False)
-        demo.load(poll, None, [loading, timer], api_visibility="private", queue=False)
+        # Private events go through the queue: the browser calls queue=False events by name on
+        # /gradio_api/run/<name>, which endpoints.PrivateEndpoints closes for private ones.
+        private = dict(api_visibility="private", show_progress="hidden", concurrency_id="ui",
+                       concurrency_limit=settings.default_concurrency)
+        timer.tick(poll, None, [loading, timer], **private)
+        demo.load(poll, None, [loading, timer], **private)
         with gr.Tabs():
             with gr.Tab("💬 Trò chuyện", id="chat"):
                 build_chat_tab(ctx)
@@ -83,7 +87,9 @@ def build_app(backend: ChatBackend, settings: AppSettings | None = None, *, rng:
             with gr.Tab("🧑‍⚖️ Chấm điểm", id="scoring") as scoring_tab:
                 build_scoring_tab(ctx, scoring_tab)
     # Gradio's max_size counts every waiting event: bound the expensive groups instead (endpoints.py).
-    demo.queue(default_concurrency_limit=settings.default_concurrency, max_size=HARD_CAP)
+    # api_open=False: /gradio_api/run/<name> serves queue=False events only, so no script can run a
+    # generation past the queue and its concurrency limit (Gradio opens it except on Spaces).
+    demo.queue(default_concurrency_limit=settings.default_concurrency, max_size=HARD_CAP, api_open=False)
     bound_queue(demo, settings.queue_size)
     demo.vichat = ctx  # type: ignore[attr-defined]
     demo.vichat_preparer = preparer  # type: ignore[attr-defined]

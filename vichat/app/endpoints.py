@@ -8,9 +8,10 @@
   generation, and a visitor waiting for a generation sees Gradio's queue position.
 - **Private endpoints stay private.** Gradio 6 hides ``api_visibility="private"`` events from the
   API page and its client libraries but still answers them by name on ``/gradio_api/call/...`` and
-  ``/gradio_api/run/...``. :class:`PrivateEndpoints` refuses those routes for private events. (The
-  page itself calls events through the queue by index, which no server can tell apart from a
-  script doing the same, so private handlers are also written to be harmless.)
+  ``/gradio_api/run/...``. :class:`PrivateEndpoints` refuses those routes for private events. The
+  page calls ``queue=False`` events by name on ``/gradio_api/run/<name>``, so private events are
+  queued instead: the page reaches them through the queue by index, which no server can tell
+  apart from a script doing the same, so private handlers are also written to be harmless.
 """
 
 from __future__ import annotations
@@ -52,9 +53,15 @@ def bound_queue(demo: Any, max_size: int | None) -> None:
     queue.push = push
 
 
+#: The name the page posts ``queue=False`` events without a public name to (with their index):
+#: Gradio's own cancel events for the Stop buttons. Never refused.
+_BY_INDEX = "predict"
+
+
 class PrivateEndpoints:
     """ASGI middleware: ``POST .../call|run|api/<name>`` is 404 unless ``<name>`` is a public event
-    (private ones, and names that do not exist: Gradio would log a traceback for each probe)."""
+    (private ones, and names that do not exist: Gradio would log a traceback for each probe), or
+    the index-based route the page itself uses for Gradio's cancel events."""
 
     def __init__(self, app: Any, blocks: Any) -> None:
         self.app = app
@@ -72,9 +79,7 @@ class PrivateEndpoints:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") == "http" and scope.get("method") == "POST":
             match = _NAMED_ROUTE.search(scope.get("path", ""))
-            if match and match.group(1) == "v2":
-                match = None  # "/call/v2/<name>" is matched with its name, not as "/call/v2"
-            if match and match.group(1) not in self.public_names():
+            if match and match.group(1) != _BY_INDEX and match.group(1) not in self.public_names():
                 body = json.dumps({"detail": f"no public endpoint named {match.group(1)!r}"}).encode()
                 await send({"type": "http.response.start", "status": 404,
                             "headers": [(b"content-type", b"application/json"),

@@ -231,7 +231,10 @@ def build_scoring_tab(ctx: AppContext, tab: Any = None) -> ScoringHandlers:
                                 elem_id="score-aspects")
     explanation = gr.Textbox(label="Giải thích của giám khảo", lines=6, interactive=False)
 
-    judge.change(h.judge_default_model, [judge], [judge_model], api_visibility="private", queue=False)
+    # Private events are queued (not queue=False): see vichat/app/endpoints.py.
+    private = dict(api_visibility="private", show_progress="hidden", concurrency_id="ui",
+                   concurrency_limit=ctx.settings.default_concurrency)
+    judge.change(h.judge_default_model, [judge], [judge_model], **private)
     take.click(h.from_battle, None, [question, answer1, answer2, note], api_name="score_from_battle", queue=False)
     run.click(h.score, [judge, judge_model, prompt, aspects, question, answer1, answer2],
               [summary, aspect_table, explanation], api_name="score",
@@ -255,6 +258,5 @@ def build_scoring_tab(ctx: AppContext, tab: Any = None) -> ScoringHandlers:
     show.click(h.report, [report], [table, chart, image, details], api_name="report", concurrency_limit=2,
                concurrency_id="report")
     if tab is not None:
-        tab.select(lambda: gr.update(choices=h.report_choices()), None, report, api_visibility="private",
-                   queue=False)
+        tab.select(lambda: gr.update(choices=h.report_choices()), None, report, **private)
     return h
