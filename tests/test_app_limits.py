@@ -222,3 +222,18 @@ def test_new_settings_from_env():
     assert AppSettings.from_env({}).admin_token is None and AppSettings.from_env({}).judges is None
     with pytest.raises(SettingsError, match="VICHAT_ADMIN_TOKEN"):
         AppSettings.from_env({"VICHAT_ADMIN_TOKEN": "short"})
+
+
+def test_an_unusable_votes_path_falls_back_to_memory_only_when_lenient(tmp_path):
+    from vichat.app.context import StorageError, open_votes
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory should be")
+    settings = AppSettings(votes_db=blocker / "votes.sqlite")
+    with pytest.raises(StorageError, match="not-a-dir/votes.sqlite.*VICHAT_VOTES_DB"):
+        open_votes(settings)
+    votes, salt, warnings = open_votes(settings, lenient=True)
+    assert not votes.persistent and len(salt) == 64 and "bộ nhớ" in warnings[0]
+    votes.add(make_vote("m1"))
+    assert [v.battle_id for v in votes.iter_votes()] == ["m1"]  # the fallback works, shared across connections
+    assert votes.take([("vote", "k", 1, 60)]) == 0 and votes.take([("vote", "k", 1, 60)]) > 0

@@ -36,7 +36,8 @@ METHOD = (
     "các mô hình là 1000), hòa và “cả hai đều kém” tính là nửa trận thắng cho mỗi bên. *KTC 95%*: khoảng bootstrap "
     "(lấy mẫu lại các phiếu). *Hạng*: 1 + số mô hình có cả khoảng tin cậy nằm trên khoảng của mô hình này. "
     "*Elo trực tuyến*: Elo cổ điển cập nhật theo thứ tự phiếu. Chỉ tính phiếu ẩn danh, trừ khi chọn gộp cả phiếu "
-    "có tên. Xem docs/app.md."
+    "có tên. Từ một địa chỉ mạng, mỗi câu hỏi chỉ tính một phiếu và mỗi ngày tính tối đa {cap} phiếu "
+    "(chống dồn phiếu). Xem docs/app.md."
 )
 
 
@@ -70,7 +71,7 @@ class LeaderboardHandlers:
         except Exception as exc:  # noqa: BLE001 - a broken database must not take the page down
             raise gr.Error(f"Không đọc được bảng xếp hạng: {describe_error(exc)}") from None
         which = "ẩn danh và có tên" if include_named else "ẩn danh"
-        summary = (f"**{n}** phiếu ({which}), **{len(rows)}** mô hình; tổng số phiếu đã lưu: "
+        summary = (f"**{n}** phiếu được tính ({which}), **{len(rows)}** mô hình; tổng số phiếu đã lưu: "
                    f"**{self.ctx.votes.count()}**. Cập nhật lúc {time.strftime('%H:%M:%S')}.")
         return standings_frame(rows), summary
 
@@ -107,7 +108,7 @@ class LeaderboardHandlers:
 def build_leaderboard_tab(ctx: AppContext, tab: Any) -> LeaderboardHandlers:
     """Lay out the tab; ``tab`` is its ``gr.Tab`` (selecting it refreshes the table)."""
     h = LeaderboardHandlers(ctx)
-    gr.Markdown(METHOD)
+    gr.Markdown(METHOD.format(cap=ctx.settings.leaderboard_address_cap or "không giới hạn"))
     with gr.Row():
         include_named = gr.Checkbox(False, label="Gộp cả phiếu của chế độ có tên (side-by-side)")
         refresh = gr.Button("🔄 Làm mới", scale=0, elem_id="leaderboard-refresh")
