@@ -27,11 +27,12 @@ def free_port() -> int:
 
 
 def test_settings(tmp: Path, **changes) -> AppSettings:
-    """Generous limits (tests drive many requests from one process) and a private database."""
+    """Generous limits (tests drive many requests from one address) and a private database; the
+    leaderboard counts every vote (no per-address cap: all test clients share 127.0.0.1)."""
     off = Rate(0, 60)
     base = AppSettings(votes_db=tmp / "votes.sqlite", session_salt="test-salt", vote_rate=off, message_rate=off,
                        judge_rate=off, address_vote_rate=off, address_message_rate=off, address_judge_rate=off,
-                       session_rate=off, bootstrap_rounds=200, generation_concurrency=8)
+                       session_rate=off, leaderboard_address_cap=0, bootstrap_rounds=200, generation_concurrency=8)
     return base.with_(**changes)
 
 
