@@ -10,7 +10,8 @@ which are read only by the code that needs them. docs/app.md lists every variabl
 from vichat.app.app import app_from_env, launch
 
 # Module-level `demo`, as Spaces and `gradio spaces_app.py` (hot reload) expect. Lenient: a models
-# configuration that cannot be used shows in the page (and the log) rather than crashing the Space.
+# configuration, a votes database or a VICHAT_* value that cannot be used shows in the page and in
+# the banner printed first (votes then live in memory) rather than crashing the Space into a loop.
 demo = app_from_env(lenient=True)
 
 if __name__ == "__main__":

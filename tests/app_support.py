@@ -7,6 +7,7 @@ import random
 import re
 import socket
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -26,10 +27,12 @@ def free_port() -> int:
 
 
 def test_settings(tmp: Path, **changes) -> AppSettings:
-    """Generous limits (tests drive many requests from one process) and a private database."""
-    base = AppSettings(votes_db=tmp / "votes.sqlite", session_salt="test-salt", vote_rate=Rate(0, 60),
-                       message_rate=Rate(0, 60), judge_rate=Rate(0, 60), bootstrap_rounds=200,
-                       generation_concurrency=8)
+    """Generous limits (tests drive many requests from one address) and a private database; the
+    leaderboard counts every vote (no per-address cap: all test clients share 127.0.0.1)."""
+    off = Rate(0, 60)
+    base = AppSettings(votes_db=tmp / "votes.sqlite", session_salt="test-salt", vote_rate=off, message_rate=off,
+                       judge_rate=off, address_vote_rate=off, address_message_rate=off, address_judge_rate=off,
+                       session_rate=off, leaderboard_address_cap=0, bootstrap_rounds=200, generation_concurrency=8)
     return base.with_(**changes)
 
 
@@ -63,3 +66,27 @@ def text_of(chatbot_value) -> list[str]:
         c = m["content"]
         out.append(c if isinstance(c, str) else "".join(b.get("text", "") for b in c if isinstance(b, dict)))
     return out
+
+
+class ScriptedBackend:
+    """A canned backend with two test triggers in the message: ``#chậm`` streams slowly (queue
+    tests) and ``#html`` answers with :attr:`payload` (sanitiser tests)."""
+
+    def __init__(self, inner, slow_s: float = 0.2, payload: str = "") -> None:
+        self.inner = inner
+        self.slow_s = slow_s
+        self.payload = payload
+        self.calls = inner.calls
+
+    def models(self):
+        return self.inner.models()
+
+    def stream(self, model, message, history=(), **kwargs):
+        if "#html" in message:
+            self.calls.append({"model": model, "message": message, "history": list(history)})
+            yield self.payload
+            return
+        for delta in self.inner.stream(model, message, history, **kwargs):
+            if "#chậm" in message:
+                time.sleep(self.slow_s)
+            yield delta

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
 
 import pytest
 from app_support import BATTLE_ID, running_app, test_settings, text_of, votes_in
@@ -16,6 +22,7 @@ from vichat.specs import JudgeResult, JudgeSpec
 from test_app_units import write_report
 
 PAPER = (256, 0.5, 20, 1.0, 1.2)
+ADMIN = "admin-token-for-tests-0123456789"
 
 
 class JudgesPlugin:
@@ -30,7 +37,13 @@ class JudgesPlugin:
         def broken(question, answer1, answer2, prompt):
             raise RuntimeError("upstream 500 with key sk-test-abcdef123456")
 
+        def echo_auth(question, answer1, answer2, prompt):
+            # A judge endpoint that echoes the request it got, headers included.
+            key = os.environ["OPENAI_API_KEY"]
+            return JudgeResult(7.0, 7.0, f"7 7\nrequest: Authorization: Bearer {key}", {})
+
         register(JudgeSpec("echo-judge", "Test judge.", judge, default_model="echo-1"))
+        register(JudgeSpec("echo-auth", "Echoes its request.", echo_auth))
         register(JudgeSpec("broken-judge", "Always fails.", broken))
         register(JudgeSpec("keyed-judge", "Needs a key.", judge, env_vars=("VICHAT_TEST_MISSING_KEY",)))
 
@@ -45,7 +58,9 @@ def app(tmp_path_factory):
     mp.setenv("OPENAI_API_KEY", "sk-test-abcdef123456")
     mp.delenv("VICHAT_TEST_MISSING_KEY", raising=False)
     backend = CannedBackend(delay_s=0.01, fail_trigger="#lỗi")
-    settings = test_settings(tmp, report_dirs=(tmp / "reports",), max_turns=3, max_input_chars=300)
+    settings = test_settings(tmp, report_dirs=(tmp / "reports",), max_turns=3, max_input_chars=300,
+                             judges=("echo-judge", "broken-judge", "keyed-judge", "echo-auth"), admin_token=ADMIN,
+                             export_ttl_s=3)
     with running_app(backend, settings) as (demo, url):
         yield demo, url, backend, settings
     mp.undo()
@@ -201,12 +216,21 @@ def test_a_failing_side_blocks_the_vote_but_not_the_app(client):
 def test_export_votes_as_jsonl(app, client):
     battle(client)
     client.predict(api_name="/battle_vote_a")
-    update = client.predict(api_name="/export_votes")
+    with pytest.raises(AppError, match="Sai mã quản trị"):
+        client.predict("not-the-token", api_name="/export_votes")
+    before = set(Path(tempfile.gettempdir()).glob("vichat-votes-*"))
+    update = client.predict(ADMIN, api_name="/export_votes")
+    made = set(Path(tempfile.gettempdir()).glob("vichat-votes-*")) - before
+    assert len(made) == 1
     path = update["value"] if isinstance(update, dict) else update
     lines = open(path, encoding="utf-8").read().splitlines()
     assert len(lines) == len(votes_in(app[3].votes_db))
     assert {"battle_id", "model_a", "model_b", "vote", "prompt", "answer_a", "answer_b", "decoding",
-            "session", "voted_at"} <= set(json.loads(lines[0]))
+            "session", "address", "voted_at"} <= set(json.loads(lines[0]))
+    deadline = time.monotonic() + 60
+    while any(p.exists() for p in made) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(p.exists() for p in made)  # the server's file is removed after the download window
 
 
 def test_scoring_with_a_judge_plugin(client):
@@ -222,6 +246,26 @@ def test_judge_errors_are_messages_and_keys_never_shown(client):
     assert "gặp lỗi" in summary and "sk-test" not in summary and "***" in summary
     with pytest.raises(AppError, match="VICHAT_TEST_MISSING_KEY"):
         client.predict("keyed-judge", "", "vicuna-general@v1", False, "Q?", "A1", "A2", api_name="/score")
+
+
+def test_keys_are_masked_in_the_judge_explanation_too(client):
+    summary, _, explanation = client.predict("echo-auth", "", "vicuna-general@v1", False, "Q?", "A1", "A2",
+                                             api_name="/score")
+    assert "Bearer ***" in explanation and "sk-test" not in explanation + summary
+
+
+def test_private_events_are_not_callable_by_name(app):
+    url = app[1]
+    for name in ("judge_default_model", "refresh", "poll", "no_such_endpoint"):
+        r = httpx.post(f"{url}gradio_api/call/{name}", json={"data": ["openai"]}, timeout=120)
+        assert r.status_code == 404, (name, r.status_code)
+        assert httpx.post(f"{url}gradio_api/run/{name}", json={"data": []}, timeout=120).status_code == 404
+    public = httpx.post(f"{url}gradio_api/call/leaderboard", json={"data": [False]}, timeout=120)
+    assert public.status_code == 200 and "event_id" in public.json()
+    # Generation cannot skip the queue (and its concurrency limit) through the direct route.
+    direct = httpx.post(f"{url}gradio_api/run/chat", json={"data": ["Xin chào", [], "bloomz-chat", "chat", *PAPER]},
+                        timeout=120)
+    assert direct.status_code == 404 and "queue" in direct.text
 
 
 def test_score_from_the_current_battle(client):
@@ -267,16 +311,27 @@ def test_stopping_a_battle_still_allows_a_vote_on_what_was_answered(tmp_path):
 
     backend = CannedBackend(delay_s=0.03)
     set_backend(backend)
-    ctx = AppContext.create(backend, settings_for(tmp_path))
-    h = ArenaHandlers(ctx, "anonymous", random.Random(0))
-    views = []
-    for k, view in enumerate(h.send_anonymous("Dừng giữa chừng nhé", "")):
-        views.append(view)
-        if k == 3:
-            h.stop()
-    battle_id, status, buttons = views[-1][0], views[-1][3], views[-1][5:]
+    ctx = AppContext.create(backend, settings_for(tmp_path, min_answer_chars=15))
+
+    def stopped_battle(after_views: int) -> list:
+        h = ArenaHandlers(ctx, "anonymous", random.Random(0))
+        views = []
+        for k, view in enumerate(h.send_anonymous("Dừng giữa chừng nhé", "")):
+            views.append(view)
+            if k == after_views:
+                h.stop()
+        return h, views[-1]
+
+    # Stopped at the first words: below the minimum, so the battle cannot be voted on.
+    h, view = stopped_battle(1)
+    assert "ngắn hơn 15 ký tự" in view[3] and not any(b["interactive"] for b in view[5:])
+    assert "ngắn hơn 15 ký tự" in h.vote("a", view[0])[2]
+    assert votes_in(ctx.settings.votes_db) == []
+    # Stopped later, with both answers past the minimum: the vote is on what was answered.
+    h, view = stopped_battle(8)
+    battle_id, status, buttons = view[0], view[3], view[5:]
     assert "Đã dừng" in status and all(b["interactive"] for b in buttons)
     reveal = h.vote("b", battle_id)[2]
     assert "Đã ghi nhận" in reveal
     [row] = votes_in(ctx.settings.votes_db)
-    assert row["vote"] == "b" and 0 < len(row["answer_a"]) < 150  # partial answers, as shown
+    assert row["vote"] == "b" and 15 <= len(row["answer_a"]) < 150  # partial answers, as shown

@@ -35,7 +35,7 @@ def test_vote_is_stored_with_every_field_and_survives_a_restart(tmp_path):
     for col in ("battle_id", "mode", "model_a", "model_b", "vote", "prompt", "answer_a", "answer_b", "turns",
                 "decoding", "session", "started_at", "voted_at"):
         assert col in cols
-    assert not any("ip" == c or "address" in c for c in cols)
+    assert "address" in cols and not any(c in ("ip", "user_agent") for c in cols)  # a salted hash only
 
 
 def test_a_second_vote_for_a_battle_is_refused_by_the_database(tmp_path):

@@ -9,7 +9,7 @@ for the named mode (whose send also takes the two model names).
 
 from __future__ import annotations
 
-import math
+import logging
 import random
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
@@ -21,8 +21,10 @@ from .battles import Battle, BattleError
 from .context import AppContext
 from .generation import STOPS, SideRequest, stream_pair
 from .messages import to_messages
-from .safety import LimitError, check_message, check_turns, describe_error
+from .safety import LimitError, check_message, check_turns, describe_error, refuse
 from .votes import DuplicateVoteError, Vote, now
+
+log = logging.getLogger("vichat.app")
 
 VOTE_LABELS = {
     "a": "👈 A tốt hơn",
@@ -101,18 +103,21 @@ class ArenaHandlers:
                                  f"{len(names)}.")
             pair = tuple(self.rng.sample(names, 2))  # a random pair in a random order: sides are random too
         else:
-            if not model_a or not model_b:
-                raise LimitError("Hãy chọn hai mô hình để so sánh.")
-            if model_a == model_b:
-                raise LimitError("Hãy chọn hai mô hình khác nhau.")
-            for name in (model_a, model_b):
-                if self.ctx.model(name) is None:
-                    raise LimitError(f"Không có mô hình {name!r}.")
+            self._check_pair(model_a, model_b)
             pair = (model_a, model_b)
         infos = [self.ctx.model(n) for n in pair]
         return self.ctx.battles.create(
             self.mode, pair, (infos[0].template, infos[1].template), (infos[0].decoding, infos[1].decoding), session
         )
+
+    def _check_pair(self, model_a: str | None, model_b: str | None) -> None:
+        if not model_a or not model_b:
+            raise LimitError("Hãy chọn hai mô hình để so sánh.")
+        if model_a == model_b:
+            raise LimitError("Hãy chọn hai mô hình khác nhau.")
+        for name in (model_a, model_b):
+            if self.ctx.model(name) is None:
+                raise LimitError(f"Không có mô hình {str(name)[:80]!r}.")
 
     def send_anonymous(self, message: str, battle_id: str, request: gr.Request = None) -> Iterator[list[Any]]:
         """Start or continue a blind battle with ``message``."""
@@ -126,21 +131,32 @@ class ArenaHandlers:
     def send(self, message: str, battle_id: str, model_a: str | None, model_b: str | None,
              request: Any) -> Iterator[list[Any]]:
         """Start or continue a battle with ``message``; both answers stream at once. (Not an event
-        handler itself: Gradio injects the request by position, so each mode has its own.)"""
-        session = self.ctx.session(request)
+        handler itself: Gradio injects the request by position, so each mode has its own.)
+
+        Order matters: the input and the rate are checked before a battle is created, so refused
+        sends store nothing (they would otherwise evict other visitors' unvoted battles)."""
         try:
             text = check_message(message, self.ctx.settings.max_input_chars)
+            visitor = self.ctx.visitor(request)
+            session = visitor.session
             battle = self.ctx.battles.get(battle_id, session)
-            if (battle is None or not battle.open
-                    or (self.mode == "named" and battle.models != (model_a, model_b))):
+            fresh = (battle is None or not battle.open
+                     or (self.mode == "named" and battle.models != (model_a, model_b)))
+            if not fresh:
+                check_turns(len(battle.turns), self.ctx.settings.max_turns)
+                if battle.busy:
+                    raise BattleError("Hai mô hình vẫn đang trả lời; hãy đợi hoặc bấm “Dừng”.")
+            elif self.mode == "named":
+                self._check_pair(model_a, model_b)
+            elif len(self.ctx.model_names) < 2:
+                raise LimitError("Đấu trường cần ít nhất hai mô hình; bản demo này chỉ có "
+                                 f"{len(self.ctx.model_names)}.")
+            self.ctx.limit("message", visitor)
+            if fresh:
                 battle = self._new_battle(session, model_a, model_b)
-            check_turns(len(battle.turns), self.ctx.settings.max_turns)
-            wait = self.ctx.message_limiter.check(session)
-            if wait:
-                raise LimitError(f"Bạn gửi tin nhắn quá nhanh; hãy thử lại sau {math.ceil(wait)} giây.")
             self.ctx.battles.begin_turn(battle)
         except VichatError as exc:
-            raise gr.Error(str(exc)) from None
+            raise refuse(exc, f"battle_send ({self.mode})") from None
         yield from self._stream(session, battle, text)
 
     def _stream(self, session: str, battle: Battle, text: str) -> Iterator[list[Any]]:
@@ -151,12 +167,13 @@ class ArenaHandlers:
         )
         key = f"{session}:arena:{self.mode}"
         stop = STOPS.start(key)
-        answers, errors, stopped = ["", ""], [None, None], False
+        answers, errors, stopped, done = ["", ""], [None, None], False, [False, False]
         yield self._view(battle, (text, "", ""), "⏳ Hai mô hình đang trả lời…")
         try:
             for states in stream_pair(sides, key):  # type: ignore[arg-type]
                 for k, state in enumerate(states):
                     answers[k] = state.text
+                    done[k] = state.done
                     if state.error is not None and errors[k] is None:
                         errors[k] = describe_error(state.error)
                 yield self._view(battle, (text, *answers), "⏳ Hai mô hình đang trả lời…")
@@ -166,7 +183,8 @@ class ArenaHandlers:
             stopped = stop.is_set()  # before finish(), which sets it
             failed = [f"{side}: {e}" for side, e in zip(("A", "B"), errors) if e]
             turn = (text, answers[0], answers[1]) if any(answers) else None
-            self.ctx.battles.end_turn(battle, turn, "; ".join(failed) if failed else None)
+            self.ctx.battles.end_turn(battle, turn, "; ".join(failed) if failed else None,
+                                      self._unvotable(answers, done))
             STOPS.finish(key, stop)
         if battle.error:
             message = self._anonymise(f"Mô hình gặp lỗi ({battle.error}). Trận này không thể bầu chọn; "
@@ -174,16 +192,32 @@ class ArenaHandlers:
             gr.Warning(message)
             yield self._view(battle, None, "⚠️ " + message)
             return
-        if stopped:
+        if battle.unvotable:
+            status = f"⏹ {battle.unvotable}"
+        elif stopped:
             status = "⏹ Đã dừng. Bạn vẫn có thể bầu chọn dựa trên phần đã trả lời, hoặc hỏi tiếp."
         else:
             status = "✅ Cả hai đã trả lời. Câu trả lời nào tốt hơn? Bầu chọn bên dưới, hoặc hỏi tiếp để so sánh thêm."
-        yield self._view(battle, None, status, votable=bool(battle.turns))
+        yield self._view(battle, None, status, votable=bool(battle.turns) and not battle.unvotable)
+
+    def _unvotable(self, answers: list[str], done: list[bool]) -> str | None:
+        """Why this turn cannot be voted on: a side stopped before finishing with fewer than
+        ``min_answer_chars`` characters (a vote must rest on real answers, and stopping at the
+        first token must not make votes cheap)."""
+        minimum = self.ctx.settings.min_answer_chars
+        if all(d or len(a.strip()) >= minimum for a, d in zip(answers, done)):
+            return None
+        return (f"Không thể bầu chọn lượt này: câu trả lời bị dừng trước khi xong và ngắn hơn {minimum} ký tự. "
+                "Hãy hỏi tiếp (và để hai mô hình trả lời xong) hoặc bấm “Trận mới”.")
 
     # -- votes ---------------------------------------------------------------------------------
     def vote(self, choice: str, battle_id: str, request: gr.Request = None) -> list[Any]:
         """Record ``choice`` for the session's battle, once; then reveal the names."""
-        session = self.ctx.session(request)
+        try:
+            visitor = self.ctx.visitor(request)
+        except VichatError as exc:
+            return self._vote_view(None, f"⚠️ {exc}")
+        session = visitor.session
         battle = self.ctx.battles.get(battle_id, session)
         if battle is None:
             return self._vote_view(None, "⚠️ Không tìm thấy trận đấu (có thể đã hết hạn). Hãy bắt đầu trận mới.")
@@ -192,14 +226,15 @@ class ArenaHandlers:
         except BattleError as exc:
             gr.Warning(str(exc))
             return self._vote_view(battle, f"⚠️ {exc}")
-        wait = self.ctx.vote_limiter.check(session)
-        if wait:
-            self.ctx.battles.release_vote(battle)
-            message = f"Bạn bầu chọn quá nhanh; hãy thử lại sau {math.ceil(wait)} giây."
-            gr.Warning(message)
-            return self._vote_view(battle, f"⚠️ {message}", votable=True)
         try:
-            self.ctx.votes.add(self._record(battle, choice, session))
+            self.ctx.limit("vote", visitor)
+        except LimitError as exc:
+            self.ctx.battles.release_vote(battle)
+            log.info("refused vote: %s", exc)
+            gr.Warning(str(exc))
+            return self._vote_view(battle, f"⚠️ {exc}", votable=True)
+        try:
+            self.ctx.votes.add(self._record(battle, choice, visitor))
         except DuplicateVoteError:
             message = "Trận này đã có phiếu bầu; mỗi trận chỉ nhận một phiếu."
             gr.Warning(message)
@@ -214,7 +249,7 @@ class ArenaHandlers:
             f"Gửi câu hỏi mới để bắt đầu trận tiếp theo. <small>(mã trận {battle.id})</small>",
         )
 
-    def _record(self, battle: Battle, choice: str, session: str) -> Vote:
+    def _record(self, battle: Battle, choice: str, visitor: Any) -> Vote:
         *earlier, last = battle.turns
         return Vote(
             battle_id=battle.id, mode=self.mode, model_a=battle.models[0], model_b=battle.models[1], vote=choice,
@@ -222,7 +257,8 @@ class ArenaHandlers:
             turns=[{"prompt": p, "answer_a": a, "answer_b": b} for p, a, b in earlier],
             decoding={"a": {**asdict(battle.decodings[0]), "template": battle.templates[0]},
                       "b": {**asdict(battle.decodings[1]), "template": battle.templates[1]}},
-            session=session, started_at=battle.started_at, voted_at=now(), app_version=self.ctx.version,
+            session=visitor.session, started_at=battle.started_at, voted_at=now(), app_version=self.ctx.version,
+            address=visitor.address,
         )
 
     def _vote_view(self, battle: Battle | None, status: str, votable: bool = False) -> list[Any]:
@@ -232,11 +268,14 @@ class ArenaHandlers:
 
     def new(self, request: gr.Request = None) -> list[Any]:
         """Forget the current battle (the next message starts a new one)."""
-        STOPS.stop(f"{self.ctx.session(request)}:arena:{self.mode}")
+        self.stop(request)
         return self._view(None, None, INTRO[self.mode])
 
     def stop(self, request: gr.Request = None) -> None:
-        STOPS.stop(f"{self.ctx.session(request)}:arena:{self.mode}")
+        try:
+            STOPS.stop(f"{self.ctx.session(request)}:arena:{self.mode}")
+        except VichatError:
+            pass  # no session could be issued: nothing of this visitor is running
 
 
 def build_battle_panel(ctx: AppContext, mode: str, rng: random.Random | None = None) -> tuple[ArenaHandlers, Panel]:

@@ -38,6 +38,7 @@ class Battle:
     busy: bool = False
     vote: str | None = None
     error: str | None = None
+    unvotable: str | None = None  # why the last turn cannot be voted on (stopped too early)
     touched: float = field(default_factory=time.monotonic)
 
     @property
@@ -109,9 +110,12 @@ class BattleStore:
             battle.busy = True
             battle.touched = time.monotonic()
 
-    def end_turn(self, battle: Battle, turn: ThreeWay | None, error: str | None = None) -> None:
-        """Record a finished turn (``None`` when stopped before any text) or the error that ended it."""
+    def end_turn(self, battle: Battle, turn: ThreeWay | None, error: str | None = None,
+                 unvotable: str | None = None) -> None:
+        """Record a finished turn (``None`` when stopped before any text) or the error that ended it;
+        ``unvotable`` says why this turn cannot be voted on (``None``: it can)."""
         with self._lock:
+            battle.unvotable = unvotable
             if turn is not None:
                 battle.turns.append(turn)
             if error is not None:
@@ -130,6 +134,8 @@ class BattleStore:
                 raise BattleError("Trận này gặp lỗi nên không thể bầu chọn. Bấm “Trận mới”.")
             if not battle.turns:
                 raise BattleError("Chưa có câu hỏi nào trong trận này; hãy gửi một câu hỏi trước.")
+            if battle.unvotable:
+                raise BattleError(battle.unvotable)
             battle.vote = choice
             battle.touched = time.monotonic()
 

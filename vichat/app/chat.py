@@ -6,7 +6,6 @@ five decoding values -> history, cleared textbox), ``regenerate``, ``stop``, ``c
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterator
 
 import gradio as gr
@@ -18,7 +17,7 @@ from .context import AppContext
 from .controls import clamp_decoding, decoding_sliders, decoding_values
 from .generation import STOPS, stream_answer
 from .messages import Message, last_user_message, to_messages, to_turns
-from .safety import LimitError, check_message, check_turns, describe_error
+from .safety import LimitError, check_conversation, describe_error, refuse
 
 TEMPLATES = ("chat", "doctor")
 
@@ -57,15 +56,13 @@ class ChatHandlers:
              request: gr.Request = None) -> Iterator[ChatUpdate]:
         """Append ``message`` and stream the answer."""
         decoding = (max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-        session = self.ctx.session(request)
         try:
-            text = check_message(message, self.ctx.settings.max_input_chars)
             turns = to_turns(history)
-            check_turns(len(turns), self.ctx.settings.max_turns)
+            text = self._check(message, turns)
             model = self._model(model)
-            self._rate(session)
+            session = self._rate(request)
         except VichatError as exc:
-            raise gr.Error(str(exc)) from None
+            raise refuse(exc, "chat") from None
         yield from self._stream(session, turns, text, model, template, clamp_decoding(*decoding), restore=message)
 
     def regenerate(self, history: list[Any], model: str, template: str, max_new_tokens: float,
@@ -73,21 +70,27 @@ class ChatHandlers:
                    request: gr.Request = None) -> Iterator[ChatUpdate]:
         """Answer the last message again (with the current model and settings)."""
         decoding = (max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-        session = self.ctx.session(request)
-        turns, last = last_user_message(history)
         try:
+            turns, last = last_user_message(history)
             if last is None:
                 raise LimitError("Chưa có câu hỏi nào để tạo lại câu trả lời.")
+            last = self._check(last, turns)
             model = self._model(model)
-            self._rate(session)
+            session = self._rate(request)
         except VichatError as exc:
-            raise gr.Error(str(exc)) from None
+            raise refuse(exc, "regenerate") from None
         yield from self._stream(session, turns, last, model, template, clamp_decoding(*decoding), restore="")
 
-    def _rate(self, session: str) -> None:
-        wait = self.ctx.message_limiter.check(session)
-        if wait:
-            raise LimitError(f"Bạn gửi tin nhắn quá nhanh; hãy thử lại sau {math.ceil(wait)} giây.")
+    def _check(self, message: str | None, turns: list[Turn]) -> str:
+        s = self.ctx.settings
+        return check_conversation(message, turns, max_chars=s.max_input_chars, max_turns=s.max_turns,
+                                  max_answer_chars=s.max_answer_chars, max_history_chars=s.max_history_chars)
+
+    def _rate(self, request: Any) -> str:
+        """Count one message for the visitor; their session id."""
+        visitor = self.ctx.visitor(request)
+        self.ctx.limit("message", visitor)
+        return visitor.session
 
     def _stream(self, session: str, turns: list[Turn], text: str, model: str, template: str | None,
                 decoding: Decoding, restore: str) -> Iterator[ChatUpdate]:
@@ -106,7 +109,10 @@ class ChatHandlers:
             STOPS.finish(key, stop)
 
     def stop(self, request: gr.Request = None) -> None:
-        STOPS.stop(f"{self.ctx.session(request)}:chat")
+        try:
+            STOPS.stop(f"{self.ctx.session(request)}:chat")
+        except VichatError:
+            pass  # no session could be issued: nothing of this visitor is running
 
     def clear(self, request: gr.Request = None) -> ChatUpdate:
         self.stop(request)

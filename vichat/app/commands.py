@@ -81,18 +81,31 @@ def export_cmd(db, out) -> None:  # noqa: ANN001
 @click.option("--bootstrap", "rounds", default=1000, show_default=True, type=click.IntRange(0),
               help="Bootstrap resamples for the 95% intervals.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def leaderboard_cmd(db, include_named, rounds, as_json) -> None:  # noqa: ANN001
-    """Bradley-Terry ratings (Elo scale, 95% bootstrap intervals), online Elo and counts."""
+@click.option("--audit", is_flag=True, help="Instead of the ratings: votes per address and per session, what "
+              "de-duplication leaves out, and the addresses that look anomalous.")
+@click.option("--address-cap", type=click.IntRange(0), default=None,
+              help="Votes counted per address and UTC day [default: $VICHAT_LEADERBOARD_ADDRESS_CAP or 50; 0: no cap].")
+def leaderboard_cmd(db, include_named, rounds, as_json, audit, address_cap) -> None:  # noqa: ANN001
+    """Bradley-Terry ratings (Elo scale, 95% bootstrap intervals), online Elo and counts, over the
+    de-duplicated votes (the rule is in docs/app.md), as the app's leaderboard shows them."""
     from .ratings import leaderboard
     from .settings import AppSettings
-    from .votes import VoteStore
+    from .votes import VoteStore, deduplicated
 
     db = db or _default_db()
     if not Path(db).is_file():
         raise click.ClickException(f"{db}: no votes database (set --db or $VICHAT_VOTES_DB)")
     s = AppSettings.from_env()
+    cap = s.leaderboard_address_cap if address_cap is None else address_cap
     modes = ("anonymous", "named") if include_named else ("anonymous",)
-    rows = leaderboard(VoteStore(db).outcomes(modes), rounds=rounds, prior=s.bt_prior, k=s.elo_k)
+    ballots = VoteStore(db).ballots(modes)
+    if audit:
+        from .audit import audit as run_audit, format_audit
+
+        report = run_audit(ballots, cap)
+        click.echo(json.dumps(report, ensure_ascii=False, indent=2) if as_json else format_audit(report))
+        return
+    rows = leaderboard(deduplicated(ballots, cap), rounds=rounds, prior=s.bt_prior, k=s.elo_k)
     if as_json:
         click.echo(json.dumps([r.__dict__ for r in rows], ensure_ascii=False, indent=2))
         return

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from ..serve.api import Turn
+from .render import safe_markdown
+from .safety import secret_values
 
 Message = dict[str, Any]
 
@@ -47,15 +49,31 @@ def to_turns(history: Sequence[Any] | None) -> list[Turn]:
 
 
 def to_messages(turns: Iterable[Turn], user: str | None = None, answer: str | None = None) -> list[Message]:
-    """Chat messages for ``turns``, then optionally a new ``user`` message and its ``answer`` so far."""
+    """Chat messages for ``turns``, then optionally a new ``user`` message and its ``answer`` so far,
+    as the page shows them: configured secrets masked and HTML made safe (:func:`shown`)."""
+    show = shown_text()
     out: list[Message] = []
     for question, reply in turns:
-        out += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+        out += [{"role": "user", "content": show(question)}, {"role": "assistant", "content": show(reply)}]
     if user is not None:
-        out.append({"role": "user", "content": user})
+        out.append({"role": "user", "content": show(user)})
         if answer is not None:
-            out.append({"role": "assistant", "content": answer})
+            out.append({"role": "assistant", "content": show(answer)})
     return out
+
+
+def shown_text():  # noqa: ANN201 - returns a str -> str function
+    """A function making text fit to show: secrets masked (one look at the environment per call of
+    this function, not per message), then :func:`vichat.app.render.safe_markdown`."""
+    secrets = secret_values()
+
+    def show(text: str | None) -> str:
+        text = text or ""
+        for value in secrets:
+            text = text.replace(value, "***")
+        return safe_markdown(text)
+
+    return show
 
 
 def last_user_message(history: Sequence[Any] | None) -> tuple[list[Turn], str | None]:

@@ -1,4 +1,4 @@
-"""Limits a public demo needs: input length, turns, per-session rates, and keeping secrets out of
+"""Limits a public demo needs: input and history size, turns, one-line refusals, and keeping secrets out of
 everything the page shows or the log records.
 
 Messages raised here are for visitors, so they are in Vietnamese; they say what the limit is.
@@ -9,13 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
-import time
 import traceback
-from collections import deque
+from typing import Sequence
 
 from ..records import VichatError, nfc
-from .settings import Rate
 
 log = logging.getLogger("vichat.app")
 
@@ -38,48 +35,46 @@ def check_message(text: str | None, max_chars: int) -> str:
     return text
 
 
+def check_conversation(message: str | None, turns: Sequence[tuple[str, str]], *, max_chars: int, max_turns: int,
+                       max_answer_chars: int, max_history_chars: int) -> str:
+    """The one input check of every endpoint that takes text or history, run before anything is
+    tokenised: the message (:func:`check_message`), the number of turns, each earlier message and
+    answer, and the history's total size. Returns the normalised message.
+
+    A client can send any history it likes (``/chat`` and ``/regenerate`` take it as input), so
+    nothing of it is trusted to be what this server once produced."""
+    check_turns(len(turns), max_turns)
+    total = 0
+    for k, (question, answer) in enumerate(turns, 1):
+        if len(question or "") > max_chars:
+            raise LimitError(f"Lượt {k} của cuộc trò chuyện quá dài: {len(question)} ký tự, tối đa {max_chars}. "
+                             "Bấm “Xóa” để bắt đầu lại.")
+        if len(answer or "") > max_answer_chars:
+            raise LimitError(f"Câu trả lời ở lượt {k} quá dài: {len(answer)} ký tự, tối đa {max_answer_chars}. "
+                             "Bấm “Xóa” để bắt đầu lại.")
+        total += len(question or "") + len(answer or "")
+    if total > max_history_chars:
+        raise LimitError(f"Cuộc trò chuyện quá dài: {total} ký tự, tối đa {max_history_chars}. "
+                         "Bấm “Xóa” để bắt đầu lại.")
+    return check_message(message, max_chars)
+
+
+def refuse(exc: BaseException | str, what: str = "request") -> Exception:
+    """A ``gr.Error`` for a refusal the visitor caused (a limit, a bad input): the page shows the
+    message; the log gets one line, not a traceback (refusals come by the thousand under abuse)."""
+    import gradio as gr
+
+    message = scrub(str(exc))
+    log.info("refused %s: %s", what, message[:200])
+    return gr.Error(message, print_exception=False)
+
+
 def check_turns(turns_so_far: int, max_turns: int) -> None:
     """:class:`LimitError` when one more turn would exceed ``max_turns``."""
     if turns_so_far + 1 > max_turns:
         raise LimitError(
             f"Cuộc trò chuyện đã đủ {max_turns} lượt, giới hạn của bản demo. Bấm “Xóa” (hoặc “Trận mới”) để bắt đầu lại."
         )
-
-
-class RateLimiter:
-    """A sliding-window limit per key (a hashed session): at most ``rate.count`` per ``rate.window`` s.
-
-    In memory: a restart forgets it, which is acceptable for a demo's abuse limit (votes themselves
-    are durable). Keys idle for a whole window are dropped, so memory stays bounded.
-    """
-
-    def __init__(self, rate: Rate, clock=time.monotonic) -> None:  # noqa: ANN001 - injectable for tests
-        self.rate = rate
-        self._clock = clock
-        self._events: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-        self._last_sweep = clock()
-
-    def check(self, key: str) -> float:
-        """Record one event for ``key`` and return 0, or return the seconds to wait (nothing recorded)."""
-        if self.rate.count <= 0:
-            return 0.0
-        now = self._clock()
-        with self._lock:
-            if now - self._last_sweep > self.rate.window:
-                self._sweep(now)
-            events = self._events.setdefault(key, deque())
-            while events and now - events[0] >= self.rate.window:
-                events.popleft()
-            if len(events) >= self.rate.count:
-                return max(0.01, self.rate.window - (now - events[0]))
-            events.append(now)
-            return 0.0
-
-    def _sweep(self, now: float) -> None:
-        self._last_sweep = now
-        for key in [k for k, ev in self._events.items() if not ev or now - ev[-1] >= self.rate.window]:
-            del self._events[key]
 
 
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:

@@ -2,9 +2,13 @@
 
 The question and answers are typed or taken from the visitor's current battle (server-side, so
 names stay hidden until voted: the answers are labelled Assistant 1/2 only). The judge is any
-registered judge plugin (``VICHAT_APP_JUDGES`` narrows the list on a public Space, where each
-judgment may cost the owner money, and ``VICHAT_APP_JUDGE_MODEL`` fixes the judge's model so a
-visitor cannot pick a dearer one; calls are rate-limited per session). API keys stay in the
+remote judge (``openai``) unless the operator lists others in ``VICHAT_APP_JUDGES``: a judge that
+loads a model in-process (``local``) is offered only when listed, and then only with the model the
+operator fixed in ``VICHAT_APP_JUDGE_MODEL`` (a visitor never makes the server load a model).
+``VICHAT_APP_JUDGE_MODEL`` also fixes a remote judge's model so a visitor cannot pick a dearer
+one; calls are rate-limited per session and per address. Everything shown (scores, explanation,
+errors) has configured secrets masked: a judge endpoint that echoes its request must not put the
+key on the page. API keys stay in the
 environment: a missing one is reported by name, never by value. Endpoints: ``score``,
 ``score_from_battle``, ``report``.
 """
@@ -12,7 +16,6 @@ environment: a missing one is reported by name, never by value. Endpoints: ``sco
 from __future__ import annotations
 
 import inspect
-import math
 import os
 from typing import Any
 
@@ -22,7 +25,12 @@ import pandas as pd
 from ..records import VichatError
 from .context import AppContext
 from .reports import find_reports, load_report
-from .safety import check_message, describe_error
+from .safety import check_message, describe_error, refuse, scrub
+from .settings import REMOTE_JUDGES
+
+#: Judges that run a model inside this process: never offered unless listed, never with a
+#: visitor-chosen model.
+IN_PROCESS_JUDGES = ("local",)
 
 ASPECT_COLUMNS = ["Khía cạnh (aspect)", "Trợ lý 1", "Trợ lý 2"]
 
@@ -45,13 +53,13 @@ class ScoringHandlers:
 
     # -- choices ---------------------------------------------------------------------------------
     def judges(self) -> list[str]:
-        """Registered judges, narrowed to ``VICHAT_APP_JUDGES`` when set."""
+        """Registered judges that ``VICHAT_APP_JUDGES`` lists (unset: the remote ones only)."""
         try:
             names = _registry().names("judges")
         except Exception:  # noqa: BLE001 - a broken plugin set must not stop the app
             return []
-        allowed = self.ctx.settings.judges
-        return [n for n in names if allowed is None or n in allowed]
+        allowed = self.ctx.settings.judges if self.ctx.settings.judges is not None else REMOTE_JUDGES
+        return [n for n in names if n in allowed]
 
     def prompts(self) -> list[str]:
         """Judge prompt keys (``prompt_id@vN``), newest version of each, general first."""
@@ -72,10 +80,13 @@ class ScoringHandlers:
         return book.for_category("generic")
 
     def judge_default_model(self, name: str | None) -> str:
+        """The model box's value for judge ``name`` (only judges on offer are looked up)."""
         if self.ctx.settings.judge_model:
             return self.ctx.settings.judge_model
+        if not name or name not in self.judges():
+            return ""
         try:
-            return _registry().judge(name).default_model if name else ""
+            return _registry().judge(name).default_model
         except Exception:  # noqa: BLE001
             return ""
 
@@ -84,24 +95,25 @@ class ScoringHandlers:
               answer2: str, request: gr.Request = None) -> tuple[str, pd.DataFrame, str]:
         """Judge the pair; returns a summary, the per-aspect table and the judge's explanation."""
         empty = pd.DataFrame(columns=ASPECT_COLUMNS)
-        session = self.ctx.session(request)
+        settings = self.ctx.settings
         try:
-            limit = self.ctx.settings.max_input_chars * 4  # answers are longer than questions
-            question = check_message(question, limit)
-            answer1, answer2 = check_message(answer1, limit), check_message(answer2, limit)
+            question = check_message(question, settings.max_input_chars)
+            answer1 = check_message(answer1, settings.max_answer_chars)
+            answer2 = check_message(answer2, settings.max_answer_chars)
             if judge not in self.judges():
-                raise VichatError(f"Không có giám khảo {judge!r} trong bản demo này.")
+                raise VichatError(f"Không có giám khảo {str(judge)[:80]!r} trong bản demo này.")
+            if judge in IN_PROCESS_JUDGES and not settings.judge_model:
+                raise VichatError(f"Giám khảo {judge!r} chạy mô hình trên máy chủ này: người vận hành cần đặt "
+                                  "VICHAT_APP_JUDGE_MODEL (mô hình đã có sẵn) để dùng nó.")
             spec = _registry().judge(judge)
             missing = [v for v in spec.env_vars if not os.environ.get(v)]
             if missing:
                 raise VichatError(f"Giám khảo {judge!r} cần biến môi trường {', '.join(missing)} "
                                   "(trên Hugging Face Spaces: Settings → Secrets).")
             prompt = self._prompt(prompt_key)
-            wait = self.ctx.judge_limiter.check(session)
-            if wait:
-                raise VichatError(f"Bạn chấm điểm quá nhanh; hãy thử lại sau {math.ceil(wait)} giây.")
+            self.ctx.limit("judge", self.ctx.visitor(request))
         except VichatError as exc:
-            raise gr.Error(str(exc)) from None
+            raise refuse(exc, "score") from None
         # A fixed judge model (VICHAT_APP_JUDGE_MODEL) wins over whatever the client sent.
         options = _options(spec.judge, self.ctx.settings.judge_model or judge_model, aspects)
         try:
@@ -110,18 +122,21 @@ class ScoringHandlers:
             message = f"Giám khảo {judge} gặp lỗi: {describe_error(exc)}"
             gr.Warning(message)
             return f"⚠️ {message}", empty, ""
-        return _summary(result), _aspects(result), _explanation(result)
+        return scrub(_summary(result)), _aspects(result), scrub(_explanation(result))
 
     def from_battle(self, request: gr.Request = None) -> tuple[str, str, str, str]:
         """The question and both answers of the session's latest battle turn."""
-        battle = self.ctx.battles.latest(self.ctx.session(request))
+        try:
+            battle = self.ctx.battles.latest(self.ctx.session(request))
+        except VichatError as exc:
+            raise refuse(exc, "score_from_battle") from None
         if battle is None or not battle.turns:
             gr.Warning("Chưa có trận đấu nào có câu trả lời. Hãy đấu một trận ở tab Đấu trường trước.")
             return gr.update(), gr.update(), gr.update(), "⚠️ Chưa có trận đấu nào."
         prompt, a, b = battle.turns[-1]
         who = (f"A = {battle.models[0]}, B = {battle.models[1]}" if battle.vote or battle.mode == "named"
                else "tên mô hình hiện sau khi bạn bầu chọn")
-        return prompt, a, b, f"Lấy từ trận {battle.id}: Trợ lý 1 là A, Trợ lý 2 là B ({who})."
+        return scrub(prompt), scrub(a), scrub(b), f"Lấy từ trận {battle.id}: Trợ lý 1 là A, Trợ lý 2 là B ({who})."
 
     # -- reports -------------------------------------------------------------------------------------
     def report_choices(self) -> list[str]:
@@ -216,7 +231,10 @@ def build_scoring_tab(ctx: AppContext, tab: Any = None) -> ScoringHandlers:
                                 elem_id="score-aspects")
     explanation = gr.Textbox(label="Giải thích của giám khảo", lines=6, interactive=False)
 
-    judge.change(h.judge_default_model, [judge], [judge_model], api_visibility="private", queue=False)
+    # Private events are queued (not queue=False): see vichat/app/endpoints.py.
+    private = dict(api_visibility="private", show_progress="hidden", concurrency_id="ui",
+                   concurrency_limit=ctx.settings.default_concurrency)
+    judge.change(h.judge_default_model, [judge], [judge_model], **private)
     take.click(h.from_battle, None, [question, answer1, answer2, note], api_name="score_from_battle", queue=False)
     run.click(h.score, [judge, judge_model, prompt, aspects, question, answer1, answer2],
               [summary, aspect_table, explanation], api_name="score",
@@ -240,6 +258,5 @@ def build_scoring_tab(ctx: AppContext, tab: Any = None) -> ScoringHandlers:
     show.click(h.report, [report], [table, chart, image, details], api_name="report", concurrency_limit=2,
                concurrency_id="report")
     if tab is not None:
-        tab.select(lambda: gr.update(choices=h.report_choices()), None, report, api_visibility="private",
-                   queue=False)
+        tab.select(lambda: gr.update(choices=h.report_choices()), None, report, **private)
     return h

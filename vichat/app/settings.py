@@ -16,6 +16,8 @@ from typing import Mapping
 from ..records import VichatError
 
 DEFAULT_VOTES_DB = Path("vichat-data") / "votes.sqlite"
+#: Judges offered when ``VICHAT_APP_JUDGES`` is unset: they call an API and load nothing here.
+REMOTE_JUDGES = ("openai",)
 
 
 class SettingsError(VichatError):
@@ -51,7 +53,12 @@ class Rate:
 
 @dataclass(frozen=True)
 class AppSettings:
-    """What the app needs besides a backend. Build with :meth:`from_env`, adjust with :meth:`with_`."""
+    """What the app needs besides a backend. Build with :meth:`from_env`, adjust with :meth:`with_`.
+
+    ``judges`` ``None`` offers the remote judges of :data:`REMOTE_JUDGES` only: a judge that loads
+    a model in-process (``local``) must be listed by the operator. ``admin_token`` unset turns the
+    vote export off.
+    """
 
     votes_db: Path = DEFAULT_VOTES_DB
     session_salt: str | None = field(default=None, repr=False)
@@ -61,6 +68,16 @@ class AppSettings:
     vote_rate: Rate = Rate(12, 60.0)
     message_rate: Rate = Rate(30, 60.0)
     judge_rate: Rate = Rate(5, 300.0)
+    # Per client address (hashed): a visitor can open fresh sessions for free, not fresh addresses.
+    address_vote_rate: Rate = Rate(30, 3600.0)
+    address_message_rate: Rate = Rate(120, 600.0)
+    address_judge_rate: Rate = Rate(10, 3600.0)
+    session_rate: Rate = Rate(30, 3600.0)
+    trusted_proxy_header: str | None = None
+    trusted_proxy_hops: int = 1
+    min_answer_chars: int = 20
+    max_answer_chars: int = 8000
+    max_history_chars: int = 40_000
     generation_concurrency: int = 2
     judge_concurrency: int = 2
     default_concurrency: int = 8
@@ -71,6 +88,11 @@ class AppSettings:
     judges: tuple[str, ...] | None = None
     judge_model: str | None = None
     export_enabled: bool = True
+    admin_token: str | None = field(default=None, repr=False)
+    export_ttl_s: float = 300.0
+    max_upload: str = "1mb"
+    cache_ttl_s: int = 3600
+    leaderboard_address_cap: int = 50
     bootstrap_rounds: int = 1000
     elo_k: float = 16.0
     bt_prior: float = 0.5
@@ -108,12 +130,31 @@ class AppSettings:
         integer("VICHAT_JUDGE_CONCURRENCY", "judge_concurrency", 1)
         integer("VICHAT_CONCURRENCY", "default_concurrency", 1)
         integer("VICHAT_BOOTSTRAP_ROUNDS", "bootstrap_rounds", 0)
+        integer("VICHAT_MIN_ANSWER_CHARS", "min_answer_chars", 0)
+        integer("VICHAT_MAX_ANSWER_CHARS", "max_answer_chars", 1)
+        integer("VICHAT_MAX_HISTORY_CHARS", "max_history_chars", 1)
+        integer("VICHAT_TRUSTED_PROXY_HOPS", "trusted_proxy_hops", 1)
+        integer("VICHAT_EXPORT_TTL", "export_ttl_s", 1)
+        integer("VICHAT_CACHE_TTL", "cache_ttl_s", 60)
+        integer("VICHAT_LEADERBOARD_ADDRESS_CAP", "leaderboard_address_cap", 0)
+        if env.get("VICHAT_TRUSTED_PROXY_HEADER", "").strip():
+            changes["trusted_proxy_header"] = env["VICHAT_TRUSTED_PROXY_HEADER"].strip().lower()
+        if env.get("VICHAT_ADMIN_TOKEN", ""):
+            if len(env["VICHAT_ADMIN_TOKEN"]) < 16:
+                raise SettingsError("VICHAT_ADMIN_TOKEN: use at least 16 random characters "
+                                    "(python -c 'import secrets; print(secrets.token_urlsafe())')")
+            changes["admin_token"] = env["VICHAT_ADMIN_TOKEN"]
+        if env.get("VICHAT_MAX_UPLOAD_SIZE", "").strip():
+            changes["max_upload"] = env["VICHAT_MAX_UPLOAD_SIZE"].strip().lower()
         if env.get("VICHAT_QUEUE_SIZE", "").strip():
             integer("VICHAT_QUEUE_SIZE", "queue_size", 0)
             if changes["queue_size"] == 0:
                 changes["queue_size"] = None  # 0 means unbounded, as Gradio's None
         for var, attr in (("VICHAT_VOTE_RATE", "vote_rate"), ("VICHAT_MESSAGE_RATE", "message_rate"),
-                          ("VICHAT_JUDGE_RATE", "judge_rate")):
+                          ("VICHAT_JUDGE_RATE", "judge_rate"), ("VICHAT_ADDRESS_VOTE_RATE", "address_vote_rate"),
+                          ("VICHAT_ADDRESS_MESSAGE_RATE", "address_message_rate"),
+                          ("VICHAT_ADDRESS_JUDGE_RATE", "address_judge_rate"),
+                          ("VICHAT_SESSION_RATE", "session_rate")):
             if env.get(var, "").strip():
                 changes[attr] = Rate.parse(env[var], var)
         if env.get("VICHAT_REPORTS", "").strip():

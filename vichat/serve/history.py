@@ -115,11 +115,37 @@ def fit_prompt(
     """
     budget = context - max_new_tokens
     history = list(history)
-    for dropped in range(len(history) + 1):
-        text = fold_history(template, message, history[dropped:])
+    parts = template_parts(template)
+    # One pass: each earlier turn is encoded once on its own, and the number of oldest turns to
+    # drop is read off the running sum (re-encoding the whole prompt per dropped turn made a long
+    # client-sent history cost turns x size). Token counts of pieces need not add up exactly to
+    # the count of their concatenation, so the choice is then checked on the real prompt and
+    # moved by a turn at a time until it is the smallest drop that fits.
+    blocks = [_turn(parts, template, user) + nfc(answer or "").strip() + "\n" for user, answer in history]
+    room = budget - len(prefix) - len(encode(parts.preamble + _turn(parts, template, message)))
+    dropped = len(history)
+    for k in range(len(blocks) - 1, -1, -1):
+        room -= len(encode(blocks[k]))
+        if room < 0:
+            break
+        dropped = k
+
+    def attempt(n: int) -> tuple[list[int], str] | None:
+        text = parts.preamble + "".join(blocks[n:]) + _turn(parts, template, message)
         ids = list(prefix) + encode(text)
-        if len(ids) <= budget:
-            return FittedPrompt(ids, text, dropped, False)
+        return (ids, text) if len(ids) <= budget else None
+
+    fitted = attempt(dropped)
+    while fitted is None and dropped < len(history):
+        dropped += 1
+        fitted = attempt(dropped)
+    if fitted is not None:
+        while dropped > 0:
+            better = attempt(dropped - 1)
+            if better is None:
+                break
+            dropped, fitted = dropped - 1, better
+        return FittedPrompt(fitted[0], fitted[1], dropped, False)
     # Only the message is left and it is too long: keep its longest prefix that fits.
     bare = list(prefix) + encode(fold_history(template, ""))
     if len(bare) > budget:
