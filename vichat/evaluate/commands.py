@@ -49,6 +49,8 @@ def eval_group() -> None:
 def generate_cmd(model_ref, set_name, questions, out, template, seed, batch_size, limit, base_path,  # noqa: ANN001
                  load_in, model_id, device, **decoding) -> None:
     """Answer a question set with a model, in FastChat's answer format (resumable)."""
+    from ..plugins import get_registry
+    from ..train.presets import preset_outputs
     from .generate import generate_job
 
     qpath, set_template = _questions(set_name, questions)
@@ -57,8 +59,10 @@ def generate_cmd(model_ref, set_name, questions, out, template, seed, batch_size
     signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     decoding = decoding_overrides(decoding)
     try:
+        registry = get_registry()
         written, existing = generate_job(
-            model_ref, qpath, out, template=template, set_template=set_template, decoding=decoding, seed=seed,
+            model_ref, qpath, out, template=registry.template(template or set_template),
+            base_models=registry.all("base_models"), aliases=preset_outputs(), decoding=decoding, seed=seed,
             batch_size=batch_size, limit=limit, base_path=base_path, load_in=load_in, model_id=model_id, device=device,
         )
     except KeyboardInterrupt:
