@@ -53,15 +53,16 @@ def main() -> None:
 
     from openai_server import JudgeServer
     from vichat.evaluate.jobs import JudgeJob, judge_job
+    from vichat.plugins import get_registry
     from vichat.evaluate.runner import RunOptions
 
     tmp = Path(tempfile.mkdtemp(prefix="vichat-bench-judge-"))
     q, a, b, what = inputs(tmp)
-    unbound = {"rpm": 1e9, "tpm": 1e12, "progress": False}
+    unbound = {"rpm": 1e9, "tpm": 1e12, "adaptive_limits": False, "progress": False}
     runs = [
         ("baseline: one request at a time (-j 1)", RunOptions(concurrency=1, **unbound), "c1"),
         ("vichat defaults (-j 16), limits not binding", RunOptions(**unbound), "c16"),
-        ("vichat defaults incl. 500 rpm / 300k tpm", RunOptions(progress=False), "cdef"),
+        ("vichat defaults (auto limits: start low, follow the server)", RunOptions(progress=False), "cdef"),
         ("vichat warm rerun (cache of the -j 16 run)", RunOptions(**unbound), "c16"),
     ]
     results = []
@@ -72,7 +73,7 @@ def main() -> None:
             before = server.requests
             start = time.monotonic()
             out = judge_job(JudgeJob(q, a, b, tmp / f"reviews-{cache}.jsonl", protocol=args.protocol,
-                                     cache=tmp / f"{cache}.sqlite", run=opts))
+                                     cache=tmp / f"{cache}.sqlite", run=opts, judge=get_registry().judge("openai")))
             elapsed = time.monotonic() - start
             results.append((label, server.requests - before, elapsed, len(out.tasks), out.failed))
 

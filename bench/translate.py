@@ -85,16 +85,16 @@ def main() -> None:
         out = Path(work) / "out.jsonl"
         # Wall time of the whole call: reading, protecting, cache look-ups and writing included.
         before, t0 = server.requests, time.perf_counter()
-        cold = translate_file(src, out, "google", limit=args.n, concurrency=args.concurrency, progress=False)
+        cold = translate_file(src, out, spec, limit=args.n, concurrency=args.concurrency, progress=False)
         cold_time, cold_requests = time.perf_counter() - t0, server.requests - before
 
         # Batching and dedupe alone (one request in flight), on a fresh in-memory cache.
         before, t0 = server.requests, time.perf_counter()
-        translate_file(src, Path(work) / "serial.jsonl", "google", limit=args.n, concurrency=1, cache=False, progress=False)
+        translate_file(src, Path(work) / "serial.jsonl", spec, limit=args.n, concurrency=1, cache=False, progress=False)
         serial_time, serial_requests = time.perf_counter() - t0, server.requests - before
 
         before, t0 = server.requests, time.perf_counter()
-        warm = translate_file(src, out, "google", limit=args.n, concurrency=args.concurrency, progress=False)
+        warm = translate_file(src, out, spec, limit=args.n, concurrency=args.concurrency, progress=False)
         warm_time, warm_requests = time.perf_counter() - t0, server.requests - before
 
     n = len(rows)

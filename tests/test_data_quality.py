@@ -22,6 +22,10 @@ from vichat.translate.repair import repair_file, unmatched_path_for
 
 from conftest import REPO
 
+from vichat.plugins import get_registry  # noqa: E402
+
+GOOGLE = get_registry().translator("google")
+
 LABELS = REPO / "bench" / "vi_alpaca_code_labels.jsonl"
 HELD_OUT = REPO / "bench" / "vi_alpaca_code_labels_heldout.jsonl"
 
@@ -279,13 +283,13 @@ def test_repair_by_id_keeps_ids_and_other_fields(google, tmp_path):
     english = [{"id": "a", **EN[1]}, {"id": "b", **EN[0]}]
     _write(tmp_path / "broken.jsonl", broken)
     _write(tmp_path / "en.jsonl", english)
-    summary = repair_file(tmp_path / "broken.jsonl", tmp_path / "fixed.jsonl", tmp_path / "en.jsonl", "google", cache=False)
+    summary = repair_file(tmp_path / "broken.jsonl", tmp_path / "fixed.jsonl", tmp_path / "en.jsonl", GOOGLE, cache=False)
     assert summary.match == "id" and summary.repaired == 1
     fixed = [json.loads(x) for x in (tmp_path / "fixed.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in fixed] == ["b", "a"] and fixed[0]["source"] == "x"
     assert fixed[0]["output"] == EN[0]["output"] and fixed[1] == broken[1]
     with pytest.raises(VichatError, match="OUTPUT must differ"):
-        repair_file(tmp_path / "broken.jsonl", tmp_path / "broken.jsonl", tmp_path / "en.jsonl", "google", cache=False)
+        repair_file(tmp_path / "broken.jsonl", tmp_path / "broken.jsonl", tmp_path / "en.jsonl", GOOGLE, cache=False)
 
 
 def test_repair_usage_errors():
@@ -311,7 +315,7 @@ def test_repair_of_the_real_file_against_the_english_reference(google, shared_da
     with open(vi, encoding="utf-8") as src, open(broken, "w", encoding="utf-8") as dst:
         for _, line in zip(range(2000), src):
             dst.write(line)
-    summary = repair_file(broken, tmp_path / "fixed.jsonl", en, "google", cache=False)
+    summary = repair_file(broken, tmp_path / "fixed.jsonl", en, GOOGLE, cache=False)
     assert summary.match == "content" and summary.flagged >= 10
     assert summary.repaired == summary.flagged and summary.unmatched == 0 and summary.still_flagged == 0
     before = broken.read_text(encoding="utf-8").splitlines()

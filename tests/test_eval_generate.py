@@ -94,7 +94,7 @@ def test_adapter_dir_and_doctor_template_for_icliniq(tiny_bloom, tmp_path, share
 
 def test_unknown_model_and_stop_markers(tmp_path, questions):
     r = run("--model", "no-such-model", "--questions", questions, "--out", tmp_path / "x.jsonl")
-    assert r.exit_code == 2 and "not an adapter or model directory" in r.output
+    assert r.exit_code == 2 and "not an adapter or model folder, nor a registered base model" in r.output
     r = run("--model", "bloomz-chat", "--questions", questions, "--out", tmp_path / "x.jsonl")
     assert r.exit_code == 2 and "has no trained adapter at runs/bloomz-chat" in r.output
     assert cut_at_stop(" Chào bạn.\n### Instruction:\nthêm", ["### Instruction:"]) == "Chào bạn."

@@ -67,9 +67,11 @@ def reviews(files):
 
 
 def job(files, **kw):
+    from vichat.plugins import get_registry
+
     run = kw.pop("run", RunOptions(backoff=FAST, progress=False))
     return judge_job(JudgeJob(files["questions"], files["answers"], files["baseline"], files["out"],
-                              cache=files["cache"], run=run, **kw))
+                              cache=files["cache"], run=run, judge=get_registry().judge("openai"), **kw))
 
 
 def test_paper_protocol_happy_path(server, files):

@@ -94,5 +94,5 @@ def test_a_plugin_registers_a_prompt_set(tmp_path):
     registry = build_registry([("med", plugin)])
     assert registry.owner("judge_prompts", "medical-vi") == "med"
     assert registry.owner("judge_prompts", "vicuna") == "judge-prompts"
-    files = prompt_sources(registry=registry)
+    files = prompt_sources(prompt_sets=registry.all("judge_prompts"))
     assert tmp_path / "med.jsonl" in files

@@ -11,6 +11,10 @@ from vichat.translate.job import iter_failed, translate_file, translate_texts
 from vichat.translate.output import failed_path_for
 from vichat.retry import Backoff
 
+from vichat.plugins import get_registry  # noqa: E402
+
+GOOGLE = get_registry().translator("google")
+
 FAST = Backoff(base=0.001, cap=0.005, max_retries=3)
 
 
@@ -25,7 +29,7 @@ def google(monkeypatch):
 def run(texts, **kw):
     kw.setdefault("cache", False)
     kw.setdefault("backoff", FAST)
-    return translate_texts(texts, "google", "en", "vi", **kw)
+    return translate_texts(texts, GOOGLE, "en", "vi", **kw)
 
 
 def test_wire_format(google):
@@ -55,7 +59,7 @@ def test_code_cannot_be_translated_into_vietnamese(google, tmp_path):
     src = tmp_path / "in.json"
     src.write_text(json.dumps(rows), encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    summary = translate_file(src, out, "google", cache=tmp_path / "c.sqlite", backoff=FAST)
+    summary = translate_file(src, out, GOOGLE, cache=tmp_path / "c.sqlite", backoff=FAST)
     assert summary.failed == 0
     got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert got[0]["input"] == PY_FENCED
@@ -102,7 +106,7 @@ def test_malformed_json_is_retried_then_failed(google, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"instruction": "Good bye.", "output": "Later."}) + "\n", encoding="utf-8")
     out = tmp_path / "o.jsonl"
-    summary = translate_file(src, out, "google", cache=tmp_path / "c.sqlite", backoff=FAST)
+    summary = translate_file(src, out, GOOGLE, cache=tmp_path / "c.sqlite", backoff=FAST)
     assert summary.failed_records == 1 and summary.written == 0
     (entry,) = iter_failed(failed_path_for(out))
     assert "gave up after 4 attempts" in entry["reason"] and "malformed" in entry["reason"]
@@ -147,7 +151,7 @@ def test_decomposed_answers_become_nfc(tmp_path, monkeypatch):
         src = tmp_path / "in.jsonl"
         src.write_text(json.dumps({"instruction": "Hello at 10:30.", "output": "Bye."}) + "\n", encoding="utf-8")
         out = tmp_path / "o.jsonl"
-        translate_file(src, out, "google", cache=False)
+        translate_file(src, out, GOOGLE, cache=False)
     row = json.loads(out.read_text(encoding="utf-8"))
     assert row["instruction"] == nfc("Tiếng Việt: Hello at 10:30.")
     assert is_nfc(row["instruction"]) and is_nfc(row["output"])

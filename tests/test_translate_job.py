@@ -255,8 +255,12 @@ def test_missing_key_names_the_variable_unless_all_cached(tmp_path, monkeypatch)
 
 
 def test_unknown_translator_is_a_user_error():
+    from vichat.plugins import get_registry
+
     with pytest.raises(VichatError, match="no translator named 'gogle'.*google"):
-        translate_texts(["Hi"], "gogle", cache=False)
+        get_registry().translator("gogle")
+    with pytest.raises(VichatError, match=r"registry.translator\('google'\)"):
+        translate_texts(["Hi"], "google", cache=False)  # names become specs at the edge
 
 
 def test_builtin_translators_are_registered():

@@ -10,6 +10,10 @@ from vichat.translate.job import translate_texts
 from vichat.retry import Backoff
 from vichat_plugins.openai_translate import parse_items
 
+from vichat.plugins import get_registry  # noqa: E402
+
+OPENAI = get_registry().translator("openai")
+
 FAST = Backoff(base=0.001, cap=0.005, max_retries=3)
 
 
@@ -24,7 +28,7 @@ def chat(monkeypatch):
 def run(texts, **kw):
     kw.setdefault("cache", False)
     kw.setdefault("backoff", FAST)
-    return translate_texts(texts, "openai", "en", "vi", **kw)
+    return translate_texts(texts, OPENAI, "en", "vi", **kw)
 
 
 def test_numbered_list_round_trip(chat):

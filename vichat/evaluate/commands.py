@@ -49,6 +49,8 @@ def eval_group() -> None:
 def generate_cmd(model_ref, set_name, questions, out, template, seed, batch_size, limit, base_path,  # noqa: ANN001
                  load_in, model_id, device, **decoding) -> None:
     """Answer a question set with a model, in FastChat's answer format (resumable)."""
+    from ..plugins import get_registry
+    from ..train.presets import preset_outputs
     from .generate import generate_job
 
     qpath, set_template = _questions(set_name, questions)
@@ -57,8 +59,10 @@ def generate_cmd(model_ref, set_name, questions, out, template, seed, batch_size
     signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     decoding = decoding_overrides(decoding)
     try:
+        registry = get_registry()
         written, existing = generate_job(
-            model_ref, qpath, out, template=template, set_template=set_template, decoding=decoding, seed=seed,
+            model_ref, qpath, out, template=registry.template(template or set_template),
+            base_models=registry.all("base_models"), aliases=preset_outputs(), decoding=decoding, seed=seed,
             batch_size=batch_size, limit=limit, base_path=base_path, load_in=load_in, model_id=model_id, device=device,
         )
     except KeyboardInterrupt:
@@ -127,6 +131,7 @@ def judge_cmd(set_name, questions, answers, baseline, out, judge_name, judge_mod
     """Judge a model's answers against a baseline's, pairwise; writes FastChat-format reviews."""
     from ..retry import Backoff
     from .judge import JudgeSettings
+    from ..plugins import get_registry
     from .jobs import JudgeJob, estimate_job, judge_job
     from .limiter import START_RPM, START_TPM
     from .runner import RunOptions
@@ -140,7 +145,9 @@ def judge_cmd(set_name, questions, answers, baseline, out, judge_name, judge_mod
             options["base_url"] = base_url
     if (price_in is None) != (price_out is None):
         raise click.UsageError("pass both --price-in and --price-out, or neither")
+    registry = get_registry()
     job = JudgeJob(
+        judge=registry.judge(judge_name), prompt_sets=registry.all("judge_prompts"),
         questions=qpath, answers=answers, baseline=baseline, out=out, protocol=protocol, prompt_set=prompt_set,
         prompt_paths=prompt_paths, cache=cache_path, use_cache=not no_cache, skip_missing=skip_missing, limit=limit,
         settings=JudgeSettings(judge=judge_name, model=judge_model, temperature=temperature, max_tokens=max_tokens,
@@ -201,6 +208,8 @@ def prompts_cmd(prompt_paths) -> None:  # noqa: ANN001
     """List the judge prompts (package, $VICHAT_JUDGE_PROMPTS, --prompts)."""
     from .prompts import load_prompts
 
-    book = load_prompts(prompt_paths)
+    from ..plugins import get_registry
+
+    book = load_prompts(prompt_paths, get_registry().all("judge_prompts"))
     for p in sorted(book.prompts.values(), key=lambda p: (p.set, p.prompt_id, p.version)):
         click.echo(f"{p.set:10s} {p.key:24s} for {','.join(p.applies_to):12s} {p.description}  [{p.origin}]")

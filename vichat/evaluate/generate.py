@@ -130,24 +130,25 @@ def generate_answers(
 
 
 def generate_job(
-    model_ref: str, questions_path: str | Path, out: str | Path, *, template: str | None = None,
-    set_template: str = "chat", decoding: Mapping[str, Any] | None = None, seed: int = 0, batch_size: int = 8,
+    model_ref: str, questions_path: str | Path, out: str | Path, *, template: Any,
+    base_models: Sequence[Any], aliases: Mapping[str, str | Path] | None = None,
+    decoding: Mapping[str, Any] | None = None, seed: int = 0, batch_size: int = 8,
     limit: int | None = None, base_path: str | None = None, load_in: str = "none", model_id: str | None = None,
     device: str = "auto", progress: bool | None = None,
 ) -> tuple[int, int]:
     """Load ``model_ref`` and answer the questions; see :func:`generate_answers`.
 
-    :param template: a registered template name; default ``set_template`` (chat for vicuna80,
-        doctor for icliniq100).
+    :param template: the :class:`vichat.specs.TemplateSpec` to prompt with.
+    :param base_models: the registered base models (see :func:`vichat.models.resolve`).
+    :param aliases: other names for adapter folders (training presets -> their output folder).
     :param decoding: overrides of the model's decoding settings (the paper's by default).
     """
-    from ..plugins import get_registry
     from .files import default_category, load_questions
     from .loading import load_for_generation
 
     questions = load_questions(questions_path, default_category(questions_path))
-    tmpl = get_registry().template(template or set_template)
-    loaded = load_for_generation(model_ref, base_path=base_path, load_in=load_in)
+    tmpl = template
+    loaded = load_for_generation(model_ref, base_models, base_path=base_path, load_in=load_in, aliases=aliases)
     if model_id:
         loaded.model_id = model_id
     if device != "cpu" and load_in == "none":

@@ -32,6 +32,14 @@ class JudgeJob:
     use_cache: bool = True
     skip_missing: bool = False
     limit: int | None = None
+    judge: Any = None  # the JudgeSpec named by settings.judge (the CLI resolves it from the registry)
+    prompt_sets: Sequence[Any] | None = None  # JudgePromptsSpec objects; None: the sets shipped with vichat
+
+    def spec(self) -> Any:
+        if self.judge is None or getattr(self.judge, "name", None) != self.settings.judge:
+            raise VichatError(f"JudgeJob needs judge=<the JudgeSpec named {self.settings.judge!r}> "
+                              "(e.g. registry.judge(name))")
+        return self.judge
 
 
 @dataclass
@@ -75,7 +83,7 @@ def _prepare(job: JudgeJob, spec: Any) -> tuple[list[Task], list[Any], JudgeSett
         questions = dict(list(questions.items())[: job.limit])
     tasks, missing = plan_tasks(
         questions, load_answers(job.answers), load_answers(job.baseline), protocol=job.protocol,
-        prompts=load_prompts(job.prompt_paths), prompt_set=job.prompt_set, settings=settings,
+        prompts=load_prompts(job.prompt_paths, job.prompt_sets), prompt_set=job.prompt_set, settings=settings,
         skip_missing=job.skip_missing,
     )
     return tasks, missing, settings
@@ -98,9 +106,7 @@ def _open_cache(job: JudgeJob):  # noqa: ANN202 - JudgmentCache or None
 
 def estimate_job(job: JudgeJob) -> Estimate:
     """What a run would send and cost, without sending anything."""
-    from ..plugins import get_registry
-
-    spec = get_registry().judge(job.settings.judge)
+    spec = job.spec()
     tasks, _, settings = _prepare(job, spec)
     unique = {t.key: t for t in tasks}
     cache = _open_cache(job)
@@ -121,10 +127,9 @@ def estimate_job(job: JudgeJob) -> Estimate:
 def judge_job(job: JudgeJob) -> JudgeOutcome:
     """Judge, commit each judgment to the cache, and write the review file (also when stopped by
     ``--max-cost``: unjudged pairs are written with ``score: null`` and say why)."""
-    from ..plugins import get_registry
     from .reviews import review_row
 
-    spec = get_registry().judge(job.settings.judge)
+    spec = job.spec()
     tasks, missing, settings = _prepare(job, spec)
     opts = replace(job.run, price=_price(job, spec, settings))
     cache = _open_cache(job)

@@ -140,14 +140,15 @@ def package_prompts_dir() -> Path:
     return Path(str(resources.files("vichat.evaluate") / "prompts"))
 
 
-def prompt_sources(extra: Iterable[str | Path] = (), registry: Any = None) -> list[Path]:
-    """Registered prompt sets, then ``$VICHAT_JUDGE_PROMPTS``, then ``extra``."""
-    from ..plugins import get_registry
-
-    registry = registry or get_registry()
+def prompt_sources(extra: Iterable[str | Path] = (), prompt_sets: Iterable[Any] | None = None) -> list[Path]:
+    """The registered prompt sets (``prompt_sets``: JudgePromptsSpec objects the caller took from
+    its registry; None: the sets shipped with vichat), then ``$VICHAT_JUDGE_PROMPTS``, then ``extra``."""
     files: list[Path] = []
-    for spec in registry.all("judge_prompts"):
-        files.extend(_files(Path(spec.path)))
+    if prompt_sets is None:
+        files.extend(_files(package_prompts_dir()))
+    else:
+        for spec in prompt_sets:
+            files.extend(_files(Path(spec.path)))
     env = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p.strip()]
     for location in [*env, *extra]:
         files.extend(_files(Path(location)))
@@ -196,9 +197,9 @@ class PromptBook:
         raise VichatError(f"judge prompt set {prompt_set!r} has no prompt for category {category!r} and no '*' prompt")
 
 
-def load_prompts(extra: Sequence[str | Path] = ()) -> PromptBook:
+def load_prompts(extra: Sequence[str | Path] = (), prompt_sets: Iterable[Any] | None = None) -> PromptBook:
     """All prompts from :func:`prompt_sources`."""
     prompts: list[JudgePrompt] = []
-    for path in prompt_sources(extra):
+    for path in prompt_sources(extra, prompt_sets):
         prompts.extend(read_prompt_file(path))
     return PromptBook(prompts)

@@ -94,3 +94,9 @@ def get_preset(name: str) -> Preset:
         close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise VichatError(f"no training preset named {name!r}.{hint} Presets: {', '.join(PRESETS)}.") from None
+
+
+def preset_outputs(runs_dir: str = "runs") -> dict[str, str]:
+    """Where ``vichat train PRESET`` writes each preset's adapter by default (``runs/<preset>``):
+    other commands accept a preset name for its trained adapter."""
+    return {name: f"{runs_dir}/{name}" for name in PRESETS}

@@ -78,6 +78,9 @@ def translate(
     from ..retry import Backoff
 
     options = parse_key_values(option_values)
+    from ..plugins import get_registry
+
+    translator = get_registry().translator(translator)
     if repair or source_records:
         _repair(input, output, translator, source, target, source_records, match, concurrency, options, dry_run,
                 limit, cache_path, batch_size, batch_chars, code_lines, progress,

@@ -76,13 +76,12 @@ class TextsResult:
         return all(e is None for e in self.errors)
 
 
-def resolve_translator(translator: str | TranslatorSpec) -> TranslatorSpec:
-    """A spec as given, or the registered translator of that name (unknown names list the known)."""
-    if isinstance(translator, TranslatorSpec):
-        return translator
-    from ..plugins import get_registry
-
-    return get_registry().translator(translator)
+def resolve_translator(translator: TranslatorSpec) -> TranslatorSpec:
+    """``translator`` itself, checked: names become specs at the edge (``registry.translator(name)``)."""
+    if not isinstance(translator, TranslatorSpec):
+        raise VichatError(f"pass the translator as a TranslatorSpec (registry.translator({translator!r})), "
+                          f"not {type(translator).__name__}")
+    return translator
 
 
 def open_cache(cache: TranslationCache | str | Path | bool | None) -> tuple[TranslationCache, bool]:
