@@ -44,7 +44,7 @@ def _registry() -> Any:
 def _prompt_book() -> Any:
     from ..evaluate.prompts import load_prompts  # the evaluation package owns the judge prompts
 
-    return load_prompts()
+    return load_prompts(prompt_sets=_registry().all("judge_prompts"))
 
 
 class ScoringHandlers:
