@@ -278,3 +278,29 @@ def test_stop_ends_a_chat_stream_and_a_battle_early():
     STOPS.finish(key, event)
     assert not all(s.text.endswith("hiểu.") for s in states)
     assert not STOPS.stop(key)  # finished generations are forgotten
+
+
+def test_a_plugins_template_is_offered_in_the_app():
+    import vichat.plugins as plugins_module
+    from vichat.app.context import registered_templates
+    from vichat.plugin import TemplateSpec, hookimpl
+
+    mod = types.ModuleType("teacher")
+    mod.register_templates = hookimpl(lambda register: register(TemplateSpec(
+        name="teacher", description="Giải thích như một giáo viên.",
+        prompt="Bạn là giáo viên.\n### Instruction:\n{instruction}\n### Response:\n")))
+    plugins_module._registry = plugins_module.build_registry([("teacher", mod)])
+    try:
+        assert registered_templates()[:2] == ["chat", "doctor"] and "teacher" in registered_templates()
+    finally:
+        plugins_module.reset_registry()
+
+
+def test_scoring_takes_a_prompt_id_or_a_versioned_key():
+    from vichat.app.scoring import ScoringHandlers
+
+    h = ScoringHandlers(ctx=None)
+    newest = h._prompt("vicuna-general")
+    assert newest.prompt_id == "vicuna-general" and h._prompt(newest.key) == newest
+    with pytest.raises(Exception, match="Không có lời nhắc"):
+        h._prompt("vicuna-generic")

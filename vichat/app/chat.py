@@ -19,7 +19,6 @@ from .generation import STOPS, stream_answer
 from .messages import Message, last_user_message, to_messages, to_turns
 from .safety import LimitError, check_conversation, describe_error, refuse
 
-TEMPLATES = ("chat", "doctor")
 
 CHAT_EXAMPLES = [
     ["Hãy giới thiệu ngắn gọn về Vịnh Hạ Long.", "chat"],
@@ -96,7 +95,7 @@ class ChatHandlers:
                 decoding: Decoding, restore: str) -> Iterator[ChatUpdate]:
         key = f"{session}:chat"
         stop = STOPS.start(key)
-        template = template if template in TEMPLATES else None
+        template = template if template in self.ctx.templates else None
         yield to_messages(turns, text, ""), ""
         try:
             for answer in stream_answer(model, text, turns, template, decoding, key):
@@ -123,7 +122,8 @@ class ChatHandlers:
         info = self.ctx.model(name)
         if info is None:
             return [gr.update(), *[gr.update() for _ in decoding_values(Decoding())], ""]
-        template = info.template if info.template in TEMPLATES else TEMPLATES[0]
+        templates = self.ctx.templates
+        template = info.template if info.template in templates else templates[0]
         about = f"**{info.name}**" + (f": {info.description}" if info.description else "")
         return [template, *decoding_values(info.decoding), about]
 
@@ -150,8 +150,9 @@ def build_chat_tab(ctx: AppContext) -> ChatHandlers:
             model = gr.Dropdown(ctx.model_names, value=first.name if first else None, label="Mô hình",
                                 elem_id="chat-model")
             about = gr.Markdown(f"**{first.name}**: {first.description}" if first and first.description else "")
-            template = gr.Radio(list(TEMPLATES), value=(first.template if first and first.template in TEMPLATES
-                                                        else TEMPLATES[0]),
+            templates = ctx.templates
+            template = gr.Radio(templates, value=(first.template if first and first.template in templates
+                                                  else templates[0]),
                                 label="Mẫu lời nhắc (template)", info="chat: trợ lý chung; doctor: hỏi đáp y tế")
             with gr.Accordion("Tham số sinh văn bản", open=False):
                 sliders = decoding_sliders(gr, first.decoding if first else None)

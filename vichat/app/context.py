@@ -86,6 +86,14 @@ def open_votes(settings: AppSettings, lenient: bool = False) -> tuple[VoteStore,
     return votes, salt, warnings
 
 
+def registered_templates() -> list[str]:
+    """Every registered prompt template, the paper's two first: a plugin's template shows up too."""
+    from ..plugins import get_registry
+
+    names = get_registry().names("templates")
+    return sorted(names, key=lambda n: ({"chat": 0, "doctor": 1}.get(n, 2), n))
+
+
 @dataclass
 class AppContext:
     """Built once per app by :func:`vichat.app.app.build_app`."""
@@ -100,6 +108,7 @@ class AppContext:
     board: LeaderboardCache
     warnings: list[str] = field(default_factory=list)
     version: str = field(default_factory=app_version)
+    templates: list[str] = field(default_factory=lambda: ["chat", "doctor"])  # prompt templates on offer
 
     @classmethod
     def create(cls, backend: ChatBackend, settings: AppSettings, lenient: bool = False) -> "AppContext":
@@ -120,6 +129,7 @@ class AppContext:
             battles=BattleStore(settings.battle_ttl_s, settings.max_battles),
             board=LeaderboardCache(votes, settings),
             warnings=warnings,
+            templates=registered_templates(),
         )
 
     def visitor(self, request: Any) -> Visitor:

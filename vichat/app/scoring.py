@@ -73,9 +73,10 @@ class ScoringHandlers:
     def _prompt(self, key: str | None) -> Any:
         book = _prompt_book()
         if key:
-            for p in book.prompts.values():
-                if p.key == key:
-                    return p
+            # "vicuna-general@v1" is one version; "vicuna-general" is its newest.
+            matches = [p for p in book.prompts.values() if key in (p.key, p.prompt_id)]
+            if matches:
+                return max(matches, key=lambda p: p.version)
             raise VichatError(f"Không có lời nhắc chấm điểm {key!r}.")
         return book.for_category("generic")
 
