@@ -22,7 +22,7 @@ from gradio_client.exceptions import AppError
 from vichat.app.context import AppContext
 from vichat.app.fake import CannedBackend
 from vichat.app.safety import LimitError
-from vichat.app.session import Visitor
+from vichat.arena.session import Visitor
 from vichat.app.settings import Rate
 
 REPO = Path(__file__).resolve().parents[1]

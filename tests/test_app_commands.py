@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from vichat.app.commands import arena, export_votes, serve
-from vichat.app.votes import VoteStore
+from vichat.arena.votes import VoteStore
 from test_arena_votes import make_vote
 
 REPO = Path(__file__).resolve().parents[1]

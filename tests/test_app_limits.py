@@ -12,13 +12,13 @@ import pytest
 from click.testing import CliRunner
 from test_arena_votes import make_vote
 
-from vichat.app.audit import audit
+from vichat.arena.audit import audit
 from vichat.app.commands import arena
 from vichat.app.render import safe_markdown
 from vichat.app.safety import LimitError, check_conversation
-from vichat.app.session import Identities, SessionHasher, SessionLimitError, client_address
+from vichat.arena.session import Identities, SessionHasher, SessionLimitError, client_address
 from vichat.app.settings import AppSettings, SettingsError
-from vichat.app.votes import SCHEMA_VERSION, VoteStore, deduplicated
+from vichat.arena.votes import SCHEMA_VERSION, VoteStore, deduplicated
 from vichat.data.templates import CHAT
 from vichat.serve.history import fit_prompt, fold_history
 

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from vichat.app.ratings import (
+from vichat.arena.ratings import (
     ANCHOR,
     SCORES,
     bootstrap_ratings,
@@ -98,7 +98,7 @@ def test_bootstrap_interval_contains_the_point_estimate():
 
 def test_bootstrap_is_reproducible_and_resamples_votes():
     outcomes = [("x", "y", "a")] * 6 + [("x", "y", "b")] * 4
-    from vichat.app.ratings import _indexed
+    from vichat.arena.ratings import _indexed
 
     models, i, j, s = _indexed(outcomes)
     b1 = bootstrap_ratings(len(models), i, j, s, rounds=200, seed=7)

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from vichat.app.battles import BattleError, BattleStore
-from vichat.app.session import SALT_FILE, SessionHasher, load_or_create_salt
-from vichat.app.votes import OUTCOMES, DuplicateVoteError, Vote, VoteStore
+from vichat.arena.battles import BattleError, BattleStore
+from vichat.arena.session import SALT_FILE, SessionHasher, load_or_create_salt
+from vichat.arena.votes import OUTCOMES, DuplicateVoteError, Vote, VoteStore
 from vichat.specs import Decoding
 
 

@@ -17,12 +17,12 @@ from typing import Any, Iterator
 import gradio as gr
 
 from ..records import VichatError
-from .battles import Battle, BattleError
+from ..arena.battles import Battle, BattleError
 from .context import AppContext
 from .generation import STOPS, SideRequest, stream_pair
 from .messages import to_messages
 from .safety import LimitError, check_message, check_turns, describe_error, refuse
-from .votes import DuplicateVoteError, Vote, now
+from ..arena.votes import DuplicateVoteError, Vote, now
 
 log = logging.getLogger("vichat.app")
 

@@ -45,7 +45,7 @@ def serve(host, port, models_config, fake, votes_db, reports, concurrency) -> No
 
 def export_votes(db: str | Path, out: str | Path | None = None) -> int:
     """Write every vote in ``db`` as JSONL to ``out`` (stdout when ``None``); return the count."""
-    from .votes import VoteStore
+    from ..arena.votes import VoteStore
 
     if not Path(db).is_file():
         raise click.ClickException(f"{db}: no votes database (set --db or $VICHAT_VOTES_DB)")
@@ -88,9 +88,9 @@ def export_cmd(db, out) -> None:  # noqa: ANN001
 def leaderboard_cmd(db, include_named, rounds, as_json, audit, address_cap) -> None:  # noqa: ANN001
     """Bradley-Terry ratings (Elo scale, 95% bootstrap intervals), online Elo and counts, over the
     de-duplicated votes (the rule is in docs/app.md), as the app's leaderboard shows them."""
-    from .ratings import leaderboard
+    from ..arena.ratings import leaderboard
     from .settings import AppSettings
-    from .votes import VoteStore, deduplicated
+    from ..arena.votes import VoteStore, deduplicated
 
     db = db or _default_db()
     if not Path(db).is_file():
@@ -100,7 +100,7 @@ def leaderboard_cmd(db, include_named, rounds, as_json, audit, address_cap) -> N
     modes = ("anonymous", "named") if include_named else ("anonymous",)
     ballots = VoteStore(db).ballots(modes)
     if audit:
-        from .audit import audit as run_audit, format_audit
+        from ..arena.audit import audit as run_audit, format_audit
 
         report = run_audit(ballots, cap)
         click.echo(json.dumps(report, ensure_ascii=False, indent=2) if as_json else format_audit(report))

@@ -12,12 +12,12 @@ from typing import Any
 
 from ..records import VichatError
 from ..serve.api import ChatBackend, ModelInfo
-from .battles import BattleStore
-from .ratings import Standing, leaderboard
+from ..arena.battles import BattleStore
+from ..arena.ratings import Standing, leaderboard
 from .safety import LimitError, scrub
-from .session import Identities, SessionHasher, Visitor, load_or_create_salt
+from ..arena.session import Identities, SessionHasher, Visitor, load_or_create_salt
 from .settings import AppSettings, Rate
-from .votes import VoteStore, deduplicated
+from ..arena.votes import VoteStore, deduplicated
 
 log = logging.getLogger("vichat.app")
 

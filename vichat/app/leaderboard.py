@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..records import VichatError
 from .context import AppContext
-from .ratings import Standing
+from ..arena.ratings import Standing
 from .safety import LimitError, describe_error, refuse
 
 #: Wrong admin tokens tolerated per address (a guess costs a slot for an hour).
