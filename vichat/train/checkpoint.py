@@ -152,6 +152,7 @@ def commit(staged: Path, state: TrainState, keep: int) -> Path:
         os.rename(final, trash)
         shutil.rmtree(trash, ignore_errors=True)
     os.rename(staged, final)
+    shutil.rmtree(staged.parent, ignore_errors=True)  # the emptied staging folder
     _fsync_dir(root)
     if keep > 0:
         for old in list_checkpoints(root.parent)[:-keep]:

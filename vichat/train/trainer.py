@@ -179,6 +179,11 @@ class TrainingRun:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.cpu().tolist()
 
+    def _collate(self, indices: Any, examples: list | None = None) -> dict[str, Any]:
+        """A padded batch of ``examples`` (default: the training units) at ``indices``."""
+        source = self.units if examples is None else examples
+        return self.collate([source[i] for i in indices])
+
     @staticmethod
     def _seed(seed: int) -> None:
         from transformers import set_seed
