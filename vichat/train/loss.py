@@ -30,8 +30,14 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 LOSSES = ("auto", "fused", "chunked", "plain")
-#: Tokens per chunk of the chunked loss: 1024 x 250,880 fp32 logits = 0.96 GiB at once.
-CHUNK_TOKENS = 1024
+#: Bytes of fp32 logits per chunk of the chunked loss (267 tokens at BLOOM's 250,880 words). The
+#: chunk's logits and logsumexp's temporary are alive together: 2 x this at the loss's peak.
+CHUNK_BYTES = 2**28
+
+
+def chunk_rows(vocab_size: int) -> int:
+    """Tokens per chunk of the chunked loss for a vocabulary of ``vocab_size``."""
+    return max(16, CHUNK_BYTES // (4 * vocab_size))
 
 
 def fused_backend() -> str | None:
@@ -65,6 +71,17 @@ def resolve_loss(name: str, *, device: str, zero_stage: int, world: int = 1) -> 
         if fused_backend() is None:
             raise VichatError("--loss fused needs cut-cross-entropy or liger-kernel: pip install 'vichat[fused]' "
                               "(or use --loss chunked, the pure-torch version)")
+    return name
+
+
+def planned_loss(name: str, *, device: str, zero_stage: int, world: int) -> str:
+    """The loss a dry run plans with: like :func:`resolve_loss`, but a plan for GPUs made on a machine
+    without them is not refused (``fused`` stays ``fused``; ``auto`` is fused only when a kernel is
+    installed here, else the chunked loss, whose memory is the larger of the two)."""
+    if zero_stage == 3 and world > 1 and name in ("auto", "plain"):
+        return "plain"
+    if name == "auto":
+        return "fused" if device == "cuda" and fused_backend() else "chunked"
     return name
 
 
@@ -147,13 +164,13 @@ class _ChunkedLinearCE:
 
 
 def chunked_loss_sum(hidden: "torch.Tensor", weight: "torch.Tensor", bias: "torch.Tensor | None",
-                     labels: "torch.Tensor", chunk: int = CHUNK_TOKENS) -> "torch.Tensor":
+                     labels: "torch.Tensor", chunk: int | None = None) -> "torch.Tensor":
     """Sum of token losses of ``hidden @ weight.T + bias`` against ``labels`` (shifted, ``-100`` skipped),
     never holding more than ``chunk`` rows of logits (see the module docstring)."""
     h, y = _trained_positions(hidden, labels)
     if h.size(0) == 0:
         return hidden.sum() * 0.0  # keeps the graph (and DeepSpeed's hooks) alive for a dummy batch
-    return _ChunkedLinearCE.get().apply(h, weight, bias, y, chunk)
+    return _ChunkedLinearCE.get().apply(h, weight, bias, y, chunk or chunk_rows(weight.size(0)))
 
 
 def fused_loss_sum(hidden: "torch.Tensor", weight: "torch.Tensor", bias: "torch.Tensor | None",
