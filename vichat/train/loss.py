@@ -145,6 +145,7 @@ class _ChunkedLinearCE:
                                 grad_w += logits.t() @ hc.float()
                             if need_b:
                                 grad_b += logits.sum(0)
+                            del g  # the same storage as logits in fp32: it must not outlive the chunk
                         del logits
                     ctx.save_for_backward(grad_h, grad_w, grad_b)
                     ctx.weight_dtype = weight.dtype

@@ -160,6 +160,11 @@ class TrainingRun:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def uses_deepspeed(self) -> bool:
+        """Several processes, or a GPU process started by a launcher (``deepspeed --num_gpus 1``, torchrun)."""
+        return self.world > 1 or (self.cfg.device == "cuda" and "LOCAL_RANK" in os.environ)
+
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as dist
@@ -205,7 +210,7 @@ class TrainingRun:
 
         The ``optimizer`` and ``scheduler`` blocks are dropped: Trainer builds vichat's AdamW and
         warm-up/decay schedule, so one-process and DeepSpeed runs follow the same schedule."""
-        if self.world == 1:
+        if not self.uses_deepspeed:
             return None
         from .ds_config import fill_deepspeed_config
 
@@ -312,7 +317,8 @@ class TrainingRun:
 
     def train(self) -> TrainResult:
         """Run the remaining optimizer steps, then save the adapter, card and curve."""
-        self.trainer = self.build_trainer()
+        if getattr(self, "trainer", None) is None:
+            self.trainer = self.build_trainer()
         self._announce()
         try:
             self.trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
@@ -324,7 +330,7 @@ class TrainingRun:
 
     def _adapter_state_dict(self) -> Any:
         """Under ZeRO-3 the LoRA weights are partitioned: gather them (peft #2892). Else None."""
-        if self.world == 1 or self.cfg.zero_stage != 3:
+        if not self.uses_deepspeed or self.cfg.zero_stage != 3:
             return None
         import deepspeed
         from peft import get_peft_model_state_dict
