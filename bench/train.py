@@ -15,7 +15,7 @@ BLOOM), same records (Vietnamese Alpaca, the real length mix), same LoRA (r=8, a
 Every loop runs in its own process: useful (non-padding) tokens per second over the training steps
 only (both timed by a callback from the step's start to its end), and the process's peak resident
 memory above what it held after loading the model (``VmHWM``), so weights count the same for all.
-``--big-vocab`` repeats the run at micro-batches 1, 2, 4, 8 with a 250,880-word vocabulary and
+``--big-vocab`` repeats the run at several micro-batches (``--micros``) with a 250,880-word vocabulary and
 reports, for a memory budget (``--budget-gib``), the largest micro-batch each fits and its tokens/s.
 """
 
@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "one's best tokens/s (for a shared machine)")
     p.add_argument("--big-vocab", action="store_true", help="CPU: 250,880-word vocabulary, micro-batches 1-8, memory")
     p.add_argument("--budget-gib", type=float, default=2.0, help="--big-vocab: memory budget above the model")
+    p.add_argument("--micros", default="1,2,4,8", help="--big-vocab: the micro-batches to measure")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--gpu", action="store_true", help="bloomz-7b1 shape, bf16, one GPU (see the module docstring)")
     p.add_argument("--gpu-records", type=int, default=1024, help="--gpu: training records (default 1024)")
@@ -317,21 +318,22 @@ def big_vocab_main(args: argparse.Namespace) -> None:
     s = _setup(args, 250_880)
     budget = args.budget_gib * 2**30
     table: dict[str, dict[int, dict]] = {loop: {} for loop in LOOPS}
-    for micro in (1, 2, 4, 8):
+    micros = [int(m) for m in args.micros.split(",")]
+    for micro in micros:
         for loop in LOOPS:
             r = run_child(loop, _spec(args, s, loop, micro, 0))
             table[loop][micro] = r
             print(f"micro {micro}: {LOOPS[loop][0]}: {r['tokens_per_second']:,.0f} tokens/s, "
                   f"peak {r['peak_bytes'] / 2**20:,.0f} MiB", flush=True)
     print(f"\nmodel: {s['model']}; {s['train']} records; budget {args.budget_gib:g} GiB above the loaded model")
-    print(f"{'loop':>24}  " + "  ".join(f"{'micro ' + str(m):>17}" for m in (1, 2, 4, 8)) + "  largest fitting")
+    print(f"{'loop':>24}  " + "  ".join(f"{'micro ' + str(m):>17}" for m in micros) + "  largest fitting")
     largest = {}
     for loop, rows in table.items():
         fits = [m for m, r in rows.items() if r["peak_bytes"] <= budget]
         largest[loop] = max(fits) if fits else None
         cells = "  ".join(f"{r['peak_bytes'] / 2**20:>7,.0f} MiB {r['tokens_per_second']:>5,.0f}/s" for r in rows.values())
         print(f"{LOOPS[loop][0]:>24}  {cells}  {largest[loop]}")
-    for m in (1, 2, 4, 8):
+    for m in micros:
         ratio = table["vichat"][m]["peak_bytes"] / table["peer"][m]["peak_bytes"]
         print(f"micro {m}: vichat peak / peer peak = {ratio:.2f} (goal <= 0.5)")
     if largest["vichat"] and largest["peer"]:
