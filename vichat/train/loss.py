@@ -220,16 +220,17 @@ def head_parameters(causal_lm: Any) -> tuple["torch.Tensor", "torch.Tensor | Non
 
 
 def causal_lm_of(model: Any) -> Any:
-    """The transformers causal-LM inside a peft model (or the model itself)."""
+    """The transformers causal LM (the module with the LM head) inside a peft model, or the model itself."""
     inner = model
-    for attr in ("base_model", "model"):  # PeftModel -> LoraModel -> *ForCausalLM
-        nxt = getattr(inner, attr, None)
-        if nxt is None or nxt is inner or not hasattr(nxt, "get_output_embeddings"):
-            break
-        inner = nxt
-        if type(inner).__name__.endswith("ForCausalLM"):
-            break
-    return inner
+    for _ in range(4):  # PeftModel -> LoraModel -> *ForCausalLM
+        name = type(inner).__name__
+        if name.startswith("Peft"):
+            inner = inner.base_model
+        elif name.startswith("Lora"):
+            inner = inner.model
+        else:
+            return inner
+    raise VichatError(f"{type(model).__name__}: cannot find the causal LM with the LM head; use --loss plain")
 
 
 def batch_loss_sum(model: Any, inputs: dict[str, Any], loss: str, *, unwrapped: Any = None) -> "torch.Tensor":
