@@ -91,10 +91,10 @@ def token_loss_sum(logits: "torch.Tensor", labels: "torch.Tensor") -> "torch.Ten
     Logits are upcast to fp32: a softmax over a 250k vocabulary in fp16 loses the small probabilities."""
     import torch.nn.functional as F
 
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    # Shift the labels, not the logits: slicing a batch's logits would copy all of them (b x s x V).
+    shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].to(logits.device)
+    flat = logits.float().reshape(-1, logits.size(-1))
+    return F.cross_entropy(flat, shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def _trained_positions(hidden: "torch.Tensor", labels: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
