@@ -1,27 +1,22 @@
-"""Training throughput: vichat's loop against an alpaca-lora-style loop, same model, data and machine.
+"""Training throughput and memory: vichat (on transformers.Trainer) against the peer a practitioner uses.
 
-    python bench/train.py                      # CPU: a small random-weight BLOOM, 300 Vietnamese records
-    python bench/train.py --gpu                # one GPU: a bloomz-7b1-shaped random-weight model in bf16
+    python bench/train.py                        # CPU: real length mix, equal micro-batch
+    python bench/train.py --big-vocab            # CPU: BLOOM's 250,880 vocabulary; peak memory per micro-batch
+    python bench/train.py --gpu                  # one GPU: bloomz-7b1 shape, bf16 LoRA (see bench/gpu_train.sh)
 
-Both loops train the same LoRA (r=8, alpha 16, dropout 0.05 on query_key_value) with AdamW, the
-same warm-up/decay schedule and total batch, for one epoch over the same records tokenised the same
-way (loss on the response only, max length 512):
+The peer is ``transformers.Trainer`` + peft with ``DataCollatorForSeq2Seq`` (dynamic padding) and
+length-grouped sampling (``train_sampling_strategy="group_by_length"``), the model's own loss (token-
+weighted across accumulation through ``num_items_in_batch``). vichat is :func:`vichat.train.trainer.run`
+itself: its length-grouped batch plan and its ``--loss`` (chunked on CPU: no full logits; ``plain``
+shown too, to separate the effect of batching from that of the loss). Same model (random-weight
+BLOOM), same records (Vietnamese Alpaca, the real length mix), same LoRA (r=8, alpha 16, dropout
+0.05 on ``query_key_value``), AdamW, lr, warm-up, total batch, one epoch.
 
-* **vichat**: :func:`vichat.train.trainer.run` itself, length-grouped batches (``--group-by-length``),
-  right-padded to the longest sample of each micro-batch;
-* **alpaca-lora style**: every sample padded to 512 tokens, random order, the model's own mean
-  loss per micro-batch divided by the accumulation steps (what ``Trainer`` does for alpaca-lora).
-
-It prints useful (non-padding) tokens per second of each and their ratio, and the losses (mean of
-the per-step train losses, and the final loss on the same held-out records) so one can see both
-loops learn the same thing. Only the training steps are timed (not loading, tokenising, evaluating
-or saving).
-
-``--gpu`` also reports MFU with the LoRA convention of 4N FLOPs per token (forward 2N + backward
-through the activations 2N; the frozen base gets no weight gradients), N = the base's parameters,
-against 989 TFLOP/s (H100 SXM dense bf16). With gradient checkpointing the GPU really does ~6N
-(the forward is recomputed); 4N counts useful work only. The GPU mode has not been run on a GPU by
-its author (no GPU was available): treat its first numbers with care.
+Every loop runs in its own process: useful (non-padding) tokens per second over the training steps
+only (both timed by a callback from the step's start to its end), and the process's peak resident
+memory above what it held after loading the model (``VmHWM``), so weights count the same for all.
+``--big-vocab`` repeats the run at several micro-batches (``--micros``) with a 250,880-word vocabulary and
+reports, for a memory budget (``--budget-gib``), the largest micro-batch each fits and its tokens/s.
 """
 
 from __future__ import annotations
@@ -37,8 +32,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-H100_BF16_FLOPS = 989e12
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "vi_instructions" / "vi_alpaca_gpt4vn.jsonl"
+H100_BF16_FLOPS = 989e12  # H100 / H200 SXM dense bf16
+DEFAULT_DATA = Path(os.environ.get("VICHAT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "vi_instructions" / "vi_alpaca_gpt4vn.jsonl"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat", type=int, default=1, help="CPU: run both loops N times, alternating, and keep each "
                    "one's best tokens/s (for a shared machine)")
+    p.add_argument("--big-vocab", action="store_true", help="CPU: 250,880-word vocabulary, micro-batches 1-8, memory")
+    p.add_argument("--budget-gib", type=float, default=2.0, help="--big-vocab: memory budget above the model")
+    p.add_argument("--micros", default="1,2,4,8", help="--big-vocab: the micro-batches to measure")
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--gpu", action="store_true", help="bloomz-7b1 shape, bf16, one GPU (see the module docstring)")
     p.add_argument("--gpu-records", type=int, default=1024, help="--gpu: training records (default 1024)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the numbers to this JSON file")
@@ -115,47 +114,100 @@ def bench_config(args: argparse.Namespace, **values: Any) -> Any:
     return replace(cfg, **values)
 
 
-# --------------------------------------------------------------------------- the baseline loop
+# --------------------------------------------------------------------------- one loop per process
 
 
-def alpaca_style_loop(model: Any, tok: Any, train: list[dict], val: list[dict], *, micro: int, accumulation: int,
-                      cfg: Any, device: str, autocast: Any) -> dict[str, Any]:
-    """Every sample padded to max_length, random order, mean loss per micro-batch / accumulation."""
+def _rss() -> tuple[int, int]:
+    import re
+
+    text = Path("/proc/self/status").read_text()
+    return (int(re.search(r"VmHWM:\s+(\d+)", text).group(1)) * 1024,
+            int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) * 1024)
+
+
+class _StepTimer:
+    """A Trainer callback: seconds inside optimizer steps (start of the first micro-batch to the end)."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class Timer(TrainerCallback):
+            seconds = 0.0
+            _t = 0.0
+            losses: list = []
+
+            def on_step_begin(self, args, state, control, **kw):
+                self._t = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                self.seconds += time.perf_counter() - self._t
+
+        return Timer()
+
+
+def peer_loop(spec: dict) -> dict:
+    """transformers.Trainer + peft, DataCollatorForSeq2Seq, group_by_length: the practitioner's setup."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    torch.set_num_threads(spec["threads"])
+    tok = AutoTokenizer.from_pretrained(spec["base"])
+    train = [json.loads(line) for line in Path(spec["train"]).read_text().splitlines()]
+    val = [json.loads(line) for line in Path(spec["val"]).read_text().splitlines()]
+    torch.manual_seed(spec["seed"])
+    model = AutoModelForCausalLM.from_pretrained(spec["base"])
+    model.config.use_cache = False
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["query_key_value"],
+                                             task_type="CAUSAL_LM"))
+    feats = [{k: e[k] for k in ("input_ids", "attention_mask", "labels")} for e in train]
+    args = TrainingArguments(
+        output_dir=spec["out"], per_device_train_batch_size=spec["micro"],
+        gradient_accumulation_steps=spec["accumulation"], num_train_epochs=1, learning_rate=spec["lr"],
+        warmup_steps=spec["warmup"], lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
+        eval_strategy="no", report_to="none", use_cpu=True, train_sampling_strategy="group_by_length",
+        seed=spec["seed"], remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0)
+    timer = _StepTimer()
+    trainer = Trainer(model=model, args=args, train_dataset=feats, processing_class=tok, callbacks=[timer],
+                      data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+    _, before = _rss()
+    Path("/proc/self/clear_refs").write_text("5")
+    trainer.train()
+    peak, _ = _rss()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    tokens = sum(len(e["input_ids"]) for e in train)
+    import contextlib
+
+    return {"tokens_per_second": tokens / timer.seconds, "seconds": timer.seconds, "steps": trainer.state.global_step,
+            "losses": losses, "val_loss": eval_loss(model, tok, val, spec["micro"], "cpu", contextlib.nullcontext),
+            "peak_bytes": peak - before}
+
+
+def vichat_loop(spec: dict) -> dict:
+    """vichat.train.trainer.run itself."""
     import torch
 
-    from vichat.data.tokenize import DataCollatorForSFT
-    from vichat.train.model import make_optimizer, make_scheduler
+    from vichat.train.trainer import TrainingRun
 
-    collate = DataCollatorForSFT(tok, pad_to_multiple_of=cfg.max_length)  # every row becomes max_length long
-    order = list(range(len(train)))
-    random.Random(cfg.seed).shuffle(order)
-    batches = [order[i : i + micro] for i in range(0, len(order), micro)]
-    steps = [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(cfg, params)
-    scheduler = make_scheduler(optimizer, cfg, len(steps))
-    model.train()
-    losses, seconds, tokens = [], 0.0, 0
-    for step in steps:
-        started = time.perf_counter()
-        step_loss = 0.0
-        for idx in step:
-            batch = {k: v.to(device) for k, v in collate([train[i] for i in idx]).items()}
-            with autocast():
-                loss = model(**batch, use_cache=False).loss  # mean over this micro-batch's response tokens
-            (loss / len(step)).backward()
-            step_loss += loss.detach().item() / len(step)
-            tokens += sum(len(train[i]["input_ids"]) for i in idx)
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - started
-        losses.append(step_loss)
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "losses": losses,
-            "val_loss": eval_loss(model, tok, val, micro, device, autocast), "steps": len(steps)}
+    torch.set_num_threads(spec["threads"])
+    cfg = bench_config(argparse.Namespace(**spec["args"]), base_model="bloomz-560m", model_path=spec["base"],
+                       data=spec["data"], output_dir=spec["out"], device="cpu", load_in="none", compute_dtype="fp32",
+                       gradient_checkpointing=False, micro_batch_size=spec["micro"], loss=spec["loss"])
+    run = TrainingRun(cfg, registry=_registry(), show_progress=False)
+    run.trainer = run.build_trainer()  # as the peer's: the Trainer exists before the measurement starts
+    _, before = _rss()
+    Path("/proc/self/clear_refs").write_text("5")
+    result = run.train()
+    peak, _ = _rss()
+    return {"tokens_per_second": result.tokens_per_second, "seconds": result.train_seconds,
+            "steps": result.global_step, "losses": [e["loss"] for e in result.log if "loss" in e],
+            "val_loss": result.final_val_loss, "peak_bytes": peak - before}
+
+
+def _registry():
+    from vichat.plugins import get_registry
+
+    return get_registry()
 
 
 def eval_loss(model: Any, tok: Any, examples: list[dict], micro: int, device: str, autocast: Any) -> float:
@@ -180,123 +232,133 @@ def eval_loss(model: Any, tok: Any, examples: list[dict], micro: int, device: st
     return total / count
 
 
-# --------------------------------------------------------------------------- reporting
+def run_child(loop: str, spec: dict) -> dict:
+    import subprocess
 
-
-def summarize(name: str, tokens_per_second: float, losses: list[float], val: float | None, steps: int) -> dict:
-    return {"loop": name, "tokens_per_second": tokens_per_second, "steps": steps,
-            "mean_train_loss": sum(losses) / len(losses), "last_train_loss": losses[-1], "val_loss": val}
-
-
-def report(rows: list[dict], extra: dict[str, Any], json_out: str | None) -> None:
-    vichat, base = rows
-    ratio = vichat["tokens_per_second"] / base["tokens_per_second"]
-    print()
-    for k, v in extra.items():
-        print(f"{k:>22}: {v}")
-    print(f"{'loop':>22}  {'tokens/s':>10}  {'steps':>5}  {'mean train loss':>15}  {'last train loss':>15}  {'held-out loss':>13}")
-    for r in rows:
-        print(f"{r['loop']:>22}  {r['tokens_per_second']:>10,.0f}  {r['steps']:>5}  {r['mean_train_loss']:>15.4f}  "
-              f"{r['last_train_loss']:>15.4f}  {r['val_loss']:>13.4f}")
-    d_mean = abs(vichat["mean_train_loss"] - base["mean_train_loss"]) / base["mean_train_loss"]
-    d_val = abs(vichat["val_loss"] - base["val_loss"]) / base["val_loss"]
-    print(f"\nspeed-up (useful tokens/s): {ratio:.2f}x  (goal: >= 3x)")
-    print(f"loss agreement: mean train loss differs by {100 * d_mean:.2f}%, held-out loss by {100 * d_val:.2f}%")
-    for r in rows:
-        if "mfu_4n" in r:
-            print(f"{r['loop']}: MFU (4N convention, {H100_BF16_FLOPS / 1e12:.0f} TFLOP/s) {100 * r['mfu_4n']:.1f}%")
-    if json_out:
-        Path(json_out).write_text(json.dumps({"rows": rows, "ratio": ratio, **extra}, indent=2))
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MALLOC_MMAP_THRESHOLD_="65536",
+               TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, __file__, "--child", loop, json.dumps(spec)], capture_output=True,
+                          text=True, env=env, timeout=3600)
+    if proc.returncode != 0:
+        raise SystemExit(f"{loop} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------- CPU
 
 
-def cpu_main(args: argparse.Namespace) -> None:
-    import contextlib
+LOOPS = {"vichat": ("vichat (chunked loss)", "chunked"), "vichat-plain": ("vichat (plain loss)", "plain"),
+         "peer": ("Trainer + peft peer", None)}
 
+
+def _setup(args: argparse.Namespace, vocab: int | None) -> dict:
+    """Records, tokenizer, random-weight base and tokenised files in a temp folder."""
     import torch
+    from transformers import BloomForCausalLM
 
     from vichat.train.data import tokenize_all
-    from vichat.train.model import add_lora
-    from vichat.train.trainer import run
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     records = load_records(args.data, args.records + args.val_records, args.seed)
     train, val = records[: args.records], records[args.records :]
     work = Path(tempfile.mkdtemp(prefix="vichat-bench-train-"))
-    if args.base:
-        from transformers import AutoConfig, AutoTokenizer
-
-        base_dir = Path(args.base)
-        tok = AutoTokenizer.from_pretrained(base_dir)
-        shape = AutoConfig.from_pretrained(base_dir)
-        model_desc = f"{base_dir} ({shape.model_type}, {shape.num_hidden_layers} layers x {shape.hidden_size}), fp32"
-    else:
-        from transformers import BloomForCausalLM
-
-        tok = train_tokenizer(records, args.vocab)
-        torch.manual_seed(args.seed)
-        base_dir = work / "base"
-        BloomForCausalLM(bloom_config(tok, args.layers, args.hidden, max(1, args.hidden // 32))).save_pretrained(base_dir)
-        tok.save_pretrained(base_dir)
-        model_desc = f"BLOOM {args.layers} layers x {args.hidden} hidden, vocab {len(tok)}, random weights, fp32"
+    tok = train_tokenizer(records, args.vocab)
+    torch.manual_seed(args.seed)
+    base = work / "base"
+    config = bloom_config(tok, args.layers, args.hidden, max(1, args.hidden // 32), vocab=vocab)
+    BloomForCausalLM(config).save_pretrained(base)
+    tok.save_pretrained(base)
     data = write_prepared(work / "data", train, val)
-    accumulation = args.total_batch // args.micro
+    for name, recs in (("train", train), ("val", val)):
+        with open(work / f"{name}.tok.jsonl", "w") as fh:
+            for e in tokenize_all(recs, tok, "chat", args.max_length):
+                fh.write(json.dumps(e) + "\n")
+    lengths = [len(json.loads(x)["input_ids"]) for x in (work / "train.tok.jsonl").read_text().splitlines()]
+    return {"work": work, "base": str(base), "data": str(data), "tok": tok, "lengths": lengths,
+            "model": f"BLOOM {args.layers} layers x {args.hidden} hidden, vocab {config.vocab_size:,}, random weights, fp32",
+            "train": len(train), "val": len(val)}
 
-    cfg = bench_config(args, base_model="bloomz-560m", model_path=str(base_dir), data=str(data),
-                       output_dir=str(work / "vichat"), device="cpu", load_in="none", compute_dtype="fp32",
-                       gradient_checkpointing=False)
-    tr, va = (tokenize_all(x, tok, "chat", args.max_length) for x in (train, val))
-    from transformers import AutoModelForCausalLM
 
+def _spec(args: argparse.Namespace, s: dict, loop: str, micro: int, attempt: int) -> dict:
+    return {"threads": args.threads or 1, "base": s["base"], "data": s["data"], "micro": micro,
+            "accumulation": args.total_batch // micro, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
+            "train": str(s["work"] / "train.tok.jsonl"), "val": str(s["work"] / "val.tok.jsonl"),
+            "out": str(s["work"] / f"{loop}-{micro}-{attempt}"), "loss": LOOPS[loop][1],
+            "args": {k: v for k, v in vars(args).items() if k != "json_out"}}
+
+
+def cpu_main(args: argparse.Namespace) -> None:
+    s = _setup(args, None)
     best: dict[str, dict] = {}
-    for attempt in range(args.repeat):
-        # vichat's loop, the real thing (a fresh output folder each time).
-        result = run(replace(cfg, output_dir=str(work / f"vichat-{attempt}")), show_progress=False)
-        losses = [e["loss"] for e in result.log if "loss" in e]
-        row = summarize("vichat (length-grouped)", result.tokens_per_second, losses, result.final_val_loss,
-                        result.global_step)
-        # The baseline on the same base weights, LoRA init (same seed) and tokenised records.
-        torch.manual_seed(args.seed)
-        model = add_lora(AutoModelForCausalLM.from_pretrained(base_dir), cfg, ["query_key_value"])
-        before = eval_loss(model, tok, va, args.micro, "cpu", contextlib.nullcontext)  # lora_B = 0: the base itself
-        torch.manual_seed(args.seed)
-        b = alpaca_style_loop(model, tok, tr, va, micro=args.micro, accumulation=accumulation, cfg=cfg, device="cpu",
-                              autocast=contextlib.nullcontext)
-        base_row = summarize("alpaca-lora (pad 512)", b["tokens_per_second"], b["losses"], b["val_loss"], b["steps"])
-        print(f"attempt {attempt + 1}/{args.repeat}: vichat {row['tokens_per_second']:,.0f} tokens/s, "
-              f"alpaca-lora style {base_row['tokens_per_second']:,.0f} tokens/s", flush=True)
-        for r in (row, base_row):  # best of the attempts: the machine may be shared
-            if r["loop"] not in best or r["tokens_per_second"] > best[r["loop"]]["tokens_per_second"]:
-                best[r["loop"]] = r
-    rows = list(best.values())
-    lengths = [len(e["input_ids"]) for e in tr]
-    report(rows, {
-        "machine": f"CPU, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores, load average "
-                   f"{os.getloadavg()[0]:.1f} at the end; best of {args.repeat} attempt(s)",
-        "model": model_desc,
-        "data": f"{len(train)} train / {len(val)} held-out records of {Path(args.data).name}",
-        "tokens per record": f"mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)} (max length {args.max_length})",
-        "batch": f"{args.total_batch} = micro {args.micro} x accumulation {accumulation}, 1 epoch, lr {args.lr:g}",
-        "held-out loss before": f"{before:.4f}",
-    }, args.json_out)
+    for attempt in range(args.repeat):  # alternate the loops: the machine may be shared
+        for loop in LOOPS:
+            r = run_child(loop, _spec(args, s, loop, args.micro, attempt))
+            print(f"attempt {attempt + 1}/{args.repeat}: {LOOPS[loop][0]}: {r['tokens_per_second']:,.0f} tokens/s, "
+                  f"peak {r['peak_bytes'] / 2**20:,.0f} MiB", flush=True)
+            if loop not in best or r["tokens_per_second"] > best[loop]["tokens_per_second"]:
+                best[loop] = r
+    lengths = s["lengths"]
+    print(f"\nmodel: {s['model']}\ndata: {s['train']} train / {s['val']} held-out records of {Path(args.data).name}, "
+          f"tokens per record mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)} (max length {args.max_length})"
+          f"\nbatch: {args.total_batch} = micro {args.micro} x accumulation {args.total_batch // args.micro}, 1 epoch, "
+          f"lr {args.lr:g}; {args.threads or 1} thread(s), load average {os.getloadavg()[0]:.1f}; best of {args.repeat}")
+    print(f"{'loop':>24}  {'tokens/s':>9}  {'peak MiB':>8}  {'steps':>5}  {'mean train loss':>15}  {'held-out loss':>13}")
+    for loop, r in best.items():
+        print(f"{LOOPS[loop][0]:>24}  {r['tokens_per_second']:>9,.0f}  {r['peak_bytes'] / 2**20:>8,.0f}  {r['steps']:>5}  "
+              f"{sum(r['losses']) / len(r['losses']):>15.4f}  {r['val_loss']:>13.4f}")
+    ratio = best["vichat"]["tokens_per_second"] / best["peer"]["tokens_per_second"]
+    print(f"\nvichat / peer, useful tokens/s at equal micro-batch {args.micro}: {ratio:.2f}x (goal >= 1.2x)")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"rows": best, "ratio": ratio}, indent=2))
+
+
+def big_vocab_main(args: argparse.Namespace) -> None:
+    """BLOOM's 250,880-word vocabulary: peak memory and tokens/s at micro-batches 1..8, and the largest
+    micro-batch each loop fits in ``--budget-gib``."""
+    s = _setup(args, 250_880)
+    budget = args.budget_gib * 2**30
+    table: dict[str, dict[int, dict]] = {loop: {} for loop in LOOPS}
+    micros = [int(m) for m in args.micros.split(",")]
+    for micro in micros:
+        for loop in LOOPS:
+            r = run_child(loop, _spec(args, s, loop, micro, 0))
+            table[loop][micro] = r
+            print(f"micro {micro}: {LOOPS[loop][0]}: {r['tokens_per_second']:,.0f} tokens/s, "
+                  f"peak {r['peak_bytes'] / 2**20:,.0f} MiB", flush=True)
+    print(f"\nmodel: {s['model']}; {s['train']} records; budget {args.budget_gib:g} GiB above the loaded model")
+    print(f"{'loop':>24}  " + "  ".join(f"{'micro ' + str(m):>17}" for m in micros) + "  largest fitting")
+    largest = {}
+    for loop, rows in table.items():
+        fits = [m for m, r in rows.items() if r["peak_bytes"] <= budget]
+        largest[loop] = max(fits) if fits else None
+        cells = "  ".join(f"{r['peak_bytes'] / 2**20:>7,.0f} MiB {r['tokens_per_second']:>5,.0f}/s" for r in rows.values())
+        print(f"{LOOPS[loop][0]:>24}  {cells}  {largest[loop]}")
+    for m in micros:
+        ratio = table["vichat"][m]["peak_bytes"] / table["peer"][m]["peak_bytes"]
+        print(f"micro {m}: vichat peak / peer peak = {ratio:.2f} (goal <= 0.5)")
+    if largest["vichat"] and largest["peer"]:
+        v, p = table["vichat"][largest["vichat"]], table["peer"][largest["peer"]]
+        print(f"at the largest micro-batch each fits in {args.budget_gib:g} GiB (vichat {largest['vichat']}, peer "
+              f"{largest['peer']}): useful tokens/s {v['tokens_per_second'] / p['tokens_per_second']:.2f}x")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"table": table, "largest": largest}, indent=2))
 
 
 # --------------------------------------------------------------------------- GPU
 
 
 def gpu_main(args: argparse.Namespace) -> None:
-    """bloomz-7b1 shape (30 layers, hidden 4096, 32 heads, vocab 250,880), random weights, bf16."""
+    """bloomz-7b1 shape (30 layers, hidden 4096, 32 heads, vocab 250,880), random weights, bf16, one GPU:
+    the Trainer + peft peer, then vichat's run() on the same in-memory base (through a throw-away plugin
+    whose loader returns it). Useful tokens/s, MFU (4N and 6N FLOPs per token) and peak memory."""
     import torch
-    from transformers import BloomForCausalLM
+    from peft import LoraConfig, get_peft_model
+    from transformers import BloomForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from vichat.hookspecs import hookimpl
     from vichat.plugins import build_registry
     from vichat.specs import Architecture, BaseModelSpec
     from vichat.train.data import tokenize_all
-    from vichat.train.model import add_lora
     from vichat.train.trainer import run
 
     if not torch.cuda.is_available():
@@ -310,27 +372,34 @@ def gpu_main(args: argparse.Namespace) -> None:
         torch.set_default_dtype(torch.bfloat16)  # build in bf16 directly: 14 GB, not 28
         base = BloomForCausalLM(config)
         torch.set_default_dtype(torch.float32)
+    base.config.use_cache = False
     n_params = sum(p.numel() for p in base.parameters())
     work = Path(tempfile.mkdtemp(prefix="vichat-bench-train-gpu-"))
     data = write_prepared(work / "data", train, val)
     accumulation = args.total_batch // args.micro
-    cfg = bench_config(args, base_model="bench-bloom-7b1", data=str(data), output_dir=str(work / "vichat"),
-                       device="cuda", load_in="none", compute_dtype="bf16", gradient_checkpointing=True)
+    tr = tokenize_all(train, tok, "chat", args.max_length)
+    tokens = sum(len(e["input_ids"]) for e in tr)
 
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-
-    # Baseline first, on a LoRA that is unloaded afterwards so vichat's run gets the clean base.
-    torch.manual_seed(args.seed)
-    model = add_lora(base, cfg, ["query_key_value"])
-    tr, va = (tokenize_all(x, tok, "chat", args.max_length) for x in (train, val))
-    b = alpaca_style_loop(model, tok, tr, va, micro=args.micro, accumulation=accumulation, cfg=cfg, device="cuda:0",
-                          autocast=autocast)
+    # The peer: Trainer + peft, dynamic padding, length grouping, gradient checkpointing, bf16.
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["query_key_value"],
+                                            task_type="CAUSAL_LM"))
+    timer = _StepTimer()
+    targs = TrainingArguments(
+        output_dir=str(work / "peer"), per_device_train_batch_size=args.micro, gradient_accumulation_steps=accumulation,
+        num_train_epochs=1, learning_rate=args.lr, warmup_steps=args.warmup, bf16=True, logging_steps=1,
+        save_strategy="no", eval_strategy="no", report_to="none", train_sampling_strategy="group_by_length",
+        seed=args.seed, remove_unused_columns=False, disable_tqdm=True)
+    feats = [{k: e[k] for k in ("input_ids", "attention_mask", "labels")} for e in tr]
+    trainer = Trainer(model=model, args=targs, train_dataset=feats, callbacks=[timer],
+                      data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    peer = {"tokens_per_second": tokens / timer.seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
     base = model.unload()
-    del model
+    del model, trainer
     torch.cuda.empty_cache()
 
-    # vichat's loop on the same in-memory base, through a throw-away plugin whose loader returns it.
     spec = BaseModelSpec(name="bench-bloom-7b1", description="bloomz-7b1-shaped random weights (benchmark).",
                          hub_id="bench/bloom-7b1-random", lora_targets=("query_key_value",),
                          architecture=Architecture(family="bloom", n_layers=30, hidden_size=4096, n_heads=32,
@@ -343,32 +412,40 @@ def gpu_main(args: argparse.Namespace) -> None:
             register(spec)
 
     registry = build_registry(extra=[("bench", BenchPlugin())])
+    cfg = bench_config(args, base_model="bench-bloom-7b1", data=str(data), output_dir=str(work / "vichat"),
+                       device="cuda", load_in="none", compute_dtype="bf16", gradient_checkpointing=True)
     torch.cuda.reset_peak_memory_stats()
     result = run(cfg, registry=registry, show_progress=False)
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    losses = [e["loss"] for e in result.log if "loss" in e]
-    rows = [summarize("vichat (length-grouped)", result.tokens_per_second, losses, result.final_val_loss,
-                      result.global_step),
-            summarize("alpaca-lora (pad 512)", b["tokens_per_second"], b["losses"], b["val_loss"], b["steps"])]
-    for r in rows:
-        r["mfu_4n"] = r["tokens_per_second"] * 4 * n_params / H100_BF16_FLOPS
-    report(rows, {
-        "machine": f"{torch.cuda.get_device_name(0)} (1 GPU)",
-        "model": f"BLOOM 30 x 4096, vocab 250,880 ({n_params / 1e9:.2f}B params), random weights, bf16, "
-                 "gradient checkpointing",
-        "data": f"{len(train)} train / {len(val)} held-out records of {Path(args.data).name}",
-        "batch": f"{args.total_batch} = micro {args.micro} x accumulation {accumulation}, 1 epoch, lr {args.lr:g}",
-        "vichat peak memory": f"{peak:.1f} GiB",
-    }, args.json_out)
+    ours = {"tokens_per_second": result.tokens_per_second, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "loss": result.loss}
+    from vichat.train.plan import plan
+
+    predicted = plan(cfg, spec, n_train_records=len(train)).memory.total / 2**30
+    print(f"\n{torch.cuda.get_device_name(0)}; BLOOM 30 x 4096, vocab 250,880 ({n_params / 1e9:.2f}B), bf16, "
+          f"checkpointing; {len(train)} records, batch {args.total_batch} = {args.micro} x {accumulation}")
+    for name, r in (("vichat (" + ours["loss"] + " loss)", ours), ("Trainer + peft peer", peer)):
+        mfu4 = r["tokens_per_second"] * 4 * n_params / H100_BF16_FLOPS
+        mfu6 = r["tokens_per_second"] * 6 * n_params / H100_BF16_FLOPS
+        print(f"{name:>26}: {r['tokens_per_second']:,.0f} tokens/s, peak {r['peak_gib']:.1f} GiB, "
+              f"MFU {100 * mfu4:.1f}% (4N) / {100 * mfu6:.1f}% (6N, with the recomputed forward)")
+    print(f"vichat / peer tokens/s: {ours['tokens_per_second'] / peer['tokens_per_second']:.2f}x; planner predicted "
+          f"{predicted:.1f} GiB for vichat (incl. margin), measured peak {ours['peak_gib']:.1f} GiB "
+          f"({(predicted - ours['peak_gib']) / ours['peak_gib']:+.0%})")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"vichat": ours, "peer": peer, "predicted_gib": predicted}))
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.child:
+        loop, spec = args.child[0], json.loads(args.child[1])
+        print(json.dumps((peer_loop if loop == "peer" else vichat_loop)(spec)))
+        return
     if args.total_batch % args.micro:
         raise SystemExit("--total-batch must be a multiple of --micro")
     if not Path(args.data).is_file():
         raise SystemExit(f"{args.data}: not found; pass --data or set VICHAT_BENCH_DATA")
-    (gpu_main if args.gpu else cpu_main)(args)
+    (gpu_main if args.gpu else big_vocab_main if args.big_vocab else cpu_main)(args)
 
 
 if __name__ == "__main__":

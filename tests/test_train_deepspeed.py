@@ -1,4 +1,4 @@
-"""A real 2-process DeepSpeed ZeRO-2 LoRA run on CPU (torchrun, gloo), and its resume."""
+"""A real 2-process DeepSpeed ZeRO-2 LoRA run on CPU (torchrun, gloo, Trainer's DeepSpeed integration), and its resume."""
 
 from __future__ import annotations
 
@@ -41,9 +41,10 @@ def test_two_process_zero2_run_saves_a_valid_adapter(ds_run, tiny):
     assert summary["zero_lora_B"] == 0 and summary["parameters"] == 4096
     # ZeRO-2 checkpoint: DeepSpeed state (frozen base excluded) and one RNG state per process.
     last = latest_checkpoint(out)
-    assert (last / "deepspeed" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").is_file()
-    assert (last / "rng_rank0.pt").is_file() and (last / "rng_rank1.pt").is_file()
-    model_states = (last / "deepspeed" / "mp_rank_00_model_states.pt").stat().st_size
+    assert last.name == "checkpoint-12"
+    assert (last / "global_step12" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").is_file()
+    assert (last / "rng_state_0.pth").is_file() and (last / "rng_state_1.pth").is_file()
+    model_states = (last / "global_step12" / "mp_rank_00_model_states.pt").stat().st_size
     base_size = (tiny.bloom / "model.safetensors").stat().st_size
     assert model_states < base_size / 2, "the frozen base is not in the checkpoint"
 
@@ -63,7 +64,7 @@ def test_zero2_resume_from_a_checkpoint_matches(ds_run, tiny, tmp_path):
     tmp, _ = ds_run
     out = tmp_path / "resumed"
     (out / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp / "out" / "checkpoints" / "step-6", out / "checkpoints" / "step-6")
+    shutil.copytree(tmp / "out" / "checkpoints" / "checkpoint-6", out / "checkpoints" / "checkpoint-6")
     proc = run_python(TORCHRUN + tiny.cli_args(out, lora_dropout=0, resume="auto"), tmp_path, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "resuming from" in proc.stderr

@@ -1,4 +1,4 @@
-"""The one-process training loop on a tiny BLOOM: what a run leaves behind, and that it reloads."""
+"""One-process training (transformers.Trainer underneath) on a tiny BLOOM: what a run leaves behind, and that it reloads."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ def trained(tiny, tmp_path_factory):
     """One finished run, with the trainer (and its in-memory model) kept for comparisons."""
     import torch
 
-    from vichat.train.trainer import Trainer
+    from vichat.train.trainer import TrainingRun
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("bloom-run")
-    trainer = Trainer(tiny.config(out), registry=train_registry(), show_progress=False)
+    trainer = TrainingRun(tiny.config(out), registry=train_registry(), show_progress=False)
     result = trainer.train()
     return trainer, result, out
 
@@ -69,19 +69,23 @@ def test_checkpoints_are_complete_and_rotated(trained, tiny, tmp_path):
 
     _, result, out = trained
     names = [p.name for p in list_checkpoints(out)]
-    assert names == ["step-3", "step-6", "step-9", "step-12"]
+    assert names == ["checkpoint-3", "checkpoint-6", "checkpoint-9", "checkpoint-12"]
     latest = latest_checkpoint(out)
-    for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_rank0.pt", "trainer_state.json"):
+    for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+                 "vichat_state.json"):
         assert (latest / name).is_file(), name
-    state = json.loads((latest / "trainer_state.json").read_text())
-    assert state["global_step"] == 12 and state["epoch"] == 2 and state["step_in_epoch"] == 0
+    state = json.loads((latest / "trainer_state.json").read_text())  # transformers' own: Trainer resumes from it
+    assert state["global_step"] == 12 and state["epoch"] == 2.0
+    ours = json.loads((latest / "vichat_state.json").read_text())
+    assert ours["global_step"] == 12 and [e["step"] for e in ours["log"] if "loss" in e] == list(range(1, 13))
+    assert not (out / "checkpoints" / ".staging").exists()
 
     # save_total_limit keeps the newest N.
     from vichat.train.trainer import run
 
     out2 = tmp_path / "limited"
     run(tiny.config(out2, epochs=1, save_total_limit=1), registry=train_registry(), show_progress=False)
-    assert [p.name for p in list_checkpoints(out2)] == ["step-6"]
+    assert [p.name for p in list_checkpoints(out2)] == ["checkpoint-6"]
 
 
 def test_adapter_reloads_with_plain_peft_without_vichat(trained, tiny, tmp_path):

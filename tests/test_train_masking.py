@@ -59,9 +59,9 @@ def test_loss_counts_response_tokens_only(tiny):
 
 def test_gptj_pad_is_eos_and_labels_are_masked_by_position(tiny, tmp_path):
     """GPT-J has no pad token: EOS pads, and the real EOS at the end of each sample keeps its label."""
-    from vichat.train.trainer import Trainer
+    from vichat.train.trainer import TrainingRun
 
-    trainer = Trainer(tiny.config(tmp_path / "gptj", family="gptj", epochs=1), registry=train_registry(),
+    trainer = TrainingRun(tiny.config(tmp_path / "gptj", family="gptj", epochs=1), registry=train_registry(),
                       show_progress=False)
     tok = trainer.tokenizer
     assert tok.pad_token_id == tok.eos_token_id
@@ -82,10 +82,10 @@ def test_gptj_pad_is_eos_and_labels_are_masked_by_position(tiny, tmp_path):
 
 def test_packing_is_refused_for_bloom(tiny, tmp_path):
     from vichat.records import VichatError
-    from vichat.train.trainer import Trainer
+    from vichat.train.trainer import TrainingRun
 
     with pytest.raises(VichatError, match="BLOOM.*position_ids.*--group-by-length"):
-        Trainer(tiny.config(tmp_path / "p", packing=True), registry=train_registry(), show_progress=False)
+        TrainingRun(tiny.config(tmp_path / "p", packing=True), registry=train_registry(), show_progress=False)
 
 
 def test_packing_trains_gptj_with_samples_kept_apart(tiny, tmp_path):
@@ -94,7 +94,7 @@ def test_packing_trains_gptj_with_samples_kept_apart(tiny, tmp_path):
 
     from vichat.data.tokenize import pack_examples
     from vichat.train.model import forward_logits
-    from vichat.train.trainer import Trainer
+    from vichat.train.trainer import TrainingRun
 
     from vichat.records import Record
 
@@ -103,7 +103,7 @@ def test_packing_trains_gptj_with_samples_kept_apart(tiny, tmp_path):
     with open(data / "train.jsonl", "w", encoding="utf-8") as fh:
         for i in range(40):
             fh.write(Record(id=str(i), instruction=f"Câu {i}?", output="Vâng. " * (1 + i % 7)).to_json() + "\n")
-    trainer = Trainer(tiny.config(tmp_path / "packed", family="gptj", packing=True, group_by_length=False, epochs=1,
+    trainer = TrainingRun(tiny.config(tmp_path / "packed", family="gptj", packing=True, group_by_length=False, epochs=1,
                                   data=str(data), max_length=256),
                       registry=train_registry(), show_progress=False)
     assert trainer.mode == "packed" and len(trainer.units) < len(trainer.train_examples)

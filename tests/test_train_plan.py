@@ -431,3 +431,29 @@ def test_every_setting_and_preset_is_documented():
     missing = [n for n in TrainConfig.__dataclass_fields__ if f"`{n}`" not in doc]
     missing += [p for p in PRESETS if f"`{p}`" not in doc]
     assert not missing, f"document these in docs/training.md: {missing}"
+
+
+def test_the_loss_setting_sizes_the_logits_term():
+    """plain: 12 bytes per logit at the backward peak (measured by bench/memory.py); chunked: one chunk."""
+    from vichat.train.loss import chunk_rows
+
+    plain = plan(build_config("bloomz-chat", overrides={"loss": "plain", "micro_batch_size": 8}), BLOOMZ_7B1_MT)
+    assert plain.loss == "plain" and plain.memory.logits == 12 * 8 * 512 * 250_880
+    chunked = plan(build_config("bloomz-chat", overrides={"loss": "chunked", "micro_batch_size": 8}), BLOOMZ_7B1_MT)
+    assert chunked.memory.logits < 8 * chunk_rows(250_880) * 250_880 + 0.1 * GIB
+    assert chunked.memory.total < plain.memory.total - 9 * GIB
+    auto = plan(build_config("bloomz-chat"), BLOOMZ_7B1_MT)
+    assert auto.max_micro_batch > plain.max_micro_batch == 8
+    assert "layer backward" in auto.report() and auto.to_dict()["loss"] in ("chunked", "fused")
+
+
+@pytest.mark.parametrize("load_in", ["8bit", "4bit"])
+def test_quantized_zero3_is_refused_in_multi_process_cpu_runs_too(load_in):
+    """A CPU run under torchrun is a DeepSpeed run: the same gate as on GPUs (world from WORLD_SIZE)."""
+    cfg = build_config("tiny-chat", overrides={"device": "cpu", "load_in": load_in, "zero_stage": 3,
+                                               "compute_dtype": "fp32"})
+    validate_config(cfg, BLOOMZ_7B1_MT)  # one process: no DeepSpeed, nothing to refuse
+    with pytest.raises(VichatError, match=f"--load-in {load_in} with --zero-stage 3 is refused"):
+        validate_config(cfg, BLOOMZ_7B1_MT, world=2)
+    with pytest.raises(VichatError, match="bf16 is refused"):
+        validate_config(replace(cfg, load_in="8bit", zero_stage=2, compute_dtype="bf16"), BLOOMZ_7B1_MT, world=2)

@@ -45,7 +45,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny, tmp_path):
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
     assert not (out / "train_result.json").exists()
     killed_at = latest_checkpoint(out)
-    assert killed_at is not None and killed_at.name != "step-24"
+    assert killed_at is not None and killed_at.name != "checkpoint-24"
 
     resumed = run_python(LAUNCH + tiny.cli_args(out, epochs=4, resume="auto"), tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -64,28 +64,29 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny, tmp_path):
 
 def test_a_crash_mid_save_leaves_the_previous_checkpoint_as_latest(tiny, tmp_path, monkeypatch):
     from vichat.train import checkpoint as ckpt
+    from vichat.train.hf_trainer import VichatTrainer
     from vichat.train.trainer import run
 
     reference = run(tiny.config(tmp_path / "ref"), registry=train_registry(), show_progress=False)
 
     out = tmp_path / "crash"
-    real_save_rng = ckpt.save_rng
+    real_save_rng = VichatTrainer._save_rng_state
 
-    def crash_at_step_6(folder, rank):
-        real_save_rng(folder, rank)
-        if folder.name.endswith("step-6"):
-            raise KeyboardInterrupt("simulated crash in the middle of writing step-6")
+    def crash_at_step_6(self, folder):
+        real_save_rng(self, folder)
+        if str(folder).endswith("checkpoint-6"):
+            raise KeyboardInterrupt("simulated crash in the middle of writing checkpoint-6")
 
-    monkeypatch.setattr(ckpt, "save_rng", crash_at_step_6)
+    monkeypatch.setattr(VichatTrainer, "_save_rng_state", crash_at_step_6)
     with pytest.raises(KeyboardInterrupt):
         run(tiny.config(out), registry=train_registry(), show_progress=False)
-    monkeypatch.setattr(ckpt, "save_rng", real_save_rng)
-    assert (out / "checkpoints" / ".tmp-step-6").is_dir()  # the half-written one
-    assert ckpt.latest_checkpoint(out).name == "step-3"
+    monkeypatch.setattr(VichatTrainer, "_save_rng_state", real_save_rng)
+    assert (out / "checkpoints" / ".staging" / "checkpoint-6").is_dir()  # the half-written one
+    assert ckpt.latest_checkpoint(out).name == "checkpoint-3"
 
     result = run(tiny.config(out, resume="auto"), registry=train_registry(), show_progress=False)
-    assert not (out / "checkpoints" / ".tmp-step-6").exists()
-    assert result.resumed_from.endswith("step-3")
+    assert not (out / "checkpoints" / ".staging").exists()
+    assert result.resumed_from.endswith("checkpoint-3")
     assert result.final_train_loss == pytest.approx(reference.final_train_loss, abs=1e-4)
     assert result.final_val_loss == pytest.approx(reference.final_val_loss, abs=1e-4)
 
@@ -94,15 +95,19 @@ def test_incomplete_checkpoint_folders_are_not_latest(tmp_path):
     from vichat.train.checkpoint import TrainState, latest_checkpoint
 
     root = tmp_path / "checkpoints"
-    for step in (3, 6, 9):
-        (root / f"step-{step}").mkdir(parents=True)
-    (root / "step-3" / "trainer_state.json").write_text(TrainState(global_step=3).to_json())
-    (root / "step-6" / "trainer_state.json").write_text(TrainState(global_step=6).to_json())
-    (root / "step-9" / "trainer_state.json").write_text('{"global_step": 9, "log": [')  # torn write
-    (root / ".tmp-step-12").mkdir()
-    assert latest_checkpoint(tmp_path).name == "step-6"
-    (root / "step-6" / "trainer_state.json").write_text(TrainState(global_step=5).to_json())  # wrong folder
-    assert latest_checkpoint(tmp_path).name == "step-3"
+    for step in (3, 6, 9, 12):
+        (root / f"checkpoint-{step}").mkdir(parents=True)
+        (root / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (root / "checkpoint-3" / "vichat_state.json").write_text(TrainState(global_step=3).to_json())
+    (root / "checkpoint-6" / "vichat_state.json").write_text(TrainState(global_step=6).to_json())
+    (root / "checkpoint-9" / "vichat_state.json").write_text('{"global_step": 9, "log": [')  # torn write
+    # checkpoint-12: Trainer's files without vichat's state (killed in between)
+    (root / ".staging" / "checkpoint-15").mkdir(parents=True)
+    assert latest_checkpoint(tmp_path).name == "checkpoint-6"
+    (root / "checkpoint-6" / "vichat_state.json").write_text(TrainState(global_step=5).to_json())  # wrong folder
+    assert latest_checkpoint(tmp_path).name == "checkpoint-3"
+    (root / "checkpoint-3" / "trainer_state.json").unlink()  # without transformers' state Trainer cannot resume
+    assert latest_checkpoint(tmp_path) is None
 
 
 def test_resume_with_other_settings_is_refused(tiny, tmp_path):
@@ -135,7 +140,7 @@ def test_resume_between_log_lines_keeps_the_unlogged_steps(tiny, tmp_path):
     settings = dict(logging_steps=4, save_steps=3)
     run(tiny.config(tmp_path / "ref", **settings), registry=train_registry(), show_progress=False)
     out = tmp_path / "resumed"
-    shutil.copytree(tmp_path / "ref" / "checkpoints" / "step-3", out / "checkpoints" / "step-3")
+    shutil.copytree(tmp_path / "ref" / "checkpoints" / "checkpoint-3", out / "checkpoints" / "checkpoint-3")
     run(tiny.config(out, resume="auto", **settings), registry=train_registry(), show_progress=False)
     ref, res = _train_losses(tmp_path / "ref"), _train_losses(out)
     assert [s for s, _ in res] == [s for s, _ in ref] == [4, 8, 12]

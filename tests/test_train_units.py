@@ -67,16 +67,29 @@ def test_lr_schedule():
     assert lr_factor(10, warmup=2, total=10, kind="cosine") == pytest.approx(0.0)
 
 
-def test_deepspeed_config_is_adapted_to_the_loop():
-    from vichat.train.distributed import deepspeed_config
-    from vichat.train.ds_config import DEFAULT_DS_CONFIG
+def test_plan_batch_sampler_gives_each_process_its_share_and_dummy_passes():
+    """What Trainer gets per process: the plan's micro-batches r, r + W, ...; a dummy (labels all -100)
+    where a process has none, so both processes make the same number of passes."""
+    from vichat.train.data import epoch_steps
+    from vichat.train.hf_trainer import PlanBatchSampler, PlanDataset
 
-    ds = deepspeed_config(dict(DEFAULT_DS_CONFIG, zero_optimization={"stage": 1, "overlap_comm": True}),
-                          micro=2, accumulation=3, world=2, optimizer_is_torch=True)
-    assert "optimizer" not in ds and "scheduler" not in ds
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (12, 2, 3)
-    assert ds["managed_gradient_accumulation"] is False
-    assert ds["zero_optimization"]["overlap_comm"] is False
+    units = _examples(LENGTHS)  # 13 units, micro 2: 7 micro-batches; steps of 4 = 2 x 2 processes
+    samplers = [PlanBatchSampler(units, micro=2, accumulation=2, world=2, rank=r, mode="length", seed=3)
+                for r in range(2)]
+    one = PlanBatchSampler(units, micro=2, accumulation=4, world=1, rank=0, mode="length", seed=3)
+    for epoch in (0, 1):
+        for s in samplers + [one]:
+            s.set_epoch(epoch)
+        r0, r1 = list(samplers[0]), list(samplers[1])
+        assert len(r0) == len(r1) == len(samplers[0]) == len(samplers[1]) == 4
+        assert all(i >= len(units) for i in r1[-1])  # process 1's last pass is a dummy
+        real = [b for b in r0 + r1 if all(i < len(units) for i in b)]
+        assert sorted(map(sorted, real)) == sorted(map(sorted, list(one)))  # the same micro-batches as 1 process
+        steps = epoch_steps(units, micro=2, accumulation=2, world=2, mode="length", seed=3, epoch=epoch)
+        assert r0[:2] + r1[:2] == [list(b) for b in steps[0].micro_batches[0::2]] + \
+            [list(b) for b in steps[0].micro_batches[1::2]]
+    dataset = PlanDataset(units)
+    assert dataset[len(units) + 1]["labels"] == [-100] * LENGTHS[1] and dataset[1]["labels"] == units[1]["labels"]
 
 
 def test_verify_adapter_refuses_empty_and_untrained_adapters(tmp_path):
@@ -104,17 +117,3 @@ def test_verify_adapter_refuses_empty_and_untrained_adapters(tmp_path):
     write({key_a: torch.randn(8, 16)})
     with pytest.raises(EmptyAdapterError, match="1 of 2 LoRA tensors missing"):
         verify_adapter(tmp_path, expected, steps_done=5)
-
-
-def test_rng_state_round_trips(tmp_path):
-    import random
-
-    import numpy as np
-    import torch
-
-    from vichat.train.checkpoint import load_rng, save_rng
-
-    save_rng(tmp_path, 0)
-    first = (random.random(), float(np.random.rand()), float(torch.rand(1)))
-    load_rng(tmp_path, 0)
-    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == first

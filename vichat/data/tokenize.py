@@ -172,6 +172,49 @@ def tokenize_record(
 # --------------------------------------------------------------------------- batching
 
 
+def tokenize_records(
+    records: Sequence[Record | Mapping[str, Any]],
+    tokenizer: "PreTrainedTokenizerBase",
+    template: TemplateSpec | str = CHAT,
+    max_length: int = 512,
+    *,
+    batch_size: int = 1024,
+) -> list[dict[str, Any]]:
+    """:func:`tokenize_record` on every record, with the same ids, in batched tokenizer calls.
+
+    Prompts and responses are encoded in batches (a fast tokenizer encodes a batch in parallel, in
+    Rust); a record that needs cutting, or any record when ``add_bos`` would differ, goes through
+    :func:`tokenize_record` itself, so the truncation rules have one implementation."""
+    tpl = resolve_template(template)
+    prefix = [tokenizer.bos_token_id] if _adds_bos(tokenizer, None) else []
+    eos = tokenizer.eos_token_id
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        fields = [_fields(r) for r in chunk]
+        enc = dict(add_special_tokens=False, split_special_tokens=True)
+        prompts = tokenizer([render_prompt(tpl, i, x) for i, x, _ in fields], **enc)["input_ids"]
+        responses = tokenizer([o for _, _, o in fields], **enc)["input_ids"]
+        for record, p_ids, r_ids in zip(chunk, prompts, responses):
+            prompt_ids = prefix + list(p_ids)
+            if eos is None or len(prompt_ids) + len(r_ids) + 1 > max_length:
+                try:  # cut (or refused) by the one implementation of the rules
+                    out.append(tokenize_record(record, tokenizer, tpl, max_length))
+                except ValueError as exc:
+                    rid = record.id if isinstance(record, Record) else record.get("id")
+                    raise ValueError(f"record {rid!r}: {exc}") from None
+                continue
+            input_ids = prompt_ids + list(r_ids) + [eos]
+            out.append({
+                "input_ids": input_ids,
+                "labels": [IGNORE_INDEX] * len(prompt_ids) + list(r_ids) + [eos],
+                "attention_mask": [1] * len(input_ids),
+                "n_prompt_tokens": len(prompt_ids),
+                "truncated": False,
+            })
+    return out
+
+
 def pad_token_id_for(tokenizer: "PreTrainedTokenizerBase") -> int:
     """The id to pad with: the pad token, else EOS (GPT-J), else 0. Which id it is does not matter
     for the loss (pad positions are masked), only that it is a valid embedding index."""

@@ -1,26 +1,26 @@
-"""Checkpoints that survive ``kill -9``: written into a temporary folder, renamed into place.
+"""Checkpoints that survive ``kill -9``: Trainer's checkpoint, assembled in a staging folder, renamed into place.
 
-Layout of ``OUTPUT_DIR/checkpoints/step-N``::
+Layout of ``OUTPUT_DIR/checkpoints/checkpoint-N`` (transformers' names, so ``Trainer`` resumes from it)::
 
     adapter_config.json, adapter_model.safetensors   the LoRA weights, PEFT format (usable as an adapter)
     optimizer.pt, scheduler.pt [, scaler.pt]         one-process runs
-    deepspeed/                                       DeepSpeed runs: engine.save_checkpoint with frozen
-                                                     weights excluded (LoRA weights, ZeRO-partitioned
-                                                     optimizer state, scheduler)
-    rng_rank<R>.pt                                   python / numpy / torch (/ cuda) RNG of each process
-    trainer_state.json                               step, epoch, position in the epoch, seed, plan
-                                                     fingerprint, the log so far; written last
+    global_stepN/, latest                            DeepSpeed runs: the engine's state, frozen weights
+                                                     excluded (LoRA weights, ZeRO-partitioned optimizer)
+    rng_state.pth / rng_state_<R>.pth                python / numpy / torch (/ cuda) RNG of each process
+    trainer_state.json                               transformers' state (step, epoch, ...)
+    vichat_state.json                                vichat's: plan fingerprint, the log so far, tokens
+                                                     and time so far, the unlogged steps; written last
 
-A folder named ``step-N`` is complete by construction: everything goes into ``.tmp-step-N`` first,
-is flushed to disk, and the folder is renamed (atomic on POSIX). A crash mid-save leaves only a
-``.tmp-*`` folder, which is ignored and removed at the next start.
+A folder named ``checkpoint-N`` is complete by construction: everything goes into
+``checkpoints/.staging/checkpoint-N`` first, is flushed to disk, and the folder is renamed (atomic
+on POSIX). A crash mid-save leaves only the staging folder, which is ignored and removed at the
+next start.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -29,8 +29,10 @@ from typing import Any
 
 from ..records import VichatError
 
-STATE_FILE = "trainer_state.json"
-STEP_RE = re.compile(r"^step-(\d+)$")
+STATE_FILE = "vichat_state.json"
+HF_STATE_FILE = "trainer_state.json"
+STEP_RE = re.compile(r"^checkpoint-(\d+)$")
+STAGING = ".staging"
 TMP_PREFIX = ".tmp-"
 
 
@@ -39,8 +41,6 @@ class TrainState:
     """Where the run is: enough to continue it exactly."""
 
     global_step: int = 0
-    epoch: int = 0
-    step_in_epoch: int = 0  # steps of ``epoch`` already done: the next step's index in the epoch's plan
     seed: int = 0
     fingerprint: str = ""
     plan: dict[str, Any] = field(default_factory=dict)  # what the fingerprint hashes, for error messages
@@ -73,6 +73,8 @@ def read_state(folder: Path) -> TrainState | None:
         return None
     m = STEP_RE.match(folder.name)
     if m and data.get("global_step") != int(m.group(1)):
+        return None
+    if not (folder / HF_STATE_FILE).is_file():
         return None
     return TrainState.from_dict(data)
 
@@ -113,17 +115,12 @@ def find_resume_checkpoint(resume: str | None, output_dir: str | Path) -> Path |
 
 
 def remove_partial(output_dir: str | Path) -> None:
-    """Remove ``.tmp-*`` folders that a killed save left behind."""
+    """Remove the staging folder (and ``.tmp-*`` folders) that a killed save left behind."""
     root = checkpoints_dir(output_dir)
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(TMP_PREFIX):
+            if p.name == STAGING or p.name.startswith(TMP_PREFIX):
                 shutil.rmtree(p, ignore_errors=True)
-
-
-def tmp_dir_for(output_dir: str | Path, step: int) -> Path:
-    """Where step ``step`` is assembled (the same path in every process)."""
-    return checkpoints_dir(output_dir) / f"{TMP_PREFIX}step-{step}"
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -142,68 +139,22 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def commit(tmp: Path, state: TrainState, keep: int) -> Path:
-    """Write ``trainer_state.json`` into ``tmp``, flush everything, rename it to ``step-N`` and
-    delete the oldest checkpoints beyond ``keep``. Call in one process only."""
-    (tmp / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
-    _fsync_tree(tmp)
-    final = tmp.parent / f"step-{state.global_step}"
+def commit(staged: Path, state: TrainState, keep: int) -> Path:
+    """Write ``vichat_state.json`` into the staged ``checkpoint-N``, flush everything, move it to
+    ``checkpoints/checkpoint-N`` and delete the oldest checkpoints beyond ``keep``. One process only."""
+    (staged / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
+    _fsync_tree(staged)
+    root = staged.parent.parent
+    final = root / staged.name
     if final.exists():  # left by an earlier run resumed from an older checkpoint: replace it
-        trash = tmp.parent / f"{TMP_PREFIX}old-{final.name}"
+        trash = root / f"{TMP_PREFIX}old-{final.name}"
         shutil.rmtree(trash, ignore_errors=True)
         os.rename(final, trash)
         shutil.rmtree(trash, ignore_errors=True)
-    os.rename(tmp, final)
-    _fsync_dir(tmp.parent)
+    os.rename(staged, final)
+    shutil.rmtree(staged.parent, ignore_errors=True)  # the emptied staging folder
+    _fsync_dir(root)
     if keep > 0:
-        for old in list_checkpoints(tmp.parent.parent)[:-keep]:
+        for old in list_checkpoints(root.parent)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-# --------------------------------------------------------------------------- RNG
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG the loop draws from, in a form ``torch.load(weights_only=True)`` accepts."""
-    import numpy as np
-    import torch
-
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-    import torch
-
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_rng(folder: Path, rank: int) -> None:
-    import torch
-
-    torch.save(rng_state(), folder / f"rng_rank{rank}.pt")
-
-
-def load_rng(folder: Path, rank: int) -> None:
-    import torch
-
-    path = folder / f"rng_rank{rank}.pt"
-    if not path.exists():
-        raise VichatError(f"{folder}: no RNG state for process {rank} (was it saved with another world size?)")
-    set_rng_state(torch.load(path, weights_only=True))

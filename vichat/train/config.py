@@ -20,6 +20,7 @@ DEVICES = ("auto", "cuda", "cpu")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bit")
 SCHEDULERS = ("linear", "cosine", "constant")
 ZERO_STAGES = (0, 1, 2, 3)
+LOSSES = ("auto", "fused", "chunked", "plain")  # vichat.train.loss
 
 
 def _f(default: Any, help: str, choices: tuple = (), flag: bool = True) -> Any:
@@ -60,6 +61,9 @@ class TrainConfig:
     gpu_mem_gb: float = _f(24.0, "Memory per GPU in GiB the plan checks against (RAM on CPU).")
     load_in: str = _f("auto", "Base weights: 8bit, 4bit (NF4) or none; auto = 8bit on GPU, none on CPU.", LOAD_IN)
     compute_dtype: str = _f("auto", "Compute dtype; auto = fp16 on GPU, fp32 on CPU.", DTYPES)
+    loss: str = _f("auto", "LM-head loss: fused (CUDA kernel: cut-cross-entropy or Liger), chunked (pure torch), "
+                   "plain (full logits); auto = fused on CUDA when installed, else chunked. Only plain "
+                   "materialises the batch x sequence x vocabulary logits.", LOSSES)
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward to save memory.")
     zero_stage: int = _f(2, "DeepSpeed ZeRO stage (0 = no sharding; 3 is refused with quantized bases).", ZERO_STAGES)
     deepspeed_config: str = _f("train_ds.json", "DeepSpeed config whose 'auto' values are filled from these settings.")

@@ -24,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..data.prepare import MANIFEST_FILE, TRAIN_FILE, VALIDATION_FILE, prepare, read_manifest
-from ..data.tokenize import IGNORE_INDEX, length_grouped_batches, pack_examples, tokenize_record
+from ..data.tokenize import IGNORE_INDEX, length_grouped_batches, pack_examples
 from ..records import Record, VichatError
 
 BATCHING = ("length", "random", "packed")
@@ -133,15 +134,64 @@ def load_prepared(folder: str | Path) -> TrainingData:
 # --------------------------------------------------------------------------- tokenising
 
 
-def tokenize_all(records: Sequence[Record], tokenizer: Any, template: Any, max_length: int) -> list[dict[str, Any]]:
-    """:func:`tokenize_record` on every record (input ids, labels masked on the prompt, EOS last)."""
-    out = []
+#: Bumped when what :func:`tokenize_all` produces changes, so older cache files are not read.
+TOKENIZE_VERSION = 1
+
+
+def tokenize_cache_dir() -> Path:
+    """``$VICHAT_CACHE_DIR/tokenized`` (``VICHAT_CACHE_DIR`` defaults to ``~/.cache/vichat``)."""
+    root = os.environ.get("VICHAT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "vichat")
+    return Path(root) / "tokenized"
+
+
+def tokenize_key(records: Sequence[Record], tokenizer: Any, template: Any, max_length: int) -> str:
+    """What the tokenised examples depend on, hashed: the records' text, the tokenizer (its full
+    definition for a fast tokenizer), the template (its rendering) and ``max_length``."""
+    from ..data.templates import render_prompt
+    from ..data.tokenize import resolve_template
+
+    h = hashlib.sha256()
+    h.update(json.dumps([TOKENIZE_VERSION, max_length]).encode())
+    tpl = resolve_template(template)
+    h.update(json.dumps([tpl.name, render_prompt(tpl, "\x00I", "\x00X"), render_prompt(tpl, "\x00I", "")]).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    h.update(spec.encode())
+    h.update(json.dumps([type(tokenizer).__name__, tokenizer.eos_token_id, tokenizer.bos_token_id,
+                         bool(getattr(tokenizer, "add_bos_token", False))]).encode())
     for r in records:
+        h.update(json.dumps([r.instruction, r.input, r.output], ensure_ascii=False).encode())
+    return h.hexdigest()[:32]
+
+
+def tokenize_all(records: Sequence[Record], tokenizer: Any, template: Any, max_length: int, *,
+                 cache: bool = True) -> list[dict[str, Any]]:
+    """Every record tokenised (input ids, labels masked on the prompt, EOS last), in batched
+    tokenizer calls (:func:`vichat.data.tokenize.tokenize_records`), cached under
+    :func:`tokenize_cache_dir` by :func:`tokenize_key`: a rerun or a resume reads the cache."""
+    from ..data.tokenize import tokenize_records
+
+    path = tokenize_cache_dir() / f"{tokenize_key(records, tokenizer, template, max_length)}.jsonl" if cache else None
+    if path is not None and path.is_file():
+        with path.open(encoding="utf-8") as fh:
+            examples = [json.loads(line) for line in fh]
+        if len(examples) == len(records):
+            return examples
+    try:
+        examples = tokenize_records(records, tokenizer, template, max_length)
+    except ValueError as exc:  # e.g. max_length shorter than the template itself
+        raise VichatError(f"--max-length {max_length}: {exc}") from None
+    if path is not None:
         try:
-            out.append(tokenize_record(r, tokenizer, template, max_length))
-        except ValueError as exc:  # e.g. max_length shorter than the template itself
-            raise VichatError(f"--max-length {max_length}: record {r.id!r}: {exc}") from None
-    return out
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            with tmp.open("w", encoding="utf-8") as fh:
+                for e in examples:
+                    fh.write(json.dumps(e) + "\n")
+            os.replace(tmp, path)  # atomic: another process never reads half a file
+        except OSError:
+            pass  # a read-only cache only costs the time to tokenise again
+    return examples
 
 
 def label_tokens(example: Mapping[str, Any]) -> int:

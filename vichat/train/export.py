@@ -28,7 +28,7 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any
     config_path = folder / ADAPTER_CONFIG
     if not config_path.is_file():
         raise VichatError(f"{folder}: not a PEFT adapter folder (no {ADAPTER_CONFIG}); pass the output dir of "
-                          "`vichat train` or a checkpoints/step-N folder")
+                          "`vichat train` or a checkpoints/checkpoint-N folder")
     config = json.loads(config_path.read_text(encoding="utf-8"))
     info_path = folder / RUN_INFO
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}

@@ -13,12 +13,17 @@ The formulas are stated in docs/training.md ("Memory model"); in short, per GPU:
 * LoRA: weights and gradients at 2 bytes under DeepSpeed mixed precision (plus a 4-byte fp32
   master copy), else 4; Adam moments 8 bytes (2 for 8-bit Adam). ZeRO-1 shards the optimizer
   state (master included), ZeRO-2 also the gradients, ZeRO-3 also the weights, over the world size.
-* activations (Korthikanti et al. 2022, 16-bit): ``s*b*h*(34 + 5*a*s/h)`` bytes per layer; with
-  gradient checkpointing ``2*s*b*h`` per layer (the saved layer input) plus one layer's full set.
-  x2 for fp32 compute. LoRA adds, per targeted module, its fp32 dropout output and a 1-byte mask
-  of the input (``5*s*b*in``) and the fp32 ``A x`` (``4*s*b*r``).
-* logits: ``b*s*V`` fp32 for the loss and again for the softmax gradient (``8*b*s*V``), plus the
-  lm_head's own 16-bit output when it computes in 16-bit (``+2*b*s*V``).
+* the step's peak = the activations saved for backward + the larger of two transients: the loss's
+  (the logits) and one layer's backward (with gradient checkpointing: its recomputation). Measured
+  by bench/memory.py (forward + backward of real transformers BLOOM / GPT-J models, CPU, fp32 and
+  bf16; ``ACTIVATION_BYTES`` holds the fitted coefficients, in bytes per element of ``s*b*h`` and
+  of ``a*s*s*b``; BLOOM's eager attention keeps the fp32 softmax, GPT-J's SDPA keeps no s x s
+  tensor). With checkpointing a layer keeps only its input (``d*s*b*h``, d = compute bytes).
+* the loss's transient, ``T = b*s`` tokens, vocabulary V: ``plain`` 12 bytes per logit (the fp32
+  log-softmax output, its gradient and the input's gradient alive together in backward; measured,
+  fp32 and bf16 alike); ``chunked`` 8 bytes x ``min(T, chunk) x V`` (a chunk's fp32 logits and
+  logsumexp's temporary) + the hidden states' gradient; ``fused`` (CUDA kernels) the hidden
+  states' gradient and a copy (not measured: no GPU yet).
 * margin: CUDA context and allocator fragmentation, 1.5 GiB + 10 % of the rest (10 % on CPU).
 """
 
@@ -44,15 +49,21 @@ class MemoryEstimate:
     lora_weights: float
     lora_gradients: float
     optimizer_states: float
-    activations: float
-    logits: float
+    activations: float  # saved for backward at the step's peak
+    logits: float  # the loss's transient
     margin: float
     budget: float
+    backward: float = 0.0  # one layer's backward (recomputation with checkpointing) transient
+
+    @property
+    def step_peak(self) -> float:
+        """Forward + backward: the saved activations plus the larger transient."""
+        return self.activations + max(self.logits, self.backward)
 
     @property
     def total(self) -> float:
         return (self.base_weights + self.lora_weights + self.lora_gradients + self.optimizer_states
-                + self.activations + self.logits + self.margin)
+                + self.step_peak + self.margin)
 
     @property
     def fits(self) -> bool:
@@ -87,18 +98,52 @@ def base_weight_bytes(arch: Architecture, load_in: str, compute_dtype: str, deep
     return total * DTYPE_BYTES[compute_dtype]
 
 
+#: Bytes per element of ``s*b*h`` and of ``a*s*s*b`` (heads x sequence^2 x batch), by family and
+#: compute width (4 = fp32, 2 = fp16/bf16): ``saved`` per layer without checkpointing,
+#: ``transient`` of one layer's backward without / ``recompute`` with checkpointing. Fitted to
+#: bench/memory.py measurements (transformers 5 eager BLOOM, SDPA GPT-J; see docs/training.md).
+ACTIVATION_BYTES: dict[tuple[str, int], dict[str, tuple[float, float]]] = {
+    ("bloom", 4): {"saved": (44.7, 3.95), "transient": (42.0, 6.1), "recompute": (51.7, 16.0)},
+    ("bloom", 2): {"saved": (27.2, 5.95), "transient": (26.3, 4.2), "recompute": (14.5, 14.3)},
+    ("gptj", 4): {"saved": (99.5, 0.0), "transient": (0.0, 0.0), "recompute": (145.3, 0.0)},
+    ("gptj", 2): {"saved": (58.5, 0.0), "transient": (25.1, 0.0), "recompute": (83.1, 0.0)},
+}
+
+
+def _coefficients(family: str, width: int) -> dict[str, tuple[float, float]]:
+    # Other families: BLOOM's (eager attention keeps s x s tensors: the safe side).
+    return ACTIVATION_BYTES.get((family, width)) or ACTIVATION_BYTES[("bloom", width)]
+
+
 def activation_bytes(
     arch: Architecture, micro: int, seq: int, compute_dtype: str, checkpointing: bool,
     lora_in_features: int = 0, lora_modules: int = 0, lora_r: int = 0,
-) -> float:
-    """Saved activations for one micro-batch (without the logits)."""
+) -> tuple[float, float]:
+    """``(saved, backward transient)`` bytes of one micro-batch's activations (without the loss)."""
     s, b, h, a, L = seq, micro, arch.hidden_size, arch.n_heads, arch.n_layers
-    scale = DTYPE_BYTES[compute_dtype] / 2  # the formula is for 16-bit activations
-    full_layer = s * b * h * (34 + 5 * a * s / h) * scale
-    lora_layer = s * b * (5 * lora_in_features + 4 * lora_r * lora_modules)
+    width = DTYPE_BYTES[compute_dtype]
+    c = _coefficients(arch.family, width)
+    sbh, ssb = s * b * h, a * s * s * b
+
+    def term(key: str) -> float:
+        return c[key][0] * sbh + c[key][1] * ssb
+
     if checkpointing:
-        return L * 2 * s * b * h * scale + full_layer + lora_layer
-    return L * (full_layer + lora_layer)
+        return L * width * sbh, term("recompute")
+    return L * term("saved"), term("transient")
+
+
+def loss_bytes(loss: str, tokens: int, vocab: int, hidden: int, compute_dtype: str) -> float:
+    """The loss's transient for ``tokens`` trained positions (see the module docstring)."""
+    width = DTYPE_BYTES[compute_dtype]
+    if loss == "plain":
+        return 12 * tokens * vocab
+    hidden_grad = 2 * width * tokens * hidden  # the trained positions' hidden states, gathered, and their gradient
+    if loss == "chunked":
+        from .loss import chunk_rows
+
+        return 8 * min(tokens, chunk_rows(vocab)) * vocab + hidden_grad
+    return hidden_grad  # fused kernels: no logits in memory
 
 
 def estimate_memory(
@@ -119,6 +164,7 @@ def estimate_memory(
     optimizer: str = "adamw_torch",
     device: str = "cuda",
     budget_gib: float = 24.0,
+    loss: str = "plain",
 ) -> MemoryEstimate:
     """Per-GPU memory of a LoRA run (see the module docstring for each term)."""
     zero = zero_stage if deepspeed else 0
@@ -132,12 +178,12 @@ def estimate_memory(
     weights = lora * n_lora / (shard if zero >= 3 else 1)
     grads = lora * n_lora / (shard if zero >= 2 else 1)
     optim = (adam + master) * n_lora / (shard if zero >= 1 else 1)
-    acts = activation_bytes(arch, micro, seq, compute_dtype, checkpointing, lora_in_features, lora_modules, lora_r)
-    head = 2 if (load_in == "none" or lora == 2) and compute_dtype in ("fp16", "bf16") else 0
-    logits = (8 + head) * micro * seq * arch.vocab_size
-    subtotal = base + weights + grads + optim + acts + logits
+    acts, backward = activation_bytes(arch, micro, seq, compute_dtype, checkpointing, lora_in_features,
+                                      lora_modules, lora_r)
+    logits = loss_bytes(loss, micro * seq, arch.vocab_size, arch.hidden_size, compute_dtype)
+    subtotal = base + weights + grads + optim + acts + max(logits, backward)
     margin = FRAGMENTATION * subtotal + (CUDA_CONTEXT if device == "cuda" else 0)
-    return MemoryEstimate(base, weights, grads, optim, acts, logits, margin, budget_gib * GIB)
+    return MemoryEstimate(base, weights, grads, optim, acts, logits, margin, budget_gib * GIB, backward)
 
 
 def largest_fitting_micro_batch(limit: int, **kwargs) -> int:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..data.tokenize import IGNORE_INDEX
 from ..records import VichatError
+from .loss import token_loss_sum  # noqa: F401 - re-exported (the plain loss)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -110,24 +110,6 @@ def total_parameter_count(model: Any) -> int:
     return total
 
 
-def token_loss_sum(logits: "torch.Tensor", labels: "torch.Tensor") -> "torch.Tensor":
-    """Sum of next-token cross-entropy over the positions whose label is not ``-100``.
-
-    Summing (not averaging per micro-batch) lets the caller divide by the step's token count, so
-    every response token weighs the same whatever batch it landed in. Logits are upcast to fp32:
-    a softmax over a 250k vocabulary in fp16 loses the small probabilities."""
-    import torch.nn.functional as F
-
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-
-
 def forward_logits(model: Any, batch: dict[str, "torch.Tensor"]) -> "torch.Tensor":
     """Logits for a collated batch. Packed batches carry ``position_ids`` and no ``attention_mask``:
     transformers then builds a causal mask per packed sample."""
@@ -151,7 +133,7 @@ def make_optimizer(cfg: "TrainConfig", params: list["torch.nn.Parameter"]) -> "t
         return bnb.optim.AdamW8bit(params, **kwargs)
     if cfg.optimizer == "paged_adamw_8bit":
         return bnb.optim.PagedAdamW8bit(params, **kwargs)
-    raise VichatError(f"--optimizer {cfg.optimizer!r} is not supported by the training loop")
+    raise VichatError(f"--optimizer {cfg.optimizer!r} is not supported")
 
 
 def lr_factor(step: int, *, warmup: int, total: int, kind: str) -> float:

@@ -16,6 +16,7 @@ from .config import TrainConfig, resolve
 from .data_stats import DataStats, data_stats
 from .ds_config import find_deepspeed_config
 from .launcher import launch_command
+from .loss import planned_loss
 from .memory import GIB, MemoryEstimate, estimate_memory, float_param_bytes, largest_fitting_micro_batch
 from .shapes import (computed_total_params, family_of, lora_input_features, lora_module_count, lora_param_count,
                      quantizable_params, resolve_targets)
@@ -47,6 +48,7 @@ class Plan:
     deepspeed: str | None
     launch: list[str]
     arch: Any = None
+    loss: str = "plain"  # the loss the memory estimate assumes (vichat.train.loss.planned_loss)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -92,6 +94,7 @@ class Plan:
             "total_steps": self.total_steps,
             "tokens": self.tokens,
             "memory_gib": self.memory.gib(),
+            "loss": self.loss,
             "fits": self.fits,
             "verdict": self.verdict,
             "deepspeed_config": self.deepspeed,
@@ -168,6 +171,7 @@ def plan(
         lora_modules=lora_module_count(arch, targets) if known else 0,
         lora_r=cfg.lora_r, zero_stage=cfg.zero_stage, world=world, deepspeed=deepspeed,
         optimizer=cfg.optimizer, device=cfg.device, budget_gib=cfg.gpu_mem_gb,
+        loss=planned_loss(cfg.loss, device=cfg.device, zero_stage=cfg.zero_stage, world=world),
     )
     per_gpu = solve_batch(cfg.total_batch_size, world).per_gpu  # raises if total % world != 0
     cap = largest_fitting_micro_batch(per_gpu, **mem_args)
@@ -216,12 +220,16 @@ def plan(
         batch=batch, max_micro_batch=cap, lora_targets=targets, lora_params=n_lora,
         total_params=computed_total_params(arch) or arch.n_params, data=data, avg_tokens=avg,
         steps_per_epoch=spe, total_steps=total, tokens=tokens, memory=memory, deepspeed=ds_path,
-        launch=launch_command(raw), arch=arch, warnings=warnings, notes=notes,
+        launch=launch_command(raw), arch=arch, loss=mem_args["loss"], warnings=warnings, notes=notes,
     )
 
 
 def _n(x: float | int | None, unit: str = "") -> str:
     return "unknown" if x is None else f"{x:,.0f}{unit}"
+
+
+_LOSS_NOTE = {"plain": ": b x s x vocab logits, 12 bytes each at the backward peak",
+              "chunked": ": one chunk of logits at a time", "fused": ": no logits in memory"}
 
 
 def format_report(p: Plan) -> str:
@@ -256,8 +264,10 @@ def format_report(p: Plan) -> str:
         f"    LoRA weights      {m['lora_weights']:7.2f}",
         f"    LoRA gradients    {m['lora_gradients']:7.2f}",
         f"    optimizer states  {m['optimizer_states']:7.2f}",
-        f"    activations       {m['activations']:7.2f}  (gradient checkpointing {'on' if c.gradient_checkpointing else 'off'})",
-        f"    logits            {m['logits']:7.2f}  (b x s x vocab: fp32 loss + softmax grad)",
+        f"    activations       {m['activations']:7.2f}  (saved for backward; gradient checkpointing "
+        f"{'on' if c.gradient_checkpointing else 'off'})",
+        f"    loss (logits)     {m['logits']:7.2f}  ({p.loss} loss{_LOSS_NOTE.get(p.loss, '')})",
+        f"    layer backward    {m['backward']:7.2f}  (only the larger of these two counts: they are not alive together)",
         f"    margin            {m['margin']:7.2f}  (CUDA context 1.5 + 10%)",
         f"    total             {m['total']:7.2f}  of {c.gpu_mem_gb:g}",
         "",

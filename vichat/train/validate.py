@@ -13,8 +13,11 @@ BNB_1451 = "https://github.com/bitsandbytes-foundation/bitsandbytes/issues/1451"
 PEFT_2892 = "https://github.com/huggingface/peft/issues/2892"
 
 
-def validate_config(cfg: TrainConfig, spec: Any) -> list[str]:
+def validate_config(cfg: TrainConfig, spec: Any, world: int | None = None) -> list[str]:
     """Check ``cfg`` (resolved here if it still has ``auto`` values) against base-model ``spec``.
+
+    ``world``: the processes of the run being started (the trainer passes the launcher's
+    ``WORLD_SIZE``); a CPU run under torchrun is a DeepSpeed run too, and gets the same gates.
 
     Raises :class:`VichatError` for a combination known to fail; returns warnings (strings) for
     ones that run but deserve a second look.
@@ -22,7 +25,8 @@ def validate_config(cfg: TrainConfig, spec: Any) -> list[str]:
     cfg = resolve(cfg, spec) if "auto" in (cfg.device, cfg.load_in, cfg.compute_dtype) else cfg
     warnings: list[str] = []
     quantized = cfg.load_in in ("8bit", "4bit")
-    deepspeed = cfg.device == "cuda"
+    # DeepSpeed runs: every GPU plan, and any multi-process run (a CPU run under torchrun included).
+    deepspeed = cfg.device == "cuda" or (world or 1) > 1
 
     if quantized and cfg.zero_stage == 3 and deepspeed:
         raise VichatError(
