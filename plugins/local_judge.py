@@ -22,13 +22,14 @@ _generate_lock = threading.Lock()
 
 def load(model: str, path: str | None):
     """``(model, tokenizer)`` for base model ``model`` from ``path``, loaded once per process."""
+    from vichat.plugin import load_base
     from vichat.plugins import get_registry
 
     key = (model, path)
     with _load_lock:
         if key not in _models:
             spec = get_registry().base_model(model)
-            lm, tokenizer = spec.load_model(path)
+            lm, tokenizer = load_base(spec, path)
             lm.eval()
             _models[key] = (lm, tokenizer)
         return _models[key]

@@ -62,6 +62,14 @@ def quantization_config(load_in: str, compute_dtype: Any = None) -> Any:
     )
 
 
+def load_base(spec: BaseModelSpec, path_or_id: str | None = None, **options: Any) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a registered base model from ``path_or_id`` (default its hub id):
+    through the plugin's own ``load`` when it has one, else :func:`load_causal_lm`."""
+    if spec.load is not None:
+        return spec.load(spec, path_or_id, **options)
+    return load_causal_lm(spec, path_or_id, **options)
+
+
 def load_causal_lm(
     spec: BaseModelSpec,
     path_or_id: str | None = None,
@@ -210,7 +218,7 @@ def load(resolved: Resolved, *, load_in: str = "none", dtype: Any = None, device
             options["dtype"] = dtype
         if device_map is not None:
             options["device_map"] = device_map
-        model, tokenizer = resolved.spec.load_model(resolved.base, **options)
+        model, tokenizer = load_base(resolved.spec, resolved.base, **options)
     else:
         model, tokenizer = _load_plain(resolved.base, load_in=load_in, dtype=dtype, device_map=device_map)
     if adapter and resolved.adapter is not None:

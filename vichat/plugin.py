@@ -21,7 +21,8 @@ the names below stay. docs/plugins.md documents each of them.
   stops cleanly, finished work cached).
 - Helpers: :func:`read_rows` (JSON, JSONL, CSV, Parquet, ``save_to_disk`` folders as ``Row`` items),
   :func:`hub_rows` / :func:`url_rows` (a dataset's public source, failing fast offline),
-  :func:`tag_rows` (tag rows with a subset or source name), :func:`parse_retry_after` (seconds from
+  :func:`tag_rows` (tag rows with a subset or source name), :func:`load_base` (a registered base
+  model's ``(model, tokenizer)``, through its plugin's ``load`` or vichat's loader), :func:`parse_retry_after` (seconds from
   a ``Retry-After`` header, for ``RetryableError.retry_after``) and :func:`converse` (a judge's conversation: parsing, one re-ask, aspects, rate limits).
 
 Importing this module imports no torch, transformers or gradio.
@@ -53,6 +54,7 @@ from .specs import (
 # Loaded on first use: they pull in more of vichat than a plugin's import needs.
 _LAZY = {
     "read_rows": ("vichat.data.readers", "read_rows"),
+    "load_base": ("vichat.models", "load_base"),
     "hub_rows": ("vichat.data.fetch", "hub_rows"),
     "url_rows": ("vichat.data.fetch", "url_rows"),
     "tag_rows": ("vichat.data.fetch", "tag_rows"),

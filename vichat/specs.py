@@ -191,7 +191,8 @@ class BaseModelSpec:
     ``load(spec, path_or_id=None, **options)`` returns ``(model, tokenizer)`` and imports torch and
     transformers lazily; left as ``None`` it is :func:`vichat.models.load_causal_lm` (transformers'
     ``AutoModelForCausalLM``, from a hub id or a local directory alike, optionally in 8-bit or 4-bit).
-    Call :meth:`load_model` rather than ``load`` directly. ``pad_token="eos"`` means the tokenizer has no pad token and EOS is used
+    Load through :func:`vichat.models.load_base` (or :func:`vichat.models.load`), which picks the one
+    that applies; a spec is plain data and loads nothing itself. ``pad_token="eos"`` means the tokenizer has no pad token and EOS is used
     (labels are then masked by position, never by pad id).
     """
 
@@ -207,14 +208,6 @@ class BaseModelSpec:
     pad_token: str | None = None
     padding_side: str = "right"
     license: str = ""
-
-    def load_model(self, path_or_id: str | None = None, **options: Any) -> tuple[Any, Any]:
-        """``(model, tokenizer)`` from ``path_or_id`` (default ``hub_id``); options such as ``load_in``."""
-        if self.load is not None:
-            return self.load(self, path_or_id, **options)
-        from .models import load_causal_lm
-
-        return load_causal_lm(self, path_or_id, **options)
 
     def validate(self) -> None:
         _check_common(self)

@@ -252,7 +252,9 @@ def load_tokenizer(name_or_path: str | None = None) -> "PreTrainedTokenizerBase"
     if spec.load is not None:
         # A custom loader knows where its files are (the tiny model's live in the build cache);
         # its hub_id may be a placeholder that no hub serves.
-        _, tok = spec.load_model()
+        from ..models import load_base
+
+        _, tok = load_base(spec)
     elif spec.hub_id:
         tok = _from_pretrained(spec.hub_id, f"of base model {spec.name!r}, ")
     else:
