@@ -81,7 +81,9 @@ def load_base_for_export(ref: str, info: dict[str, Any], *, load_in: str, dtype:
         except VichatError:
             spec = None  # the plugin that registered it is gone: load it as a plain transformers model
     if spec is not None:
-        return spec.load_model(ref, load_in=load_in, dtype=torch_dtype)
+        from ..models import load_base
+
+        return load_base(spec, ref, load_in=load_in, dtype=torch_dtype)
     from ..models import quantization_config
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype}

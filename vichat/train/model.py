@@ -33,12 +33,13 @@ def load_base(cfg: "TrainConfig", spec: "BaseModelSpec", device: str) -> tuple[A
     The non-quantised parts of a quantised base load in the compute dtype and are then upcast to
     fp32 by :func:`peft.prepare_model_for_kbit_training` (as alpaca-lora does)."""
     from ..models import apply_tokenizer_fixes
+    from ..models import load_base as load_registered
 
     options: dict[str, Any] = {"load_in": cfg.load_in, "dtype": torch_dtype(cfg.compute_dtype)}
     if device.startswith("cuda"):
         # bitsandbytes places quantised weights at load time: each process loads onto its own GPU.
         options["device_map"] = {"": device}
-    model, tokenizer = spec.load_model(cfg.model_path, **options)
+    model, tokenizer = load_registered(spec, cfg.model_path, **options)
     apply_tokenizer_fixes(tokenizer, spec)  # idempotent; a plugin's own loader may not apply them
     if tokenizer.eos_token_id is None:
         raise VichatError(f"base model {spec.name!r}: its tokenizer has no EOS token, which SFT needs to teach "
