@@ -72,7 +72,8 @@ def tiny() -> None:
 @tiny.command("build")
 @click.option("--corpus", "corpus", multiple=True, metavar="PATH",
               help="Text (.txt) or JSON/JSONL/CSV/Parquet file or folder to pretrain on (repeatable; rows with "
-                   "'text', or instruction/output or prompt/response). 'sample' = the bundled sample [default].")
+                   "'text', or instruction/output or prompt/response, read as plain text). 'sample' = the bundled "
+                   "prose [default].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same weights).")
 @click.option("--steps", type=click.IntRange(min=1), help=f"Base training steps [default: {DEFAULT_CONFIG.steps}].")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
@@ -87,7 +88,7 @@ def build_cmd(corpus: tuple[str, ...], seed: int, steps: int | None, minutes: fl
     """Train the tokenizer, base model and adapters (or find them in the cache).
 
     \b
-      vichat tiny build                       the default (bundled sample, ~5 min on 2 cores)
+      vichat tiny build                       the default (bundled prose, a few minutes on 2 cores)
       vichat tiny build --corpus ../shared/data/corpus/viwiki_sample.jsonl --minutes 4
       vichat tiny build --no-adapters --steps 300 --out /tmp/tiny
     """
@@ -127,7 +128,7 @@ def eval_cmd(build_dir: str | None, force: bool, as_json: bool) -> None:
     build`), and its numbers are read from its eval.json unless --force.
     """
     from ..records import VichatError
-    from .tiny import TinyPaths, build_tiny, read_report
+    from .tiny import TinyPaths, build_tiny
     from .tiny_eval import format_eval
 
     if build_dir is None:
