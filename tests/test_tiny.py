@@ -16,6 +16,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import unicodedata
+
 import pytest
 from click.testing import CliRunner
 
@@ -249,24 +251,24 @@ def test_cli_build_and_info(built, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- corpus
 
 
-def test_corpus_rows_texts_and_templates(tmp_path):
+def test_corpus_rows_are_plain_text(tmp_path):
     f = tmp_path / "mix.jsonl"
     rows = [{"text": "Hà Nội là thủ đô."}, {"prompt": "Chào bạn?", "response": "Chào!"}, {"title": "nothing"}]
     f.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n{bad json\n", encoding="utf-8")
     (tmp_path / "notes.txt").write_text("Đoạn một.\n\nĐoạn hai.", encoding="utf-8")
     docs, skipped, n = read_documents([str(tmp_path)])
-    texts = [d.text for d in docs]
-    assert "Hà Nội là thủ đô." in texts and "Đoạn một." in texts and "Đoạn hai." in texts
-    assert "Chào bạn?\n\nChào!" in texts
-    assert any(t.startswith("Hãy viết") and "### Instruction:\nChào bạn?\n### Response:\nChào!" in t for t in texts)
+    texts = sorted(d.text for d in docs)
+    # An instruction row is one plain document: the base never sees a prompt template.
+    assert texts == sorted(["Hà Nội là thủ đô.", "Chào bạn?\n\nChào!", "Đoạn một.", "Đoạn hai."])
     assert n == 2 and any("mix.jsonl:3" in s for s in skipped) and any("mix.jsonl:4" in s for s in skipped)
 
 
-def test_sample_medical_records_use_the_doctor_template():
+def test_sample_corpus_is_the_bundled_prose_only():
     docs, _, n = read_documents(["sample"])
-    assert n == 0
-    assert any(d.group.startswith("sample/medical.jsonl#") and d.text.startswith("Nếu bạn là bác sĩ") for d in docs)
-    assert any(d.group.startswith("sample/general.jsonl#") and d.text.startswith("Hãy viết") for d in docs)
+    assert n == 0 and len(docs) >= 300
+    assert {d.group.split("#")[0] for d in docs} == {"sample/prose.jsonl"}
+    assert not any("###" in d.text or d.text.startswith(("Hãy viết", "Nếu bạn là bác sĩ")) for d in docs)
+    assert all(unicodedata.is_normalized("NFC", d.text) for d in docs)
 
 
 def test_split_keeps_groups_together_and_is_stable():
@@ -290,6 +292,8 @@ def test_shared_corpus_reads(shared_data):
 
 
 def test_adapters_are_trained_with_the_trainer(built):
+    import torch
+
     try:
         import vichat.train.trainer  # noqa: F401
     except ModuleNotFoundError as exc:  # only a missing trainer module skips; a broken one fails
@@ -313,10 +317,65 @@ def test_adapters_are_trained_with_the_trainer(built):
 
     from vichat.plugins import get_registry
 
-    model, _ = get_registry().base_model("tiny").load_model(str(build.base))
+    model, tok = get_registry().base_model("tiny").load_model(str(build.base))
     peft_model = PeftModel.from_pretrained(model, str(build.adapters["tiny-doctor"]))
     assert peft_model.peft_config["default"].target_modules == {"query_key_value"}
     assert build_tiny(config=SMALL, echo=None).cached
+
+    # The held-out evaluation ran as the last stage; its figures are measured, not written down:
+    # the base's loss is recomputed here through transformers' own loss on the same records.
+    ev = build.report["heldout_eval"]
+    assert ev == json.loads((build.paths.root / "eval.json").read_text(encoding="utf-8"))
+    _check_eval_fields(ev)
+    from vichat.data.tokenize import tokenize_record
+    from vichat.train.tiny_data import heldout_pairs
+
+    total = n = 0.0
+    model, tok = get_registry().base_model("tiny").load_model(str(build.base))
+    with torch.no_grad():
+        for p in heldout_pairs("tiny-doctor"):
+            ex = tokenize_record({"instruction": p.instruction, "input": p.input, "output": p.output}, tok, "doctor",
+                                 max_length=100_000)
+            k = sum(1 for x in ex["labels"][1:] if x != -100)
+            total += float(model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]])).loss) * k
+            n += k
+    assert ev["loss"]["tiny-doctor"]["response_tokens"] == n
+    assert ev["loss"]["tiny-doctor"]["base"] == pytest.approx(total / n, abs=2e-4)
+    assert ev["loss"]["tiny-doctor"]["adapter"] != ev["loss"]["tiny-doctor"]["base"]  # the adapter does something
+
+    # `vichat tiny eval` reads the build's eval.json, and --force measures again (same figures).
+    runner = CliRunner()
+    res = runner.invoke(main, ["tiny", "eval", "--build", str(build.paths.root)])
+    assert res.exit_code == 0, res.output
+    assert "held-out response loss" in res.output and "tiny-chat and tiny-doctor answer differently" in res.output
+    assert f"{ev['loss']['tiny-chat']['base']:.3f}" in res.output and "goals:" in res.output
+    res = runner.invoke(main, ["tiny", "eval", "--build", str(build.paths.root), "--force", "--json"])
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.stdout)
+    assert again["loss"] == ev["loss"] and again["generation"] == ev["generation"]
+    assert tiny.read_report(build.paths)["heldout_eval"]["loss"] == ev["loss"]
+
+
+def _check_eval_fields(ev: dict) -> None:
+    from vichat.train.tiny_data import heldout_pairs
+
+    n_questions = len(heldout_pairs("tiny-chat")) + len(heldout_pairs("tiny-doctor"))
+    assert set(ev["loss"]) == {"tiny-chat", "tiny-doctor"}
+    for name, v in ev["loss"].items():
+        assert v["records"] == len(heldout_pairs(name)) and v["response_tokens"] > 10 * v["records"]
+        assert v["reduction"] == pytest.approx(1 - v["adapter"] / v["base"], abs=2e-4)
+    assert set(ev["generation"]) == {"tiny", "tiny-chat", "tiny-doctor"}
+    assert ev["decoding"]["temperature"] == 0.0 and ev["decoding"]["max_new_tokens"] == 256
+    assert ev["decoding"]["repetition_penalty"] == 1.2  # the app's decoding for `tiny`, made greedy
+    for name, g in ev["generation"].items():
+        assert g["questions"] == n_questions
+        assert 0.0 <= g["eos_share"] <= 1.0 and 0.0 <= g["marker_share"] <= 1.0
+        assert 0 < g["mean_new_tokens"] <= 256
+    assert ev["chat_vs_doctor"]["questions"] == n_questions and 0.0 <= ev["chat_vs_doctor"]["differ_share"] <= 1.0
+    assert len(ev["goals"]) == 5
+    for goal in ev["goals"].values():
+        assert goal["met"] == (goal["value"] >= goal["target"])
+    assert ev["examples"] and all(set(e) >= {"question", "tiny", "tiny-chat", "tiny-doctor"} for e in ev["examples"])
 
 
 def test_load_tokenizer_by_name_uses_the_tiny_build(built, monkeypatch):
@@ -329,3 +388,112 @@ def test_load_tokenizer_by_name_uses_the_tiny_build(built, monkeypatch):
     build, _ = built
     tok = load_tokenizer("tiny")
     assert tok.get_vocab() == AutoTokenizer.from_pretrained(build.base).get_vocab()
+
+
+# --------------------------------------------------------------------------- disjoint data
+
+
+def _pair_texts(pairs) -> set[str]:
+    """Each record's question (instruction and input, as the app would receive it) and its answer.
+    A bare instruction may repeat with another input ("Dịch câu sau sang tiếng Anh."); a question may not."""
+    from vichat.train.tiny_data import normalize
+
+    return {normalize(t) for p in pairs for t in (p.message, p.output)}
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    """Every part of the tiny build's data, as the build reads it: the pretraining text (after the
+    build's own split), each adapter's training and validation records (prepared the way the build
+    prepares them) and the held-out pairs."""
+    from vichat.data.prepare import TRAIN_FILE, VALIDATION_FILE
+    from vichat.train.pretrain import load_corpus
+    from vichat.train.tiny_data import ADAPTER_DATA, Pair, heldout_pairs, protected_texts
+    from vichat.train.tiny_stages import prepare_adapter_data
+
+    corpus = load_corpus(["sample"], tiny.DEFAULT_CONFIG, protected_texts())
+    out = {"pretrain": corpus.train + corpus.heldout, "removed": corpus.n_removed}
+    root = tmp_path_factory.mktemp("tiny-data")
+    for name in ADAPTER_DATA:
+        prepare_adapter_data(root / name, name, seed=0)
+        for part, file in (("train", TRAIN_FILE), ("val", VALIDATION_FILE)):
+            rows = [json.loads(line) for line in (root / name / file).read_text(encoding="utf-8").splitlines()]
+            out[f"{name}:{part}"] = [Pair(r["id"], r["instruction"], r.get("input", ""), r["output"], file) for r in rows]
+        out[f"{name}:heldout"] = heldout_pairs(name)
+    return out
+
+
+def test_bundled_data_parts_share_no_text(splits):
+    from vichat.train.tiny_data import normalize
+
+    assert splits["removed"] == 0  # the bundled prose needs no cleaning: it was written apart
+    parts = {k: v for k, v in splits.items() if ":" in k}
+    for name, pairs in parts.items():
+        assert pairs, name
+        assert len(_pair_texts(pairs)) == 2 * len(pairs), f"{name}: a repeated question or answer"
+    assert len(parts["tiny-chat:val"]) >= 20 and len(parts["tiny-doctor:val"]) >= 12
+    assert len(parts["tiny-chat:heldout"]) >= 35 and len(parts["tiny-doctor:heldout"]) >= 35
+    names = sorted(parts)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = _pair_texts(parts[a]) & _pair_texts(parts[b])
+            assert not shared, f"{a} and {b} share {sorted(shared)[:3]}"
+    prose = {normalize(t) for t in splits["pretrain"]}
+    for name, pairs in parts.items():
+        assert not (_pair_texts(pairs) & prose), name
+
+
+def test_no_adapter_or_heldout_response_inside_the_pretraining_text(splits):
+    from vichat.train.tiny_data import normalize
+
+    corpus = "\x00".join(normalize(t) for t in splits["pretrain"])
+    assert len(corpus) > 100_000
+    for name, pairs in splits.items():
+        if ":" not in name:
+            continue
+        for p in pairs:
+            for text in (p.output, p.instruction):
+                n = normalize(text)
+                # Every response, and every question long enough to be specific, is absent.
+                if len(n) >= 24:
+                    assert n not in corpus, f"{name} {p.id}: {text[:60]!r} is in the pretraining text"
+
+
+def test_decontaminate_drops_documents_holding_protected_text(tmp_path):
+    from vichat.train.pretrain import decontaminate, load_corpus
+    from vichat.train.tiny_data import heldout_pairs, protected_texts
+
+    answer = heldout_pairs("tiny-doctor")[0].output
+    docs = [Document("a", "Một đoạn văn bình thường về thời tiết hôm nay.", "f:1"),
+            # The held-out answer inside a longer document, with other spacing and case.
+            Document("b", "Mở đầu. " + " ".join(answer.upper().split()) + " Kết thúc.", "f:2"),
+            Document("c", "Một đoạn khác.", "f:3")]
+    kept, removed, n = decontaminate(docs, protected_texts())
+    assert [d.group for d in kept] == ["a", "c"] and n == 1
+    assert removed[0].startswith("f:2: contains protected text")
+    # Through a --corpus of one's own: the leaking row is dropped and counted in the report.
+    f = tmp_path / "corpus.jsonl"
+    f.write_text("\n".join(json.dumps({"text": d.text}, ensure_ascii=False) for d in docs * 3) + "\n", encoding="utf-8")
+    corpus = load_corpus([str(f)], SMALL, protected_texts())
+    assert corpus.n_removed == 3 and corpus.summary()["decontaminated_documents"] == 3
+    assert not any("KẾT THÚC" in t.upper() for t in corpus.train + corpus.heldout)
+
+
+# --------------------------------------------------------------------------- held-out evaluation
+
+
+def test_batched_greedy_answers_match_one_at_a_time(built):
+    from vichat.plugins import get_registry
+    from vichat.specs import Decoding
+    from vichat.train.tiny_eval import generate_answers
+
+    model, tok = get_registry().base_model("tiny").load_model(str(built[0].base))
+    questions = ["Xin chào", "Hà Nội có những món ăn nổi tiếng nào, và nên ăn ở đâu?", "Tôi bị ho."]
+    greedy = Decoding(max_new_tokens=12, temperature=0.0)
+    together = generate_answers(model, tok, questions, "chat", greedy, batch_size=3)
+    alone = [generate_answers(model, tok, [q], "chat", greedy)[0] for q in questions]
+    assert [a["ids"] for a in together] == [a["ids"] for a in alone]
+    for a in together:
+        assert len(a["ids"]) + a["eos"] <= 12
+        if not a["leak"]:
+            assert a["text"] == a["raw"].strip()

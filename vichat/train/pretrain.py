@@ -3,8 +3,11 @@
 Everything here is deterministic for a seed, with nothing but the seed as state:
 
 * the held-out split hashes each document's *group* (a record id, or ``file:line``), so it does not
-  depend on the seed, on file order or on which other files are in the corpus, and all texts made
-  from one record (plain and templated) fall on the same side — no leak from train to held-out;
+  depend on the seed, on file order or on which other files are in the corpus;
+* the base is a plain language model: instruction records are read as plain text (instruction,
+  input, output), never rendered with a prompt template, so the template is what the adapters teach;
+* documents that contain text the adapters train, validate or are evaluated on are dropped before
+  the split (:func:`decontaminate`), so the base never sees those records;
 * batch ``k`` is drawn from a generator seeded with ``(seed, k)``, so a run resumed from a
   checkpoint at step ``k`` sees exactly the batches an uninterrupted run would;
 * dropout draws from torch's global generator, seeded before the model is built; a checkpoint
@@ -29,16 +32,16 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from ..records import VichatError, nfc
 from ..specs import DEFAULT_FIELD_MAP
-from ..data.templates import CHAT, DOCTOR, render_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from .tiny import TinyConfig
 
-#: ``--corpus sample`` (and the default) means the bundled sample, ``vichat/data/sample/*.jsonl``.
+#: ``--corpus sample`` (and the default) means the bundled pretraining text, ``vichat/data/sample/prose.jsonl``
+#: (general Vietnamese prose written for the project; none of it is an instruction record).
 SAMPLE = "sample"
-SAMPLE_FILES = {"general.jsonl": CHAT, "medical.jsonl": DOCTOR}
+SAMPLE_FILES = ("prose.jsonl",)
 TEXT_SUFFIXES = (".txt", ".md")
 TEXT_FIELDS = ("text", "content")
 
@@ -56,6 +59,7 @@ class Document:
 
     group: str
     text: str
+    where: str = ""  # "file:line" for messages
 
 
 @dataclass
@@ -67,6 +71,8 @@ class Corpus:
     sources: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "path:line: why", first few
     n_skipped: int = 0
+    removed: list[str] = field(default_factory=list)  # documents dropped as contaminated: "where: why", first few
+    n_removed: int = 0
 
     def summary(self) -> dict[str, Any]:
         """Counts for report.json."""
@@ -78,6 +84,8 @@ class Corpus:
             "heldout_chars": sum(map(len, self.heldout)),
             "skipped_rows": self.n_skipped,
             "skipped_first": self.skipped,
+            "decontaminated_documents": self.n_removed,
+            "decontaminated_first": self.removed,
         }
 
 
@@ -143,6 +151,19 @@ def fingerprint(sources: Sequence[str]) -> list[dict[str, Any]]:
     return out
 
 
+def sample_fingerprint(names: Sequence[str]) -> list[dict[str, Any]]:
+    """:func:`fingerprint` of bundled files ``vichat/data/sample/<name>``."""
+    root = resources.files("vichat.data").joinpath("sample")
+    out = []
+    for name in names:
+        res = root.joinpath(name)
+        if not res.is_file():
+            raise VichatError(f"the bundled file vichat/data/sample/{name} is missing; reinstall vichat")
+        data = res.read_bytes()
+        out.append({"file": f"sample/{name}", "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
+    return out
+
+
 def _first(data: Any, keys: Sequence[str]) -> str:
     for key in keys:
         value = data.get(key)
@@ -151,11 +172,10 @@ def _first(data: Any, keys: Sequence[str]) -> str:
     return ""
 
 
-def record_texts(instruction: str, output: str, input: str = "", template: Any = CHAT) -> list[str]:
-    """The texts an instruction record contributes: its plain text, and the record rendered with its
-    prompt template (so the base model has seen the ``### Instruction:`` format before LoRA)."""
-    plain = "\n\n".join(t for t in (instruction, input, output) if t)
-    return [plain, render_prompt(template, instruction, input) + output]
+def record_text(instruction: str, output: str, input: str = "") -> str:
+    """The text an instruction record contributes to pretraining: instruction, input and output as
+    plain paragraphs, with no prompt template (the adapters are what teach the format)."""
+    return "\n\n".join(t for t in (instruction, input, output) if t)
 
 
 def _rows(label: str, file: Any) -> Iterator[tuple[str, Any]]:
@@ -180,15 +200,13 @@ def read_documents(sources: Sequence[str]) -> tuple[list[Document], list[str], i
     """Every document of ``sources``, plus the first few skipped rows (``"where: why"``) and their count.
 
     A row with ``text`` (or ``content``) is one document; an instruction row (``instruction``/``prompt``
-    and ``output``/``response``, optional ``input``) gives :func:`record_texts`, rendered with the doctor
-    template for the bundled medical sample and the chat template otherwise.
+    and ``output``/``response``, optional ``input``) gives :func:`record_text`, as plain text.
     """
     docs: list[Document] = []
     skipped: list[str] = []
     n_skipped = 0
     for source in sources:
         for label, file in _source_files(source):
-            template = SAMPLE_FILES.get(label.split("/", 1)[1], CHAT) if source == SAMPLE else CHAT
             for where, data in _rows(label, file):
                 problem = getattr(data, "problem", None)
                 text = "" if problem else _first(data, TEXT_FIELDS)
@@ -198,16 +216,52 @@ def read_documents(sources: Sequence[str]) -> tuple[list[Document], list[str], i
                 # the split when the file is reordered or other files are added.
                 group = f"{label}#{data.get('id')}" if (not problem and data.get("id") is not None) else where
                 if text:
-                    docs.append(Document(group, nfc(text)))
+                    docs.append(Document(group, nfc(text), where))
                 elif instruction and output:
                     extra = _first(data, DEFAULT_FIELD_MAP["input"])
-                    for t in record_texts(nfc(instruction), nfc(output), nfc(extra), template):
-                        docs.append(Document(group, t))
+                    docs.append(Document(group, record_text(nfc(instruction), nfc(output), nfc(extra)), where))
                 else:
                     n_skipped += 1
                     if len(skipped) < 5:
                         skipped.append(f"{where}: {problem or 'no text field (text) and no instruction/output pair'}")
     return docs, skipped, n_skipped
+
+
+def decontaminate(docs: Sequence[Document], protected: Sequence[str], min_chars: int = 24,
+                  ) -> tuple[list[Document], list[str], int]:
+    """Drop every document whose normalised text (:func:`vichat.train.tiny_data.normalize`) contains
+    one of the ``protected`` texts (the instructions and responses of the records the adapters train,
+    validate or are evaluated on); texts shorter than ``min_chars`` normalised characters are too
+    generic to mean a leak and are not searched for.
+
+    :returns: the kept documents, the first few removed (``"where: why"``), and how many were removed.
+    """
+    from bisect import bisect_right
+
+    from .tiny_data import normalize
+
+    needles = sorted({n for n in map(normalize, protected) if len(n) >= min_chars}, key=len, reverse=True)
+    if not needles or not docs:
+        return list(docs), [], 0
+    # One string with a separator no normalised text contains: each needle is searched once over
+    # the whole corpus (a C-speed scan), and a hit is mapped back to its document by offset.
+    sep = "\x00"
+    norms = [normalize(d.text) for d in docs]
+    starts, pos = [], 0
+    for n in norms:
+        starts.append(pos)
+        pos += len(n) + 1
+    joined = sep.join(norms)
+    hit: dict[int, str] = {}
+    for needle in needles:
+        at = joined.find(needle)
+        while at != -1:
+            i = bisect_right(starts, at) - 1
+            hit.setdefault(i, needle)
+            at = joined.find(needle, at + 1)
+    kept = [d for i, d in enumerate(docs) if i not in hit]
+    removed = [f"{docs[i].where or docs[i].group}: contains protected text {hit[i][:60]!r}" for i in sorted(hit)]
+    return kept, removed[:5], len(hit)
 
 
 def _rank(group: str) -> int:
@@ -243,14 +297,19 @@ def split_documents(
     return [docs[i].text for i in train_idx], [docs[i].text for i in held_idx]
 
 
-def load_corpus(sources: Sequence[str], cfg: "TinyConfig") -> Corpus:
-    """Read, split and cap the corpus for ``cfg``."""
+def load_corpus(sources: Sequence[str], cfg: "TinyConfig", protected: Sequence[str] = ()) -> Corpus:
+    """Read, decontaminate (against ``protected``, see :func:`decontaminate`), split and cap the
+    corpus for ``cfg``."""
     docs, skipped, n_skipped = read_documents(sources)
     if not docs:
         raise VichatError(f"--corpus {', '.join(sources)}: no usable text (rows need a 'text' field or an "
                           "instruction/output pair)" + (f"; first problem: {skipped[0]}" if skipped else ""))
+    docs, removed, n_removed = decontaminate(docs, protected)
+    if not docs:
+        raise VichatError(f"--corpus {', '.join(sources)}: every document contains text of the adapters' "
+                          f"training or held-out records; first: {removed[0]}")
     train, heldout = split_documents(docs, cfg.holdout, cfg.max_train_chars, cfg.max_heldout_chars)
-    return Corpus(train, heldout, fingerprint(sources), skipped, n_skipped)
+    return Corpus(train, heldout, fingerprint(sources), skipped, n_skipped, removed, n_removed)
 
 
 # --------------------------------------------------------------------------- tokens

@@ -8,10 +8,16 @@ exists is always whole, and an interrupted build resumes from the stages it fini
 ``base/``                 the model (config.json, model.safetensors), tokenizer files, pretrain.json
 ``adapters/tiny-chat/``   LoRA adapter from :func:`vichat.train.trainer.run` (PEFT format)
 ``adapters/tiny-doctor/``
-``report.json``           written last: sizes, held-out perplexity against a unigram baseline, timings
+``eval.json``             the adapters against the base on held-out pairs (:mod:`vichat.train.tiny_eval`)
+``report.json``           written last: sizes, held-out perplexity against a unigram baseline, the
+                          held-out evaluation, timings
+
+The base is a plain Vietnamese language model, pretrained on text that shares nothing with the
+records the adapters train, validate or are evaluated on (:mod:`vichat.train.tiny_data`).
 
 They live in ``$VICHAT_CACHE_DIR/tiny/<key>/``, where the key hashes everything that changes the
-result: the corpus files' contents, :class:`TinyConfig`, the seed and :data:`TINY_VERSION`. Each
+result: the corpus files' contents, the bundled adapter and held-out files' contents,
+:class:`TinyConfig`, the seed and :data:`TINY_VERSION`. Each
 stage folder holds a ``stage.json`` (time taken, results); the base stage also checkpoints every
 ``checkpoint_every`` steps and on Ctrl-C (``.work/``), so even it resumes mid-way, to the same weights.
 
@@ -37,13 +43,13 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from ..records import VichatError
 
 #: Bump when a change to this code changes what a build produces: older caches are then ignored.
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 ADAPTERS = ("tiny-chat", "tiny-doctor")
 #: The build limit the issue sets for the default settings on 2 CPU cores.
 LIMIT_SECONDS = 600
 
 #: ``progress(stage, fraction, message)``: ``fraction`` is of the whole build (0 → 1), ``stage`` is
-#: ``plan``, ``tokenizer``, ``base``, ``eval``, ``adapter:<name>`` or ``done``.
+#: ``plan``, ``tokenizer``, ``base``, ``eval``, ``adapter:<name>``, ``heldout-eval`` or ``done``.
 Progress = Callable[[str, float, str], None]
 
 
@@ -57,7 +63,7 @@ class TinyConfig:
     n_head: int = 4
     seq_len: int = 256
     batch_size: int = 8
-    steps: int = 300
+    steps: int = 200
     minutes: float | None = None  # train the base for this long instead of ``steps`` (machine-dependent)
     max_steps: int = 100_000  # cap for ``minutes``
     dropout: float = 0.1  # hidden and attention dropout (seeded; the checkpoint keeps the RNG state)
@@ -72,7 +78,13 @@ class TinyConfig:
     tokenizer_max_texts: int = 50_000
     checkpoint_every: int = 100
     log_every: int = 25
-    adapter_overrides: tuple[tuple[str, Any], ...] = ()  # TrainConfig settings on top of the presets
+    #: TrainConfig settings on top of the tiny-chat / tiny-doctor presets. The presets' paper-like LoRA
+    #: (r 8 on query_key_value, lr 3e-4, 2 epochs, max length 256) barely moves a from-scratch base in a
+    #: few dozen steps; these teach the template, the style and when to stop (docs/tiny.md has the
+    #: measurements). max_length 512 keeps every bundled record whole, so each trains its EOS.
+    adapter_overrides: tuple[tuple[str, Any], ...] = (
+        ("max_length", 512), ("lora_r", 16), ("lora_alpha", 32), ("learning_rate", 3e-3), ("epochs", 6),
+        ("lora_targets", ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")))
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.n_head:
@@ -87,7 +99,7 @@ class TinyConfig:
     def key_dict(self) -> dict[str, Any]:
         """The settings as plain JSON (for the cache key and the report)."""
         d = asdict(self)
-        d["adapter_overrides"] = [list(kv) for kv in self.adapter_overrides]
+        d["adapter_overrides"] = [[k, list(v) if isinstance(v, tuple) else v] for k, v in self.adapter_overrides]
         if self.minutes is not None:
             d["steps"] = None  # the step count is then decided by the clock, not by this setting
         return d
@@ -113,6 +125,11 @@ class TinyPaths:
     @property
     def report(self) -> Path:
         return self.root / "report.json"
+
+    @property
+    def eval(self) -> Path:
+        """The held-out evaluation of the adapters against the base (written when both are built)."""
+        return self.root / "eval.json"
 
     @property
     def work(self) -> Path:
@@ -162,12 +179,15 @@ def cache_root() -> Path:
 def build_key(corpus: Any = None, seed: int = 0, config: TinyConfig | None = None) -> str:
     """The cache key: a hash of the corpus contents, the config, the seed and the code version."""
     from .. import __version__
-    from .pretrain import fingerprint, normalize_sources
+    from .pretrain import fingerprint, normalize_sources, sample_fingerprint
+    from .tiny_data import ADAPTER_DATA
 
     payload = {
         "tiny_version": TINY_VERSION,
         "vichat": __version__,
         "corpus": fingerprint(normalize_sources(corpus)),
+        # What the adapters train on and are evaluated on (and what pretraining is cleaned of).
+        "adapter_data": sample_fingerprint([f for v in ADAPTER_DATA.values() for f in v[:2]]),
         "config": (config or DEFAULT_CONFIG).key_dict(),
         "seed": int(seed),
     }
@@ -260,7 +280,8 @@ def _clean_stale(root: Path) -> None:
 #: show the measured rate and ETA. Base: seconds per (token x parameter) of a training step.
 _SEC_PER_TOKEN_PARAM = 5.5e-11
 _TOKENIZER_SEC_PER_MCHAR = 3.0
-_ADAPTER_SECONDS = {"tiny-chat": 20.0, "tiny-doctor": 15.0}
+_ADAPTER_SECONDS = {"tiny-chat": 90.0, "tiny-doctor": 70.0}
+_HELDOUT_EVAL_SECONDS = 30.0
 
 
 def approx_params(cfg: TinyConfig) -> int:
@@ -277,6 +298,8 @@ def estimate_seconds(cfg: TinyConfig, chars: int, adapters: Sequence[str]) -> di
     est = {"tokenizer": 2 + _TOKENIZER_SEC_PER_MCHAR * chars / 1e6, "base": base, "eval": 3.0}
     for a in adapters:
         est[f"adapter:{a}"] = _ADAPTER_SECONDS.get(a, 60.0)
+    if adapters:
+        est["heldout-eval"] = _HELDOUT_EVAL_SECONDS
     return est
 
 
@@ -375,12 +398,16 @@ def _build(paths: TinyPaths, sources: list[str], seed: int, cfg: TinyConfig, wan
     import torch
 
     from .pretrain import load_corpus
-    from .tiny_stages import build_adapter, build_base, build_tokenizer, make_report, stage_info
+    from .tiny_data import protected_texts
+    from .tiny_stages import build_adapter, build_base, build_tokenizer, evaluate_heldout, make_report, stage_info
 
     t_start = time.perf_counter()
-    corpus = load_corpus(sources, cfg)
+    corpus = load_corpus(sources, cfg, protected_texts())
     if corpus.n_skipped:
         say(f"warning: skipped {corpus.n_skipped} corpus rows without text; first: {'; '.join(corpus.skipped)}")
+    if corpus.n_removed:
+        say(f"dropped {corpus.n_removed} corpus documents that contain adapter or held-out text; first: "
+            f"{'; '.join(corpus.removed)}")
 
     def todo(stage_dir: Path, marker: str) -> bool:
         return force or not (stage_dir / marker).exists()
@@ -389,6 +416,8 @@ def _build(paths: TinyPaths, sources: list[str], seed: int, cfg: TinyConfig, wan
     stages["eval"] = stages["base"]
     for a in wanted:
         stages[f"adapter:{a}"] = todo(paths.adapter(a), "adapter_config.json")
+    if wanted:
+        stages["heldout-eval"] = any(stages.values()) or not paths.eval.exists()
     est = estimate_seconds(cfg, sum(map(len, corpus.train)), wanted)
     est = {k: (v if stages[k] else 0.0) for k, v in est.items()}
     n_threads = threads or min(2, os.cpu_count() or 1)
@@ -420,6 +449,11 @@ def _build(paths: TinyPaths, sources: list[str], seed: int, cfg: TinyConfig, wan
                 build_adapter(paths, name, seed, cfg, report_progress, say, show)
             report_progress.finish(stage, f"adapter {name} ready")
             done(stage, stages[stage], paths.adapter(name))
+        if wanted:
+            if stages["heldout-eval"]:
+                report_progress("heldout-eval", 0.0, "evaluating the adapters on held-out pairs")
+                evaluate_heldout(paths, say)
+            report_progress.finish("heldout-eval", "held-out evaluation done")
     finally:
         torch.set_num_threads(old_threads)
 
@@ -443,6 +477,7 @@ def _print_plan(say: Callable[[str], None], paths: TinyPaths, cfg: TinyConfig, c
                  f"params), " + (f"{cfg.minutes:g} min" if cfg.minutes is not None else f"{cfg.steps} steps")
                  + f" x {cfg.batch_size} x {cfg.seq_len} tokens"),
         "eval": f"held-out perplexity vs unigram on {sum(map(len, corpus.heldout)) / 1e3:.0f} k chars",
+        "heldout-eval": "base vs adapters on the held-out pairs: response loss, greedy answers",
     }
     say(f"tiny build plan (seed {seed}, {threads} threads) -> {paths.root}")
     for stage, needed in stages.items():

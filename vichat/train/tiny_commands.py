@@ -1,4 +1,4 @@
-"""`vichat tiny build` and `vichat tiny info`: the tiny offline default model.
+"""`vichat tiny build`, `vichat tiny eval` and `vichat tiny info`: the tiny offline default model.
 
 Thin: each command calls :mod:`vichat.train.tiny`, which imports torch only when it has work to do,
 so a cached build and `info` answer at once.
@@ -44,6 +44,16 @@ def describe_build(root: Path, report: dict[str, Any] | None) -> list[str]:
         res = info.get("result") or {}
         loss = res.get("final_val_loss")
         lines.append(f"  adapter    {name}: {_mb(info.get('bytes'))}" + (f", validation loss {loss:.3f}" if loss else ""))
+    ev = report.get("heldout_eval")
+    if ev:
+        for name, v in ev["loss"].items():
+            g = ev["generation"].get(name, {})
+            lines.append(f"  held-out   {name}: response loss {v['adapter']:.3f} vs base {v['base']:.3f} "
+                         f"({v['reduction']:.1%} lower); answers ending with EOS {g.get('eos_share', 0):.0%}")
+        if "chat_vs_doctor" in ev:
+            lines.append(f"  held-out   tiny-chat and tiny-doctor differ on {ev['chat_vs_doctor']['differ_share']:.0%} "
+                         f"of {ev['chat_vs_doctor']['questions']} questions (base ends with EOS "
+                         f"{ev['generation']['tiny']['eos_share']:.0%}); `vichat tiny eval` for the table")
     t = report.get("timings", {})
     parts = [f"{k} {v:.0f} s" for k, v in t.items() if k not in ("this_run", "stages_total") and v is not None]
     lines.append(f"  timings    {', '.join(parts)}; total {t.get('stages_total', 0):.0f} s")
@@ -62,7 +72,8 @@ def tiny() -> None:
 @tiny.command("build")
 @click.option("--corpus", "corpus", multiple=True, metavar="PATH",
               help="Text (.txt) or JSON/JSONL/CSV/Parquet file or folder to pretrain on (repeatable; rows with "
-                   "'text', or instruction/output or prompt/response). 'sample' = the bundled sample [default].")
+                   "'text', or instruction/output or prompt/response, read as plain text). 'sample' = the bundled "
+                   "prose [default].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same weights).")
 @click.option("--steps", type=click.IntRange(min=1), help=f"Base training steps [default: {DEFAULT_CONFIG.steps}].")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
@@ -77,7 +88,7 @@ def build_cmd(corpus: tuple[str, ...], seed: int, steps: int | None, minutes: fl
     """Train the tokenizer, base model and adapters (or find them in the cache).
 
     \b
-      vichat tiny build                       the default (bundled sample, ~5 min on 2 cores)
+      vichat tiny build                       the default (bundled prose, a few minutes on 2 cores)
       vichat tiny build --corpus ../shared/data/corpus/viwiki_sample.jsonl --minutes 4
       vichat tiny build --no-adapters --steps 300 --out /tmp/tiny
     """
@@ -100,6 +111,66 @@ def build_cmd(corpus: tuple[str, ...], seed: int, steps: int | None, minutes: fl
         click.echo("cached (nothing to do); --force rebuilds")
     for line in describe_build(result.paths.root, dict(result.report)):
         click.echo(line)
+
+
+@tiny.command("eval")
+@click.option("--build", "build_dir", type=click.Path(file_okay=False, exists=True),
+              help="A build folder (from --out, or one `vichat tiny info` lists) [default: the default build].")
+@click.option("--force", is_flag=True, help="Measure again even if the build already holds eval.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the evaluation as JSON.")
+def eval_cmd(build_dir: str | None, force: bool, as_json: bool) -> None:
+    """The adapters against the bare base on held-out pairs that nothing trained on.
+
+    \b
+    Response-token loss of the base and of each adapter; greedy answers with the app's decoding:
+    share ending with EOS, share leaking a template marker, and how often tiny-chat and
+    tiny-doctor answer differently. The default build is built first if absent (`vichat tiny
+    build`), and its numbers are read from its eval.json unless --force.
+    """
+    from ..records import VichatError
+    from .tiny import TinyPaths, build_tiny
+    from .tiny_eval import format_eval
+
+    if build_dir is None:
+        paths = build_tiny().paths
+    else:
+        paths = TinyPaths(Path(build_dir).expanduser().resolve())
+        if not (paths.base / "config.json").exists():
+            raise VichatError(f"--build {build_dir}: no tiny build there (expected base/config.json); "
+                              "`vichat tiny info` lists the builds")
+    result = None if force else _read_json(paths.eval)
+    if result is None:
+        result = eval_build(paths)
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False, indent=2))
+        return
+    click.echo(f"{paths.root}")
+    for line in format_eval(result):
+        click.echo(line)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def eval_build(paths: Any) -> dict[str, Any]:
+    """Measure ``paths``' adapters against its base; write eval.json and update report.json."""
+    from ..records import VichatError
+    from .tiny import _write_json, read_report
+    from .tiny_stages import evaluate_heldout
+
+    if not any((p / "adapter_config.json").exists() for p in paths.adapters.values()):
+        raise VichatError(f"{paths.root}: the build has no adapters to evaluate; `vichat tiny build` (without "
+                          "--no-adapters) trains them")
+    result = evaluate_heldout(paths, lambda m: click.echo(m, err=True))
+    report = read_report(paths)
+    if report is not None:
+        report["heldout_eval"] = result
+        _write_json(paths.report, report)
+    return result
 
 
 @tiny.command("info")

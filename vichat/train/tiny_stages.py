@@ -1,4 +1,5 @@
-"""The stages of a tiny build: tokenizer, base model (pretrain + held-out perplexity), adapters, report.
+"""The stages of a tiny build: tokenizer, base model (pretrain + held-out perplexity), adapters,
+held-out evaluation, report.
 
 Each stage writes into a temporary folder that :func:`vichat.train.tiny._stage` renames into place
 once complete; :mod:`vichat.train.tiny` decides which stages run. torch, transformers and the
@@ -21,6 +22,8 @@ from .tiny import TINY_VERSION, TinyConfig, TinyPaths, _Reporter, _stage, _write
 #: Each stage folder holds this file: how long the stage took and what it reported, so a build
 #: resumed after an interruption still reports the stages an earlier process finished.
 STAGE_FILE = "stage.json"
+#: Share of each adapter's bundled records the trainer validates on (the rest it trains on).
+VAL_SIZE = 0.1
 
 
 def stage_info(folder: Path) -> dict[str, Any]:
@@ -109,6 +112,17 @@ def _deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(before)
 
 
+def prepare_adapter_data(out: Path, name: str, seed: int) -> dict[str, Any]:
+    """Prepare adapter ``name``'s data (its preset's dataset and template) into ``out``: train.jsonl
+    and validation.jsonl, as :func:`vichat.data.prepare.prepare` writes them."""
+    from ..data.prepare import prepare
+    from .presets import get_preset
+
+    preset = get_preset(name)
+    return prepare(out, datasets=[preset.values["data"]], template=preset.values["template"], val_size=VAL_SIZE,
+                   seed=seed)
+
+
 def build_adapter(paths: TinyPaths, name: str, seed: int, cfg: TinyConfig, report_progress: _Reporter,
                    say: Callable[[str], None], show: bool) -> dict[str, Any]:
     """Train adapter ``name`` with the trainer on the bundled sample, prepared into a data dir."""
@@ -121,7 +135,6 @@ def build_adapter(paths: TinyPaths, name: str, seed: int, cfg: TinyConfig, repor
                               "adapters cannot be built; run `vichat tiny build --no-adapters` for the base "
                               "model alone") from None
         raise
-    from ..data.prepare import prepare
     from ..plugins import get_registry
     from .config import build_config
     from .plan import plan
@@ -130,8 +143,7 @@ def build_adapter(paths: TinyPaths, name: str, seed: int, cfg: TinyConfig, repor
     preset = get_preset(name)
     data_dir = paths.work / f"data-{name}"
     if not (data_dir / "manifest.json").exists():
-        prepare(data_dir, datasets=[preset.values["data"]], template=preset.values["template"], val_size=0.05,
-                seed=seed)
+        prepare_adapter_data(data_dir, name, seed)
     work = paths.work / f"adapter-{name}"
     overrides = {"data": str(data_dir), "model_path": str(paths.base), "output_dir": str(work), "seed": seed,
                  "device": "cpu", "resume": "auto", **dict(cfg.adapter_overrides)}
@@ -187,6 +199,18 @@ def _watch_log(log: Path, total: int, stage: str, name: str, report_progress: _R
         thread.join()
 
 
+def evaluate_heldout(paths: TinyPaths, say: Callable[[str], None]) -> dict[str, Any]:
+    """Measure the adapters against the base on the held-out pairs and write ``eval.json``."""
+    from .tiny_eval import evaluate_build
+
+    started = time.perf_counter()
+    adapters = {name: p for name, p in paths.adapters.items() if (p / "adapter_config.json").exists()}
+    result = evaluate_build(paths.base, adapters, echo=say)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    _write_json(paths.eval, result)
+    return result
+
+
 def _plain(value: Any) -> Any:
     """A JSON-able view of the trainer's result, whatever shape it has."""
     if hasattr(value, "to_dict"):
@@ -214,12 +238,18 @@ def make_report(paths: TinyPaths, sources: list[str], seed: int, cfg: TinyConfig
 
     pre = json.loads((paths.base / "pretrain.json").read_text(encoding="utf-8"))
     timings = {"tokenizer": stage_info(paths.tokenizer).get("seconds"), "base": stage_info(paths.base).get("seconds")}
+    try:
+        heldout_eval = json.loads(paths.eval.read_text(encoding="utf-8")) if adapters else None
+    except (OSError, ValueError):
+        heldout_eval = None
     adapter_info = {}
     for name in adapters:
         info = stage_info(paths.adapter(name))
         timings[f"adapter:{name}"] = info.get("seconds")
         adapter_info[name] = {"path": str(paths.adapter(name)), "bytes": _dir_bytes(paths.adapter(name)),
                               **{k: v for k, v in info.items() if k not in ("stage", "seconds", "finished", "path")}}
+    if heldout_eval is not None:
+        timings["heldout-eval"] = heldout_eval.get("seconds")
     stage_total = sum(v for v in timings.values() if v is not None)
     return {
         "key": paths.root.name,
@@ -236,5 +266,6 @@ def make_report(paths: TinyPaths, sources: list[str], seed: int, cfg: TinyConfig
                  "train_tokens": pre["train_tokens"], "training": pre["training"]},
         "perplexity": pre["heldout"],
         "adapters": adapter_info,
+        "heldout_eval": heldout_eval,
         "timings": {**timings, "stages_total": round(stage_total, 2), "this_run": round(this_run, 2)},
     }
