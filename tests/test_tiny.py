@@ -26,6 +26,7 @@ from vichat.records import VichatError
 from vichat.train import tiny
 from vichat.train.pretrain import Document, read_documents, split_documents
 from vichat.train.tiny import TinyConfig, build_tiny
+from vichat.models import load_base
 
 SMALL = TinyConfig(vocab_size=800, n_layer=1, hidden_size=32, n_head=2, seq_len=64, batch_size=8, steps=40,
                    dropout=0.1, learning_rate=1e-2, warmup_steps=5, checkpoint_every=10, log_every=5,
@@ -208,7 +209,7 @@ def test_plugin_tiny_resolves_and_loads(built):
                                                                            tiny.DEFAULT_CONFIG.hidden_size)
     build, _ = built
     for path in (build.base, build.paths.root):  # the base folder, or the build folder holding it
-        model, tok = spec.load_model(str(path))
+        model, tok = load_base(spec, str(path))
         assert model.config.model_type == "bloom" and tok.pad_token == "<pad>"
     ids = tok("Xin chào", return_tensors="pt").input_ids
     with torch.no_grad():
@@ -220,7 +221,7 @@ def test_plugin_load_without_path_uses_the_default_build(built, monkeypatch):
     from vichat.plugins import get_registry
 
     monkeypatch.setattr(tiny, "DEFAULT_CONFIG", SMALL)  # the default build, at test size
-    model, _ = get_registry().base_model("tiny").load_model()
+    model, _ = load_base(get_registry().base_model("tiny"))
     assert model.config.hidden_size == SMALL.hidden_size
 
 
@@ -317,7 +318,7 @@ def test_adapters_are_trained_with_the_trainer(built):
 
     from vichat.plugins import get_registry
 
-    model, tok = get_registry().base_model("tiny").load_model(str(build.base))
+    model, tok = load_base(get_registry().base_model("tiny"), str(build.base))
     peft_model = PeftModel.from_pretrained(model, str(build.adapters["tiny-doctor"]))
     assert peft_model.peft_config["default"].target_modules == {"query_key_value"}
     assert build_tiny(config=SMALL, echo=None).cached
@@ -331,7 +332,7 @@ def test_adapters_are_trained_with_the_trainer(built):
     from vichat.train.tiny_data import heldout_pairs
 
     total = n = 0.0
-    model, tok = get_registry().base_model("tiny").load_model(str(build.base))
+    model, tok = load_base(get_registry().base_model("tiny"), str(build.base))
     with torch.no_grad():
         for p in heldout_pairs("tiny-doctor"):
             ex = tokenize_record({"instruction": p.instruction, "input": p.input, "output": p.output}, tok, "doctor",
@@ -487,7 +488,7 @@ def test_batched_greedy_answers_match_one_at_a_time(built):
     from vichat.specs import Decoding
     from vichat.train.tiny_eval import generate_answers
 
-    model, tok = get_registry().base_model("tiny").load_model(str(built[0].base))
+    model, tok = load_base(get_registry().base_model("tiny"), str(built[0].base))
     questions = ["Xin chào", "Hà Nội có những món ăn nổi tiếng nào, và nên ăn ở đâu?", "Tôi bị ho."]
     greedy = Decoding(max_new_tokens=12, temperature=0.0)
     together = generate_answers(model, tok, questions, "chat", greedy, batch_size=3)

@@ -179,7 +179,9 @@ def evaluate_build(base_dir: Any, adapter_dirs: dict[str, Any], *, limit: int | 
     from ..plugins import get_registry
 
     spec = get_registry().base_model(BASE)
-    model, tokenizer = spec.load_model(str(base_dir))
+    from ..models import load_base
+
+    model, tokenizer = load_base(spec, str(base_dir))
     names = [n for n in ADAPTER_DATA if n in adapter_dirs]
     if not names:
         raise ValueError("no adapters to evaluate")
