@@ -163,7 +163,7 @@ def tiny_engine(args: argparse.Namespace, root: Path):
 
     base, what = args.tiny, "given with --tiny"
     if base is None:
-        from vichat.train.tiny import list_builds
+        from vichat.tiny.build import list_builds
 
         done = [p for p in list_builds() if (p.base / "config.json").exists()]
         if done:
@@ -172,7 +172,7 @@ def tiny_engine(args: argparse.Namespace, root: Path):
         from transformers import BloomConfig, BloomForCausalLM
 
         from vichat.data.tokenizers import default_tokenizer
-        from vichat.train.tiny import DEFAULT_CONFIG as C
+        from vichat.tiny.build import DEFAULT_CONFIG as C
 
         tok = default_tokenizer(vocab_size=C.vocab_size)
         torch.manual_seed(0)

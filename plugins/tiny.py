@@ -2,7 +2,7 @@
 
 It needs no download: ``load`` builds it on first use (a few minutes on two CPU cores, with
 progress printed) and finds it in the cache after that. Importing this plugin imports neither torch
-nor transformers (only :mod:`vichat.train.tiny`, which is standard-library only at import time).
+nor transformers (only :mod:`vichat.tiny.build`, which is standard-library only at import time).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from vichat.hookspecs import hookimpl
 from vichat.specs import Architecture, BaseModelSpec, Decoding
-from vichat.train.tiny import DEFAULT_CONFIG as _CFG
+from vichat.tiny.build import DEFAULT_CONFIG as _CFG
 
 
 def resolve_base_dir(path_or_id: str | Path) -> Path:
@@ -30,7 +30,7 @@ def load(spec: BaseModelSpec, path_or_id: str | None = None, **options: Any) -> 
     from vichat.models import load_causal_lm
 
     if path_or_id is None:
-        from vichat.train.tiny import build_tiny, tiny_paths
+        from vichat.tiny.build import build_tiny, tiny_paths
 
         paths = tiny_paths()
         if not paths.is_complete(()):

@@ -215,7 +215,7 @@ def test_offline_default_builds_the_tiny_model_and_resolves_its_adapters(monkeyp
     """The tiny path end to end, with build_tiny replaced by a finished 'build' (the random BLOOM)."""
     from types import SimpleNamespace
 
-    import vichat.train.tiny as tiny
+    import vichat.tiny.build as tiny
 
     bloom = tiny_bloom()
     calls = []

@@ -23,9 +23,9 @@ from click.testing import CliRunner
 
 from vichat.cli import main
 from vichat.records import VichatError
-from vichat.train import tiny
-from vichat.train.pretrain import Document, read_documents, split_documents
-from vichat.train.tiny import TinyConfig, build_tiny
+from vichat.tiny import build as tiny
+from vichat.tiny.pretrain import Document, read_documents, split_documents
+from vichat.tiny.build import TinyConfig, build_tiny
 from vichat.models import load_base
 
 SMALL = TinyConfig(vocab_size=800, n_layer=1, hidden_size=32, n_head=2, seq_len=64, batch_size=8, steps=40,
@@ -97,7 +97,7 @@ def test_model_beats_unigram_on_heldout(built):
 def test_second_call_is_a_cache_hit(built, monkeypatch):
     build, first_seconds = built
     mtime = (build.base / "model.safetensors").stat().st_mtime_ns
-    monkeypatch.setattr("vichat.train.tiny._build", lambda *a, **k: pytest.fail("a cache hit must not rebuild"))
+    monkeypatch.setattr("vichat.tiny.build._build", lambda *a, **k: pytest.fail("a cache hit must not rebuild"))
     events = []
     start = time.perf_counter()
     again = _build(progress=lambda *e: events.append(e))
@@ -329,7 +329,7 @@ def test_adapters_are_trained_with_the_trainer(built):
     assert ev == json.loads((build.paths.root / "eval.json").read_text(encoding="utf-8"))
     _check_eval_fields(ev)
     from vichat.data.tokenize import tokenize_record
-    from vichat.train.tiny_data import heldout_pairs
+    from vichat.tiny.parts import heldout_pairs
 
     total = n = 0.0
     model, tok = load_base(get_registry().base_model("tiny"), str(build.base))
@@ -358,7 +358,7 @@ def test_adapters_are_trained_with_the_trainer(built):
 
 
 def _check_eval_fields(ev: dict) -> None:
-    from vichat.train.tiny_data import heldout_pairs
+    from vichat.tiny.parts import heldout_pairs
 
     n_questions = len(heldout_pairs("tiny-chat")) + len(heldout_pairs("tiny-doctor"))
     assert set(ev["loss"]) == {"tiny-chat", "tiny-doctor"}
@@ -397,7 +397,7 @@ def test_load_tokenizer_by_name_uses_the_tiny_build(built, monkeypatch):
 def _pair_texts(pairs) -> set[str]:
     """Each record's question (instruction and input, as the app would receive it) and its answer.
     A bare instruction may repeat with another input ("Dịch câu sau sang tiếng Anh."); a question may not."""
-    from vichat.train.tiny_data import normalize
+    from vichat.tiny.parts import normalize
 
     return {normalize(t) for p in pairs for t in (p.message, p.output)}
 
@@ -408,9 +408,9 @@ def splits(tmp_path_factory):
     build's own split), each adapter's training and validation records (prepared the way the build
     prepares them) and the held-out pairs."""
     from vichat.data.prepare import TRAIN_FILE, VALIDATION_FILE
-    from vichat.train.pretrain import load_corpus
-    from vichat.train.tiny_data import ADAPTER_DATA, Pair, heldout_pairs, protected_texts
-    from vichat.train.tiny_stages import prepare_adapter_data
+    from vichat.tiny.pretrain import load_corpus
+    from vichat.tiny.parts import ADAPTER_DATA, Pair, heldout_pairs, protected_texts
+    from vichat.tiny.stages import prepare_adapter_data
 
     corpus = load_corpus(["sample"], tiny.DEFAULT_CONFIG, protected_texts())
     out = {"pretrain": corpus.train + corpus.heldout, "removed": corpus.n_removed}
@@ -425,7 +425,7 @@ def splits(tmp_path_factory):
 
 
 def test_bundled_data_parts_share_no_text(splits):
-    from vichat.train.tiny_data import normalize
+    from vichat.tiny.parts import normalize
 
     assert splits["removed"] == 0  # the bundled prose needs no cleaning: it was written apart
     parts = {k: v for k, v in splits.items() if ":" in k}
@@ -445,7 +445,7 @@ def test_bundled_data_parts_share_no_text(splits):
 
 
 def test_no_adapter_or_heldout_response_inside_the_pretraining_text(splits):
-    from vichat.train.tiny_data import normalize
+    from vichat.tiny.parts import normalize
 
     corpus = "\x00".join(normalize(t) for t in splits["pretrain"])
     assert len(corpus) > 100_000
@@ -461,8 +461,8 @@ def test_no_adapter_or_heldout_response_inside_the_pretraining_text(splits):
 
 
 def test_decontaminate_drops_documents_holding_protected_text(tmp_path):
-    from vichat.train.pretrain import decontaminate, load_corpus
-    from vichat.train.tiny_data import heldout_pairs, protected_texts
+    from vichat.tiny.pretrain import decontaminate, load_corpus
+    from vichat.tiny.parts import heldout_pairs, protected_texts
 
     answer = heldout_pairs("tiny-doctor")[0].output
     docs = [Document("a", "Một đoạn văn bình thường về thời tiết hôm nay.", "f:1"),
@@ -486,7 +486,7 @@ def test_decontaminate_drops_documents_holding_protected_text(tmp_path):
 def test_batched_greedy_answers_match_one_at_a_time(built):
     from vichat.plugins import get_registry
     from vichat.specs import Decoding
-    from vichat.train.tiny_eval import generate_answers
+    from vichat.tiny.heldout import generate_answers
 
     model, tok = load_base(get_registry().base_model("tiny"), str(built[0].base))
     questions = ["Xin chào", "Hà Nội có những món ăn nổi tiếng nào, và nên ăn ở đâu?", "Tôi bị ho."]

@@ -77,7 +77,7 @@ def _add_optional_commands() -> None:
     from .serve.commands import models
     from .train.commands import train
     from .train.export_commands import export
-    from .train.tiny_commands import tiny
+    from .tiny.commands import tiny
     from .translate.commands import translate
 
     main.add_command(data)

@@ -6,7 +6,7 @@ on the first request. All models of one engine share one base: the adapters are 
 single PeftModel (:mod:`vichat.serve.runner`) and a single scheduler thread decodes every request
 round-robin (:mod:`vichat.serve.scheduler`).
 
-``base: tiny`` without a ``path`` is the tiny offline model: :func:`vichat.train.tiny.build_tiny`
+``base: tiny`` without a ``path`` is the tiny offline model: :func:`vichat.tiny.build.build_tiny`
 builds it on first start (minutes, progress reported) or finds it in the cache, and adapter values
 naming one of its adapters (``tiny-chat``, ``tiny-doctor``) resolve to the build's folders.
 """
@@ -31,7 +31,7 @@ from .text import TokenTextStream
 
 log = logging.getLogger("vichat.serve")
 
-#: ``progress(stage, fraction, message)``, the same shape as :func:`vichat.train.tiny.build_tiny`'s.
+#: ``progress(stage, fraction, message)``, the same shape as :func:`vichat.tiny.build.build_tiny`'s.
 Progress = Callable[[str, float, str], None]
 
 TINY = "tiny"
@@ -227,7 +227,7 @@ class LocalEngine:
         cfg, spec = self.config, self.spec
         path, named, start = cfg.path, {}, 0.0
         if cfg.base == TINY and path is None:
-            from ..train.tiny import build_tiny
+            from ..tiny.build import build_tiny
 
             # The build is most of the wait: it gets 90% of the bar, loading the rest (one bar that
             # never goes back).
@@ -250,7 +250,9 @@ class LocalEngine:
         if device != "cpu":
             options["device_map"] = {"": device}
         loading(0.0, f"loading base model {cfg.base} from {path or spec.hub_id}")
-        model, tokenizer = spec.load_model(path, **options)
+        from ..models import load_base
+
+        model, tokenizer = load_base(spec, path, **options)
         model.eval()
 
         # One PeftModel, one entry per distinct adapter (two models may share an adapter).

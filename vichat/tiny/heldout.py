@@ -1,6 +1,6 @@
 """`vichat tiny eval`: do the tiny adapters change what the model does? Measured on held-out pairs.
 
-On the bundled held-out records (:data:`vichat.train.tiny_data.HELDOUT_FILES`, which neither the base
+On the bundled held-out records (:data:`vichat.tiny.parts.HELDOUT_FILES`, which neither the base
 nor the adapters train on):
 
 * **response loss**: for each adapter, the mean cross-entropy per response token (EOS included) of
@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Any, Callable, Sequence
 
-from .tiny_data import ADAPTER_DATA, Pair, heldout_pairs, normalize
+from .parts import ADAPTER_DATA, Pair, heldout_pairs, normalize
 
 #: The goals the numbers are checked against (the report says which are met).
 GOALS = {"loss_reduction": 0.10, "adapter_eos_share": 0.80, "chat_doctor_differ_share": 0.90}

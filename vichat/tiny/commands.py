@@ -1,6 +1,6 @@
 """`vichat tiny build`, `vichat tiny eval` and `vichat tiny info`: the tiny offline default model.
 
-Thin: each command calls :mod:`vichat.train.tiny`, which imports torch only when it has work to do,
+Thin: each command calls :mod:`vichat.tiny.build`, which imports torch only when it has work to do,
 so a cached build and `info` answer at once.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import click
 
-from .tiny import DEFAULT_CONFIG  # standard library only at import: `vichat --help` stays fast
+from .build import DEFAULT_CONFIG  # standard library only at import: `vichat --help` stays fast
 
 
 def _mb(n: int | None) -> str:
@@ -93,7 +93,7 @@ def build_cmd(corpus: tuple[str, ...], seed: int, steps: int | None, minutes: fl
       vichat tiny build --no-adapters --steps 300 --out /tmp/tiny
     """
     from ..records import VichatError
-    from .tiny import build_tiny
+    from .build import build_tiny
 
     if steps is not None and minutes is not None:
         raise VichatError("give --steps or --minutes, not both")
@@ -128,8 +128,8 @@ def eval_cmd(build_dir: str | None, force: bool, as_json: bool) -> None:
     build`), and its numbers are read from its eval.json unless --force.
     """
     from ..records import VichatError
-    from .tiny import TinyPaths, build_tiny
-    from .tiny_eval import format_eval
+    from .build import TinyPaths, build_tiny
+    from .heldout import format_eval
 
     if build_dir is None:
         paths = build_tiny().paths
@@ -159,8 +159,8 @@ def _read_json(path: Path) -> Any:
 def eval_build(paths: Any) -> dict[str, Any]:
     """Measure ``paths``' adapters against its base; write eval.json and update report.json."""
     from ..records import VichatError
-    from .tiny import _write_json, read_report
-    from .tiny_stages import evaluate_heldout
+    from .build import _write_json, read_report
+    from .stages import evaluate_heldout
 
     if not any((p / "adapter_config.json").exists() for p in paths.adapters.values()):
         raise VichatError(f"{paths.root}: the build has no adapters to evaluate; `vichat tiny build` (without "
@@ -182,7 +182,7 @@ def info_cmd(as_json: bool) -> None:
 
 def info_main(as_json: bool = False, echo: Callable[[str], None] = click.echo) -> int:
     """What `vichat tiny info` prints (tests call it)."""
-    from .tiny import cache_root, list_builds, read_report, tiny_paths
+    from .build import cache_root, list_builds, read_report, tiny_paths
 
     default = tiny_paths()
     builds = list_builds()

@@ -36,7 +36,7 @@ from ..specs import DEFAULT_FIELD_MAP
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .tiny import TinyConfig
+    from .config import TinyConfig
 
 #: ``--corpus sample`` (and the default) means the bundled pretraining text, ``vichat/data/sample/prose.jsonl``
 #: (general Vietnamese prose written for the project; none of it is an instruction record).
@@ -229,7 +229,7 @@ def read_documents(sources: Sequence[str]) -> tuple[list[Document], list[str], i
 
 def decontaminate(docs: Sequence[Document], protected: Sequence[str], min_chars: int = 24,
                   ) -> tuple[list[Document], list[str], int]:
-    """Drop every document whose normalised text (:func:`vichat.train.tiny_data.normalize`) contains
+    """Drop every document whose normalised text (:func:`vichat.tiny.parts.normalize`) contains
     one of the ``protected`` texts (the instructions and responses of the records the adapters train,
     validate or are evaluated on); texts shorter than ``min_chars`` normalised characters are too
     generic to mean a leak and are not searched for.
@@ -238,7 +238,7 @@ def decontaminate(docs: Sequence[Document], protected: Sequence[str], min_chars:
     """
     from bisect import bisect_right
 
-    from .tiny_data import normalize
+    from .parts import normalize
 
     needles = sorted({n for n in map(normalize, protected) if len(n) >= min_chars}, key=len, reverse=True)
     if not needles or not docs:

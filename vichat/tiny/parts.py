@@ -12,7 +12,7 @@ The bundled files (``vichat/data/sample/``), each written for the project:
 No text is shared between the parts, compared after :func:`normalize` (NFC, casefold, whitespace
 collapsed), and no held-out or adapter response occurs inside the pretraining text; the tests check
 both, and every build also drops pretraining documents that contain adapter or held-out text
-(:func:`vichat.train.pretrain.decontaminate`), so a ``--corpus`` of your own cannot leak them either.
+(:func:`vichat.tiny.pretrain.decontaminate`), so a ``--corpus`` of your own cannot leak them either.
 
 Standard library only.
 """

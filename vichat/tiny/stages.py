@@ -1,8 +1,8 @@
 """The stages of a tiny build: tokenizer, base model (pretrain + held-out perplexity), adapters,
 held-out evaluation, report.
 
-Each stage writes into a temporary folder that :func:`vichat.train.tiny._stage` renames into place
-once complete; :mod:`vichat.train.tiny` decides which stages run. torch, transformers and the
+Each stage writes into a temporary folder that :func:`vichat.tiny.build._stage` renames into place
+once complete; :mod:`vichat.tiny.build` decides which stages run. torch, transformers and the
 trainer are imported inside the functions.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ..records import VichatError
-from .tiny import TINY_VERSION, TinyConfig, TinyPaths, _Reporter, _stage, _write_json
+from .config import TINY_VERSION, TinyConfig, TinyPaths, _Reporter, _stage, _write_json
 
 #: Each stage folder holds this file: how long the stage took and what it reported, so a build
 #: resumed after an interruption still reports the stages an earlier process finished.
@@ -116,7 +116,7 @@ def prepare_adapter_data(out: Path, name: str, seed: int) -> dict[str, Any]:
     """Prepare adapter ``name``'s data (its preset's dataset and template) into ``out``: train.jsonl
     and validation.jsonl, as :func:`vichat.data.prepare.prepare` writes them."""
     from ..data.prepare import prepare
-    from .presets import get_preset
+    from ..train.presets import get_preset
 
     preset = get_preset(name)
     return prepare(out, datasets=[preset.values["data"]], template=preset.values["template"], val_size=VAL_SIZE,
@@ -128,7 +128,7 @@ def build_adapter(paths: TinyPaths, name: str, seed: int, cfg: TinyConfig, repor
     """Train adapter ``name`` with the trainer on the bundled sample, prepared into a data dir."""
     started = time.perf_counter()
     try:
-        from .trainer import run
+        from ..train.trainer import run
     except ImportError as exc:
         if exc.name == f"{__package__}.trainer":
             raise VichatError("the LoRA trainer (vichat.train.trainer) is not part of this version, so the tiny "
@@ -136,9 +136,9 @@ def build_adapter(paths: TinyPaths, name: str, seed: int, cfg: TinyConfig, repor
                               "model alone") from None
         raise
     from ..plugins import get_registry
-    from .config import build_config
-    from .plan import plan
-    from .presets import get_preset
+    from ..train.config import build_config
+    from ..train.plan import plan
+    from ..train.presets import get_preset
 
     preset = get_preset(name)
     data_dir = paths.work / f"data-{name}"
@@ -201,7 +201,7 @@ def _watch_log(log: Path, total: int, stage: str, name: str, report_progress: _R
 
 def evaluate_heldout(paths: TinyPaths, say: Callable[[str], None]) -> dict[str, Any]:
     """Measure the adapters against the base on the held-out pairs and write ``eval.json``."""
-    from .tiny_eval import evaluate_build
+    from .heldout import evaluate_build
 
     started = time.perf_counter()
     adapters = {name: p for name, p in paths.adapters.items() if (p / "adapter_config.json").exists()}
