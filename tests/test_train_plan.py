@@ -215,19 +215,19 @@ def test_train_ds_json_is_zero2_with_autos():
 
 def test_fill_deepspeed_config_resolves_every_auto():
     cfg = build_config("bloomz-chat")
-    ds = fill_deepspeed_config(REPO_ROOT / "train_ds.json", cfg, spec=BLOOMZ_7B1_MT)
+    ds = fill_deepspeed_config(REPO_ROOT / "train_ds.json", plan(cfg, BLOOMZ_7B1_MT), BLOOMZ_7B1_MT)
     assert _autos(ds) == []
     assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 4 == ds["train_batch_size"] == 128
     assert ds["fp16"]["enabled"] is True and ds["bf16"]["enabled"] is False
     assert ds["optimizer"]["params"]["lr"] == 3e-4 and ds["optimizer"]["params"]["betas"] == [0.9, 0.999]
     assert ds["scheduler"]["params"]["total_num_steps"] == 3158 and ds["scheduler"]["params"]["warmup_num_steps"] == 100
     assert ds["zero_optimization"]["reduce_bucket_size"] == 4096 * 4096
-    ds3 = fill_deepspeed_config("train_ds.json", replace(cfg, load_in="none", zero_stage=3), spec=BLOOMZ_7B1_MT,
-                                n_train_records=1000)
+    ds3 = fill_deepspeed_config("train_ds.json", plan(replace(cfg, load_in="none", zero_stage=3), BLOOMZ_7B1_MT,
+                                                      n_train_records=1000), BLOOMZ_7B1_MT)
     assert ds3["zero_optimization"]["stage"] == 3
     assert ds3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert _autos(ds3) == []
-    own = fill_deepspeed_config("train_ds.json", cfg, spec=BLOOMZ_7B1_MT, client_optimizer=True)
+    own = fill_deepspeed_config("train_ds.json", plan(cfg, BLOOMZ_7B1_MT), BLOOMZ_7B1_MT, client_optimizer=True)
     assert "optimizer" not in own and "scheduler" not in own and own["zero_allow_untested_optimizer"] is True
 
 
@@ -393,7 +393,7 @@ def test_filled_deepspeed_config_equals_what_the_trainer_fills():
 
     cfg = build_config("bloomz-chat")
     p = plan(cfg, BLOOMZ_7B1_MT)
-    ours = fill_deepspeed_config(REPO_ROOT / "train_ds.json", cfg, spec=BLOOMZ_7B1_MT)
+    ours = fill_deepspeed_config(REPO_ROOT / "train_ds.json", plan(cfg, BLOOMZ_7B1_MT), BLOOMZ_7B1_MT)
     kw = hf_training_kwargs(p.config, p.batch.micro, p.batch.accumulation)
     args = types.SimpleNamespace(
         world_size=4, save_on_each_node=False, fp16_full_eval=False, bf16_full_eval=False,

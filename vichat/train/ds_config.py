@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ..records import VichatError
-from .config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,33 +75,25 @@ def _fill(node: dict[str, Any], key: str, value: Any) -> None:
 
 def fill_deepspeed_config(
     path: str | Path,
-    cfg: TrainConfig,
+    p: Any,
+    spec: Any,
     *,
-    spec: Any = None,
-    n_train_records: int | None = None,
     total_steps: int | None = None,
     client_optimizer: bool = False,
 ) -> dict[str, Any]:
-    """The DeepSpeed config at ``path`` with every ``"auto"`` resolved from ``cfg``.
+    """The DeepSpeed config at ``path`` with every ``"auto"`` resolved from the dry-run plan ``p``
+    (:func:`vichat.train.plan.plan` of the run's config, for base model ``spec``).
 
-    ``cfg.zero_stage`` overrides the file's stage. The step count for the scheduler is
-    ``total_steps`` if given, else the dry-run plan's (from ``n_train_records``, the data dir, or the
-    mixture's paper size). ``client_optimizer=True``: the caller passes its own optimizer and
-    scheduler to ``deepspeed.initialize`` (DeepSpeed refuses both at once), so those blocks are
+    The plan's config decides the ZeRO stage (it overrides the file's). The step count for the
+    scheduler is ``total_steps`` if given, else the plan's. ``client_optimizer=True``: the caller
+    passes its own optimizer and scheduler (DeepSpeed refuses both at once), so those blocks are
     dropped. Raises :class:`VichatError` if an ``"auto"`` is left that it cannot fill.
     """
-    from .plan import plan
-
-    if spec is None:
-        from ..plugins import get_registry
-
-        spec = get_registry().base_model(cfg.base_model)
-    p = plan(cfg, spec, n_train_records=n_train_records)
     rc, batch = p.config, p.batch
     steps = total_steps if total_steps is not None else p.total_steps
     if steps is None:
         raise VichatError("cannot fill the scheduler's total_num_steps: the number of training records is unknown "
-                          f"for data {cfg.data!r}; pass n_train_records or total_steps")
+                          f"for data {rc.data!r}; plan with n_train_records, or pass total_steps")
     ds = load_deepspeed_config(path)
     _fill(ds, "train_batch_size", batch.total)
     _fill(ds, "train_micro_batch_size_per_gpu", batch.micro)

@@ -213,9 +213,10 @@ class TrainingRun:
         if not self.uses_deepspeed:
             return None
         from .ds_config import fill_deepspeed_config
+        from .plan import plan
 
-        ds = fill_deepspeed_config(self.cfg.deepspeed_config, replace(self.cfg, gradient_accumulation=None),
-                                   spec=self.spec, n_train_records=1, total_steps=1, client_optimizer=True)
+        p = plan(replace(self.cfg, gradient_accumulation=None), self.spec, n_train_records=1)
+        ds = fill_deepspeed_config(self.cfg.deepspeed_config, p, self.spec, total_steps=1, client_optimizer=True)
         ds["train_micro_batch_size_per_gpu"] = self.batch.micro
         ds["gradient_accumulation_steps"] = self.batch.accumulation
         ds["train_batch_size"] = self.batch.micro * self.batch.accumulation * self.world
