@@ -10,6 +10,9 @@ The format (docs/serving.md has complete examples)::
         device: auto               # auto | cpu | cuda | cuda:1
         context: 2048              # optional context window in tokens
         seed: 0                    # optional: reproducible sampling
+        max_batch_size: 16         # requests decoded together in one forward pass; the rest queue
+        max_batch_tokens: 8192     # KV-cache tokens in flight (each request: prompt + max_new_tokens)
+        prefill_chunk: 512         # prompt tokens prefilled per step while the others keep decoding
         models:
           - name: bloomz-chat      # shown in the app, stored in votes
             adapter: runs/bloomz-chat   # local dir or hub id of a PEFT adapter; null = the bare base
@@ -84,6 +87,9 @@ class LocalBackendConfig:
     device: str = "auto"
     context: int | None = None
     seed: int | None = None
+    max_batch_size: int = 16  # requests decoded together; more wait in a queue
+    max_batch_tokens: int = 8192  # KV-cache tokens in flight (each request: prompt + max_new_tokens)
+    prefill_chunk: int = 512  # prompt tokens prefilled per step while others decode
     where: str = ""
 
     @property
@@ -124,7 +130,8 @@ class ServeConfig:
 
 
 _MODEL_KEYS = ("name", "adapter", "template", "description", "decoding", "model", "stop", "optional")
-_LOCAL_KEYS = ("type", "base", "path", "load_in", "dtype", "device", "context", "seed", "models")
+_LOCAL_KEYS = ("type", "base", "path", "load_in", "dtype", "device", "context", "seed", "max_batch_size",
+               "max_batch_tokens", "prefill_chunk", "models")
 _REMOTE_KEYS = ("type", "base_url", "api_key_env", "api", "timeout", "max_retries", "models")
 _DECODING_KEYS = tuple(f.name for f in fields(Decoding))
 
@@ -206,6 +213,9 @@ def _backend(r: Reader, value: Any, path: tuple) -> BackendConfig:
             device=r.string(raw.get("device", "auto"), path + ("device",)),
             context=r.number(context, path + ("context",), int, 16) if context is not None else None,
             seed=r.number(seed, path + ("seed",), int) if seed is not None else None,
+            max_batch_size=r.number(raw.get("max_batch_size", 16), path + ("max_batch_size",), int, 1),
+            max_batch_tokens=r.number(raw.get("max_batch_tokens", 8192), path + ("max_batch_tokens",), int, 16),
+            prefill_chunk=r.number(raw.get("prefill_chunk", 512), path + ("prefill_chunk",), int, 1),
             where=r.where(path),
         )
     if kind == "remote":

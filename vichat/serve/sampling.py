@@ -1,15 +1,19 @@
-"""Choosing the next token: repetition penalty, temperature, top-k, top-p, then a seeded draw.
+"""Choosing the next token with transformers' own logits processors, per request.
 
-The same order and arithmetic as transformers' ``generate`` (``RepetitionPenaltyLogitsProcessor``,
-then the temperature, top-k and top-p warpers), so greedy serving reproduces ``generate`` token for
-token, and a seeded sampler is reproducible. Each request has its own :class:`Sampler` and its own
-``torch.Generator``: what one user draws never depends on who else is being served.
+:func:`logits_processors` builds, for one request's :class:`vichat.specs.Decoding`, the same
+``LogitsProcessorList`` that ``model.generate(**decoding.as_generate_kwargs())`` builds:
+``RepetitionPenaltyLogitsProcessor``, then (sampling only) ``TemperatureLogitsWarper``,
+``TopKLogitsWarper`` and ``TopPLogitsWarper``, in generate's order. So the app, ``vichat eval
+generate`` (which calls ``generate``) and plain ``generate`` sample the same way, and greedy serving
+reproduces ``generate`` token for token. A batch row is processed with its own list (requests in one
+batch have their own settings); each request draws from its own seeded ``torch.Generator``, so what
+one user draws never depends on who else is in the batch.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..specs import Decoding
 
@@ -26,40 +30,23 @@ def request_seed(seed: int, *parts: str) -> int:
     return int.from_bytes(h.digest()[:8], "little") >> 1
 
 
-def apply_repetition_penalty(logits: "torch.Tensor", seen: "torch.Tensor", penalty: float) -> "torch.Tensor":
-    """CTRL's penalty as transformers applies it: a seen token's logit is divided by ``penalty``
-    when positive and multiplied when negative (``seen`` = prompt and generated ids)."""
-    import torch
+def logits_processors(decoding: Decoding) -> Any:
+    """transformers' ``LogitsProcessorList`` for ``decoding``, as ``generate`` builds it (its
+    ``_get_logits_processor`` adds the penalty first, then the warpers when sampling)."""
+    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                              TopKLogitsWarper, TopPLogitsWarper)
 
-    if penalty == 1.0 or seen.numel() == 0:
-        return logits
-    score = logits.gather(-1, seen)
-    score = torch.where(score < 0, score * penalty, score / penalty)
-    return logits.scatter(-1, seen, score)
-
-
-def top_k_filter(logits: "torch.Tensor", k: int) -> "torch.Tensor":
-    """Keep the ``k`` largest logits (ties with the k-th kept too); ``k <= 0`` keeps all."""
-    import torch
-
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = torch.topk(logits, k).values[..., -1, None]
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: "torch.Tensor", p: float) -> "torch.Tensor":
-    """Nucleus filtering: keep the smallest set of tokens whose probability reaches ``p``."""
-    import torch
-
-    if p >= 1.0:
-        return logits
-    sorted_logits, sorted_idx = torch.sort(logits, descending=False)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (1 - p)
-    remove[..., -1:] = False  # the most likely token always stays
-    remove = remove.scatter(-1, sorted_idx, remove)
-    return logits.masked_fill(remove, float("-inf"))
+    procs = LogitsProcessorList()
+    if decoding.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(penalty=decoding.repetition_penalty))
+    if decoding.temperature > 0:
+        if decoding.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(decoding.temperature))
+        if decoding.top_k > 0:
+            procs.append(TopKLogitsWarper(top_k=decoding.top_k, min_tokens_to_keep=1))
+        if decoding.top_p < 1.0:
+            procs.append(TopPLogitsWarper(top_p=decoding.top_p, min_tokens_to_keep=1))
+    return procs
 
 
 class Sampler:
@@ -69,6 +56,7 @@ class Sampler:
         import torch
 
         self.decoding = decoding
+        self.processors = logits_processors(decoding)
         self.generator: torch.Generator | None = None
         if decoding.temperature > 0:
             self.generator = torch.Generator()
@@ -77,17 +65,13 @@ class Sampler:
             else:
                 self.generator.manual_seed(seed)
 
-    def __call__(self, logits: "torch.Tensor", seen: Sequence[int] | "torch.Tensor") -> int:
-        """The next id from the last position's ``logits`` (1-D, vocab) given every id so far."""
+    def __call__(self, logits: "torch.Tensor", seen: "torch.Tensor") -> int:
+        """The next id from one row of last-position ``logits`` (1-D, vocab) given every id so far
+        (``seen``: 1-D long tensor, prompt then generated ids)."""
         import torch
 
-        d = self.decoding
-        logits = logits.float()
-        seen_t = seen if isinstance(seen, torch.Tensor) else torch.tensor(list(seen), dtype=torch.long)
-        logits = apply_repetition_penalty(logits, seen_t.to(logits.device), d.repetition_penalty)
+        scores = self.processors(seen.to(logits.device).view(1, -1), logits.float().view(1, -1))
         if self.generator is None:
-            return int(torch.argmax(logits))
-        logits = logits / d.temperature
-        logits = top_p_filter(top_k_filter(logits, d.top_k), d.top_p)
-        probs = logits.softmax(dim=-1).cpu()  # drawn on the CPU: one generator, any device
+            return int(torch.argmax(scores))
+        probs = scores.softmax(dim=-1)[0].cpu()  # drawn on the CPU: one generator, any device
         return int(torch.multinomial(probs, 1, generator=self.generator))
