@@ -147,10 +147,19 @@ def test_gptj_mixed_adapters_with_left_padding_equal_solo_generate(tiny_gptj):
         jobs = [("x", QUESTIONS[0]), ("y", QUESTIONS[3]), ("plain", QUESTIONS[2])]
         texts, _ = run_together(e, jobs, GREEDY)
         expected = [generate_alone(model, tok, None if m == "plain" else m, q, GREEDY) for m, q in jobs]
+        # A request that joins a running batch: its cache is left-padded to the batch's length, so
+        # only position_ids from the mask keep its rotary positions (and answers) right.
+        longer = Decoding(max_new_tokens=30, temperature=0)
+        first = e.stream("x", QUESTIONS[1], decoding=longer)
+        head = next(first)
+        joined = "".join(e.stream("y", QUESTIONS[2], decoding=GREEDY))
+        rest = "".join(first)
     finally:
         e.close()
     assert texts == expected
     assert len(set(texts)) == 3
+    assert joined == generate_alone(model, tok, "y", QUESTIONS[2], GREEDY)
+    assert head + rest == generate_alone(model, tok, "x", QUESTIONS[1], longer)
 
 
 @pytest.mark.parametrize("dec", [Decoding(), Decoding(temperature=0), Decoding(temperature=1.3, top_k=0, top_p=0.7,
