@@ -23,11 +23,14 @@ GREEDY = Decoding(max_new_tokens=16, temperature=0)
 QUESTIONS = ["Xin chào, bạn khỏe không?", "Tôi bị đau đầu và sốt nhẹ.", "Hà Nội ở đâu?", "Kể một câu chuyện ngắn."]
 
 
-def generate_alone(model, tok, adapter: str | None, message: str, dec: Decoding) -> str:
+def generate_alone(engine: LocalEngine, adapter: str | None, message: str, dec: Decoding) -> str:
     """transformers' ``generate`` on one prompt, under one adapter (``None``: the bare base)."""
+    loaded = engine.prepare()
+    model, tok, runner = engine.model, loaded.tokenizer.tokenizer, loaded.scheduler.runner
     ids = encode_text(tok, fold_history(CHAT, message))
     kwargs = {"adapter_names": [adapter or "__base__"]} if hasattr(model, "peft_config") else {}
-    with torch.no_grad():
+    with runner.lock, torch.no_grad():
+        runner.reset()  # adapter layers on: generate picks the adapter with adapter_names
         out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                              pad_token_id=tok.pad_token_id, **dec.as_generate_kwargs(), **kwargs)
     return final_text(tok.decode(out[0, len(ids):], skip_special_tokens=True), stop_markers(CHAT))
@@ -102,9 +105,8 @@ def test_chunked_prefill_interleaves_with_decoding_and_changes_no_answer():
         second = "".join(e.stream("b", long_q, template="chat", decoding=GREEDY))
         rest = "".join(first)
         del runner.forward
-        tok = loaded.tokenizer.tokenizer
-        assert head + rest == generate_alone(e.model, tok, "a", "Chào", dec)
-        assert second == generate_alone(e.model, tok, "b", long_q, GREEDY)
+        assert head + rest == generate_alone(e, "a", "Chào", dec)
+        assert second == generate_alone(e, "b", long_q, GREEDY)
         # The long prompt went in chunks of 8, each followed by a decode step of "a" (1 token).
         chunks = [i for i, p in enumerate(passes) if p[1] == ("b",) and p[0] > 1]
         assert len(chunks) >= 3 and all(p[0] <= 8 for p in (passes[i] for i in chunks))
@@ -146,7 +148,7 @@ def test_gptj_mixed_adapters_with_left_padding_equal_solo_generate(tiny_gptj):
         # Prompts of different lengths: the shorter ones are left-padded in the batch.
         jobs = [("x", QUESTIONS[0]), ("y", QUESTIONS[3]), ("plain", QUESTIONS[2])]
         texts, _ = run_together(e, jobs, GREEDY)
-        expected = [generate_alone(model, tok, None if m == "plain" else m, q, GREEDY) for m, q in jobs]
+        expected = [generate_alone(e, None if m == "plain" else m, q, GREEDY) for m, q in jobs]
         # A request that joins a running batch: its cache is left-padded to the batch's length, so
         # only position_ids from the mask keep its rotary positions (and answers) right.
         longer = Decoding(max_new_tokens=30, temperature=0)
@@ -154,12 +156,12 @@ def test_gptj_mixed_adapters_with_left_padding_equal_solo_generate(tiny_gptj):
         head = next(first)
         joined = "".join(e.stream("y", QUESTIONS[2], decoding=GREEDY))
         rest = "".join(first)
+        expected_join = generate_alone(e, "y", QUESTIONS[2], GREEDY), generate_alone(e, "x", QUESTIONS[1], longer)
     finally:
         e.close()
     assert texts == expected
     assert len(set(texts)) == 3
-    assert joined == generate_alone(model, tok, "y", QUESTIONS[2], GREEDY)
-    assert head + rest == generate_alone(model, tok, "x", QUESTIONS[1], longer)
+    assert (joined, head + rest) == expected_join
 
 
 @pytest.mark.parametrize("dec", [Decoding(), Decoding(temperature=0), Decoding(temperature=1.3, top_k=0, top_p=0.7,

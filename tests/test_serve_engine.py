@@ -38,6 +38,7 @@ def hf_greedy(engine: LocalEngine, name: str, message: str, template, dec: Decod
     ids = encode_text(tok, fold_history(template, message))
     runner = loaded.scheduler.runner
     with runner.lock, torch.no_grad():
+        runner.reset()  # adapter layers on: generate picks the adapter with adapter_names
         out = engine.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                     max_new_tokens=dec.max_new_tokens, do_sample=False,
                                     repetition_penalty=dec.repetition_penalty,

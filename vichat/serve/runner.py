@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 BASE = "__base__"  # peft's name for "no adapter" in adapter_names
+_MIXED, _BARE = object(), object()  # runner states besides "this one adapter is active"
 
 
 def load_adapters(model: Any, adapters: Sequence[tuple[str, str]]) -> Any:
@@ -55,9 +56,39 @@ class BatchRunner:
         self.config = getattr(base, "config", None)
         self.device = _input_device(base)
         self.forwards = 0  # forward passes run, for tests and benchmarks
+        # peft >= 0.17 can activate an adapter without marking its weights trainable.
+        self._set_kwargs = ({"inference_mode": True} if self.is_peft and "inference_mode"
+                            in inspect.signature(model.set_adapter).parameters else {})
+        self._state: Any = None
         if self.is_peft:
-            # adapter_names is ignored by layers whose adapters are disabled: keep them all enabled.
-            self.model.base_model.enable_adapter_layers()
+            self._prepare(_MIXED)
+
+    def _prepare(self, state: Any) -> None:
+        """Put the PeftModel in ``state``: ``_MIXED`` (adapter layers on, rows pick theirs with
+        ``adapter_names``), ``_BARE`` (adapter layers off) or one adapter's name (only it active).
+
+        A batch whose rows all use one adapter (or none) runs without ``adapter_names``: peft's
+        per-call hook set-up walks every module, which costs as much as a small model's forward."""
+        if state is self._state or (isinstance(state, str) and state == self._state):
+            return
+        base = self.model.base_model
+        if state is _BARE:
+            base.disable_adapter_layers()
+        else:
+            if self._state is _BARE or self._state is None:
+                base.enable_adapter_layers()  # adapter_names is ignored by layers whose adapters are off
+            if state is not _MIXED:
+                self.model.set_adapter(state, **self._set_kwargs)
+        self._state = state
+
+    def reset(self) -> None:
+        """Adapter layers on, whatever adapter is active: the state peft's own ``adapter_names``
+        calls (``generate(adapter_names=...)``) expect. Also after a failed pass, or after code
+        outside the runner switched adapters."""
+        with self.lock:
+            if self.is_peft:
+                self._state = None
+                self._prepare(_MIXED)
 
     def new_cache(self) -> Any:
         """An empty KV cache."""
@@ -92,7 +123,13 @@ class BatchRunner:
             if self._keep_kw:
                 kwargs["logits_to_keep"] = 1
             if self.is_peft:
-                kwargs["adapter_names"] = [BASE if a is None else a for a in adapters]
+                distinct = set(adapters)
+                if len(distinct) > 1:
+                    self._prepare(_MIXED)
+                    kwargs["adapter_names"] = [BASE if a is None else a for a in adapters]
+                else:
+                    only = distinct.pop()
+                    self._prepare(_BARE if only is None else only)
             out = self.model(**kwargs)
             self.forwards += 1
             return out.logits[:, -1]

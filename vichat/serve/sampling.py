@@ -13,7 +13,7 @@ one user draws never depends on who else is in the batch.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..specs import Decoding
 
@@ -50,7 +50,11 @@ def logits_processors(decoding: Decoding) -> Any:
 
 
 class Sampler:
-    """Next-token choice for one request; ``temperature <= 0`` is greedy (argmax)."""
+    """Next-token choice for one request; ``temperature <= 0`` is greedy (argmax).
+
+    Requests with equal decoding settings are processed together by :func:`sample_rows` (one
+    processor call over their rows, as ``generate`` does for a batch); each still draws from its
+    own generator."""
 
     def __init__(self, decoding: Decoding, seed: int | None = None) -> None:
         import torch
@@ -75,3 +79,31 @@ class Sampler:
             return int(torch.argmax(scores))
         probs = scores.softmax(dim=-1)[0].cpu()  # drawn on the CPU: one generator, any device
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def sample_rows(logits: "torch.Tensor", rows: "Sequence[tuple[Sampler, torch.Tensor]]") -> list[int]:
+    """The next id of every row of ``logits`` (``[batch, vocab]``) for its ``(sampler, seen ids)``.
+
+    Rows with equal settings share one pass of the processors. The repetition penalty needs the
+    seen ids as one ``[n, length]`` tensor: shorter rows are padded with their own first id, which
+    changes nothing (the penalty is applied once per distinct id)."""
+    import torch
+
+    out: list[int] = [0] * len(rows)
+    groups: dict[Decoding, list[int]] = {}
+    for i, (sampler, _) in enumerate(rows):
+        groups.setdefault(sampler.decoding, []).append(i)
+    for members in groups.values():
+        procs = rows[members[0]][0].processors
+        seen = [rows[i][1] for i in members]
+        width = max(len(x) for x in seen)
+        ids = torch.stack([torch.cat([x[:1].expand(width - len(x)), x]) if len(x) < width else x for x in seen])
+        scores = procs(ids.to(logits.device), logits[members].float())
+        if rows[members[0]][0].generator is None:
+            for i, token in zip(members, scores.argmax(dim=-1).tolist()):
+                out[i] = token
+            continue
+        probs = scores.softmax(dim=-1).cpu()  # drawn on the CPU: one generator per request, any device
+        for k, i in enumerate(members):
+            out[i] = int(torch.multinomial(probs[k], 1, generator=rows[i][0].generator))
+    return out

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 
 from .api import ModelError, Queued
 from .runner import append_rows, drop_left, select_rows
-from .sampling import Sampler
+from .sampling import Sampler, sample_rows
 from .text import TokenTextStream
 
 log = logging.getLogger("vichat.serve")
@@ -180,6 +180,9 @@ class Scheduler:
             step()
         except Exception as exc:  # noqa: BLE001 - a failed pass ends its requests, the others keep going
             log.exception("generation failed")
+            reset = getattr(self.runner, "reset", None)
+            if reset is not None:  # a pass that failed half-way may have left adapters half-switched
+                reset()
             error = ModelError(f"generation failed: {type(exc).__name__}: {_short(exc)}")
             for r in rows:
                 r.finish(error)
@@ -242,10 +245,7 @@ class Scheduler:
         if end < j.ids.shape[1]:
             return
         self._joining = None
-        for i, r in enumerate(j.rows):
-            if not r.cancelled():
-                r.take(r.sampler(logits[i], r.seen()))
-                self.tokens += 1
+        self._sample(j.rows, logits)
         keep = [i for i, r in enumerate(j.rows) if not r.done and not r.cancelled()]
         for r in j.rows:
             if r.cancelled():
@@ -274,10 +274,14 @@ class Scheduler:
         mask = torch.cat([self._mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
         logits = self.runner.forward(ids, mask, self._cache, [r.adapter for r in rows])
         self._mask = mask
-        for i, r in enumerate(rows):
-            if not r.cancelled():
-                r.take(r.sampler(logits[i], r.seen()))
-                self.tokens += 1
+        self._sample(rows, logits)
+
+    def _sample(self, rows: list[Request], logits: Any) -> None:
+        live = [i for i, r in enumerate(rows) if not r.cancelled()]
+        tokens = sample_rows(logits[live], [(rows[i].sampler, rows[i].seen()) for i in live])
+        for i, token in zip(live, tokens):
+            rows[i].take(token)
+        self.tokens += len(live)
 
     def _compact(self) -> None:
         """Drop ended or cancelled requests from the batch, and padding no row needs any more."""
