@@ -188,3 +188,23 @@ def test_the_engine_samples_with_the_processors_generate_builds(dec):
     assert [type(p).__name__ for p in logits_processors(dec)] == [type(p).__name__ for p in built[0]]
     assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
     assert torch.allclose(ours[~torch.isinf(ours)], theirs[~torch.isinf(theirs)])
+
+
+def test_the_chat_tab_shows_a_waiting_visitor_its_place_then_the_answer():
+    from vichat.app import generation
+
+    e = LocalEngine(replace(local_config(tiny_bloom()), max_batch_size=1))
+    previous = generation._backend
+    generation.set_backend(e)
+    try:
+        busy = e.stream("a", QUESTIONS[0], decoding=Decoding(max_new_tokens=40, temperature=0))
+        next(busy)  # the only place in the batch is taken
+        shown = list(generation.stream_answer("b", QUESTIONS[1], (), None, GREEDY))
+        "".join(busy)
+        alone = "".join(e.stream("b", QUESTIONS[1], decoding=GREEDY))
+    finally:
+        generation._backend = previous
+        e.close()
+    assert shown[0] == generation.waiting_text(1)
+    assert "" in shown and shown[-1] == alone and alone  # the place is cleared, then the answer streams
+    assert all(not s.startswith("⏳") for s in shown[shown.index(""):])

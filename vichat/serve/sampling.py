@@ -69,11 +69,13 @@ class Sampler:
             else:
                 self.generator.manual_seed(seed)
 
-    def __call__(self, logits: "torch.Tensor", seen: "torch.Tensor") -> int:
+    def __call__(self, logits: "torch.Tensor", seen: "Sequence[int] | torch.Tensor") -> int:
         """The next id from one row of last-position ``logits`` (1-D, vocab) given every id so far
-        (``seen``: 1-D long tensor, prompt then generated ids)."""
+        (prompt then generated ids)."""
         import torch
 
+        if not isinstance(seen, torch.Tensor):
+            seen = torch.tensor(list(seen), dtype=torch.long)
         scores = self.processors(seen.to(logits.device).view(1, -1), logits.float().view(1, -1))
         if self.generator is None:
             return int(torch.argmax(scores))
