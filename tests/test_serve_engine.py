@@ -194,7 +194,9 @@ def scripted(text: str, *, eos: bool = False, after: int | None = None, delay: f
     script = byte_token_ids(tok, text) + ([tok.eos_token_id] if eos else [])
     model = ScriptedModel(len(tok), script, after=after, delay=delay)
     models = [ModelConfig(name="m", template="chat", **kw)]
-    return LocalEngine.from_loaded(model, tok, models, base="tiny"), model
+    engine = LocalEngine.from_loaded(model, tok, models, base="tiny")
+    engine.prepare().scheduler.prefill_chunk = 1 << 20  # the scripted model takes a prompt in one call
+    return engine, model
 
 
 def test_stop_marker_split_over_tokens_is_never_shown_and_ends_generation():
