@@ -4,7 +4,9 @@ The base weights exist once; each adapter adds only its low-rank matrices. A for
 batch whose rows use different adapters: peft's mixed-adapter inference (``adapter_names=`` one
 name per row, ``"__base__"`` for the bare base) runs every LoRA layer's base projection on the whole
 batch and adds each adapter's low-rank update to its own rows only (``LoraLayer._mixed_batch_forward``).
-Nothing is switched between requests, so requests on different adapters share every forward pass.
+Requests on different adapters therefore share every forward pass. (A batch whose rows all use one
+adapter, or none, runs without ``adapter_names`` after a one-off ``set_adapter`` /
+``disable_adapter_layers``: peft's per-call hook set-up costs as much as a tiny model's forward.)
 
 Rows are left-padded to a common length; ``attention_mask`` marks the real tokens. Positions come
 from the mask: BLOOM builds its ALiBi bias from the mask's cumulative sum, models with position
@@ -44,7 +46,7 @@ class BatchRunner:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.lock = threading.RLock()  # held during a forward pass (tests hold it to line requests up)
+        self.lock = threading.RLock()  # held during a forward pass; code using the model directly holds it too
         self.is_peft = hasattr(model, "peft_config") and hasattr(model, "base_model")
         self.adapters: tuple[str, ...] = tuple(model.peft_config) if self.is_peft else ()
         base = model.get_base_model() if self.is_peft else model
