@@ -8,8 +8,9 @@ adapters inside a batch, :mod:`vichat.serve.runner`). Each loop iteration:
    its ``max_new_tokens``: what its KV cache can grow to). The others wait; each waiting request
    is told its place in the queue (a :class:`vichat.serve.api.Queued` item in its stream).
 2. **prefill** one chunk (``prefill_chunk`` tokens in all, split over the joining requests' rows)
-   of the joining requests' prompts, in their own small left-padded batch and cache. A long prompt therefore costs the others at most one chunk's
-   forward pass per step, not its whole prefill. After the last chunk each joining request samples
+   of the joining requests' prompts, in their own small left-padded batch and cache. A long prompt
+   therefore costs the others at most one chunk's forward pass per step, not its whole prefill
+   (with nobody decoding, the prompts go in one pass). After the last chunk each joining request samples
    its first token and its cache rows are appended to the decoding batch.
 3. **decode** one token for every request in the batch, in one forward pass.
 
@@ -239,8 +240,10 @@ class Scheduler:
 
     def _prefill_chunk(self) -> None:
         j = self._joining
-        # prefill_chunk counts tokens: a group of n prompts advances prefill_chunk / n columns.
-        end = min(j.done + max(1, self.prefill_chunk // len(j.rows)), j.ids.shape[1])
+        # prefill_chunk counts tokens: a group of n prompts advances prefill_chunk / n columns. With
+        # nobody decoding there is nobody to keep waiting: the whole prompt goes in one pass.
+        width = max(1, self.prefill_chunk // len(j.rows)) if self._rows else j.ids.shape[1]
+        end = min(j.done + width, j.ids.shape[1])
         logits = self.runner.forward(j.ids[:, j.done:end], j.mask[:, :end], j.cache, [r.adapter for r in j.rows])
         j.done = end
         if end < j.ids.shape[1]:
