@@ -194,7 +194,7 @@ def random_bloom(path: Path, hidden: int, layers: int, heads: int, vocab: int | 
     return str(path)
 
 
-def throughput_engine(base: str, root: Path, tag: str):
+def throughput_engine(base: str, root: Path, tag: str, prefill_chunk: int | None = None):
     """A LocalEngine over ``base`` with two random LoRA adapters (r=8 on query_key_value) and the bare base."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -218,7 +218,8 @@ def throughput_engine(base: str, root: Path, tag: str):
               ModelConfig(name="doctor", adapter=adapters[1], template="doctor"),
               ModelConfig(name="bare", template="chat"))
     engine = LocalEngine(LocalBackendConfig(base="tiny", path=base, models=models, seed=0, max_batch_size=16,
-                                            max_batch_tokens=1 << 20, dtype="float32", device="cpu"))
+                                            max_batch_tokens=1 << 20, dtype="float32", device="cpu",
+                                            prefill_chunk=prefill_chunk))
     engine.prepare()
     return engine
 
@@ -338,11 +339,11 @@ def bench_throughput(args: argparse.Namespace, root: Path, which: str) -> dict:
         base, what = tiny_files(args, root)
     else:
         base, what = random_bloom(root / "bloomz-560m-shape", 1024, 24, 16, 250880), "random weights, bloomz-560m shape"
-    engine = throughput_engine(base, root, which)
+    engine = throughput_engine(base, root, which, args.prefill_chunk)
     model = engine.model
     n_params = sum(p.numel() for p in model.parameters())
     print(f"\n== {which}: {what} ({n_params / 1e6:.0f} M params with 2 adapters, float32, CPU, "
-          f"torch threads {torch.get_num_threads()}) ==")
+          f"torch threads {torch.get_num_threads()}, prefill_chunk {engine.prepare().scheduler.prefill_chunk}) ==")
     rr = RoundRobin(AdapterRunner(model), name="vichat-roundrobin")
     clock = TokenClock()
     dec = Decoding(max_new_tokens=args.tokens)  # the paper's sampling: temperature 0.5, top-k 20, penalty 1.2
@@ -399,6 +400,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16], help="concurrent requests")
     ap.add_argument("--tokens", type=int, default=64, help="max new tokens per request in the throughput part")
     ap.add_argument("--repeat", type=int, default=3, help="throughput repeats (the median is printed)")
+    ap.add_argument("--prefill-chunk", type=int, default=None, help="the engine's prefill_chunk (default: its own)")
     ap.add_argument("--rr-max", type=int, default=16, help="run the round-robin baseline up to this many users")
     ap.add_argument("--models", nargs="+", choices=("tiny", "560m"), default=["tiny", "560m"],
                     help="throughput on the tiny model and/or a bloomz-560m-shaped random model")

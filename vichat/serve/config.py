@@ -12,8 +12,8 @@ The format (docs/serving.md has complete examples)::
         seed: 0                    # optional: reproducible sampling
         max_batch_size: 16         # requests decoded together in one forward pass; the rest queue
         max_batch_tokens: 8192     # KV-cache tokens in flight (each request: prompt + max_new_tokens)
-        prefill_chunk: 64          # prompt tokens prefilled per step while the others keep decoding
-                                   #   (default 512 on a GPU, 64 on a CPU)
+        prefill_chunk: 256         # prompt tokens prefilled per step while the others keep decoding
+                                   #   (default 512 on a GPU, 256 on a CPU)
         models:
           - name: bloomz-chat      # shown in the app, stored in votes
             adapter: runs/bloomz-chat   # local dir or hub id of a PEFT adapter; null = the bare base
@@ -95,7 +95,7 @@ class LocalBackendConfig:
     seed: int | None = None
     max_batch_size: int = 16  # requests decoded together; more wait in a queue
     max_batch_tokens: int = 8192  # KV-cache tokens in flight (each request: prompt + max_new_tokens)
-    prefill_chunk: int | None = None  # prompt tokens prefilled per step (default: 512 on a GPU, 64 on a CPU)
+    prefill_chunk: int | None = None  # prompt tokens prefilled per step (default: 512 on a GPU, 256 on a CPU)
     where: str = ""
 
     @property
