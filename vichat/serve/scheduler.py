@@ -3,7 +3,8 @@
 The requests of one base model decode together, whatever adapter each uses (the runner mixes
 adapters inside a batch, :mod:`vichat.serve.runner`). Each loop iteration:
 
-1. **admit**: waiting requests join, first come first served, while the batch stays within
+1. **admit**: waiting requests join, first come first served (an idle engine gathers arrivals for
+   5 ms, so requests sent together share their prefill), while the batch stays within
    ``max_batch_size`` requests and ``max_batch_tokens`` tokens (each request counts its prompt plus
    its ``max_new_tokens``: what its KV cache can grow to). The others wait; each waiting request
    is told its place in the queue (a :class:`vichat.serve.api.Queued` item in its stream).
@@ -27,6 +28,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -41,6 +43,9 @@ POLL_SECONDS = 0.05  # how often a waiting consumer looks at its cancel event
 MAX_BATCH_SIZE = 16
 MAX_BATCH_TOKENS = 8192
 PREFILL_CHUNK = 512
+# With nothing decoding, the first arrival waits this long for others to arrive with it (users that
+# click together, the two sides of a battle), so they share one prefill pass instead of one each.
+GATHER_SECONDS = 0.005
 
 
 @dataclass(eq=False)
@@ -59,6 +64,7 @@ class Request:
     generated: list[int] = field(default_factory=list)
     done: bool = False
     position: int = 0  # place in the queue last reported (0: not waiting)
+    submitted: float = field(default_factory=time.monotonic)
 
     @property
     def reserved(self) -> int:
@@ -165,6 +171,12 @@ class Scheduler:
             with self._cond:
                 while not self._closed and not self._pending and not self._rows and self._joining is None:
                     self._cond.wait()
+                while (not self._closed and not self._rows and self._joining is None
+                       and 0 < len(self._pending) < self.max_batch_size):
+                    left = self._pending[0].submitted + GATHER_SECONDS - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 if self._closed:
                     self._shutdown()
                     return
