@@ -170,3 +170,14 @@ def test_fit_prompt_drops_oldest_turns_then_cuts_the_message():
     assert fitted.text == fold_history(CHAT, "x" * 20) and len(fitted.ids) == bare + 20
     with pytest.raises(ModelError, match="lower max_new_tokens"):
         fit_prompt(encode, CHAT, "x", [], context=bare, max_new_tokens=5)
+
+
+def test_inverse_cdf_draws_follow_the_distribution_and_never_pick_a_removed_token():
+    from vichat.serve.sampling import draw
+
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0, 0.0]])).repeat(4000, 1)
+    g = torch.Generator().manual_seed(3)
+    ids = draw(scores, [g] * len(scores))
+    counts = [ids.count(i) / len(ids) for i in range(5)]
+    assert counts[3] == counts[4] == 0
+    assert abs(counts[0] - 0.5) < 0.03 and abs(counts[1] - 0.3) < 0.03 and abs(counts[2] - 0.2) < 0.03
