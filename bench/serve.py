@@ -1,4 +1,4 @@
-"""Benchmark: serving N LoRA adapters on one base against N separately loaded models; latency with users.
+"""Benchmark: N LoRA adapters on one base vs N loaded models; continuous batching vs its peers.
 
 Two parts, measured in one run:
 
@@ -9,18 +9,23 @@ memory      a BLOOM-shaped model with random weights (default 12 layers x 1024 h
               separate   N copies of base + adapter (what serving each model alone costs)
             Goal: shared <= separate / N + 10% of separate.
 
-latency     the tiny model (a finished `vichat tiny build` if one is in the cache or given with --tiny,
-            else random weights of the same shape) with two random adapters and the bare base,
-            paper decoding (temperature 0.5, top-k 20, repetition penalty 1.2), --tokens new tokens,
-            seed 0. Time to first token (first text delta) and tokens/s:
-              1 user     the questions one at a time
-              8 users    all at once, through the round-robin scheduler
-              queued     the baseline a lock around generate would give 8 users: each waits for
-                         the answers before it (computed from the 1-user runs)
-              generate   transformers' own generate, one request at a time (tokens/s reference)
+throughput  for 1, 4, 8 and 16 concurrent requests (--concurrency), each streaming in its own
+            thread, on two random LoRA adapters and the bare base mixed, paper sampling
+            (temperature 0.5, top-k 20, repetition penalty 1.2), --tokens new tokens, seed 0:
+              batched      vichat's engine: continuous batching, one forward pass per step over
+                           every request whatever its adapter
+              round-robin  the former scheduler (bench/roundrobin.py): one request per forward
+                           pass, adapters switched between them
+              generate     transformers' `generate` on one static left-padded batch of the same
+                           prompts with one adapter (not streaming: TTFT = the whole batch)
+            Aggregate tokens/s, time to first token and time per output token (p50/p95, from the
+            time each token reaches its request's text stream), and how many requests streamed.
+            Models (--models): the tiny model (a finished `vichat tiny build`, --tiny, else random
+            weights of its shape) and a bloomz-560m-shaped random BLOOM (24 x 1024, vocab 250880).
+            Goals at 8 users: batched >= 4x round-robin and >= 0.8x static generate.
 
-Not a timed test: run it by hand, e.g.
-  .venv/bin/python bench/serve.py
+Not a timed test: run it by hand with fixed threads, e.g.
+  OMP_NUM_THREADS=1 .venv/bin/python bench/serve.py --threads 1 --skip-memory
 """
 
 from __future__ import annotations
@@ -151,145 +156,239 @@ def bench_memory(args: argparse.Namespace, root: Path) -> None:
           f"{'met' if ratio <= goal else 'NOT met'}); parameter bytes ratio {shared['param_mb'] / separate['param_mb']:.3f}")
 
 
-# --------------------------------------------------------------------------- latency
+# --------------------------------------------------------------------------- throughput
 
 
-def tiny_engine(args: argparse.Namespace, root: Path):
-    from peft import LoraConfig, get_peft_model
+MODELS = ("chat", "doctor", "bare")  # two adapters and the bare base, mixed in every run
+
+
+def tiny_files(args: argparse.Namespace, root: Path) -> tuple[str, str]:
+    """The tiny base: --tiny, else a finished `vichat tiny build`, else random weights of its shape."""
+    if args.tiny is not None:
+        return args.tiny, "given with --tiny"
+    from vichat.tiny.build import list_builds
+
+    done = [p for p in list_builds() if (p.base / "config.json").exists()]
+    if done:
+        return str(done[0].base), "a finished `vichat tiny build`"
+    from vichat.tiny.build import DEFAULT_CONFIG as C
+
+    path = random_bloom(root / "tiny-random", C.hidden_size, C.n_layer, C.n_head, None, init=1.0)
+    return path, "random weights of the tiny shape (no tiny build found)"
+
+
+def random_bloom(path: Path, hidden: int, layers: int, heads: int, vocab: int | None, init: float = 0.02) -> str:
     import torch
+    from transformers import BloomConfig, BloomForCausalLM
+
+    from vichat.data.tokenizers import default_tokenizer
+
+    tok = default_tokenizer()
+    torch.manual_seed(0)
+    # init 1.0 on the tiny shape: BLOOM's 0.02 makes a small random model repeat "\n" (no text to stream).
+    model = BloomForCausalLM(BloomConfig(vocab_size=vocab or len(tok), hidden_size=hidden, n_layer=layers, n_head=heads,
+                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                         pad_token_id=tok.pad_token_id, initializer_range=init))
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return str(path)
+
+
+def throughput_engine(base: str, root: Path, tag: str, prefill_chunk: int | None = None):
+    """A LocalEngine over ``base`` with two random LoRA adapters (r=8 on query_key_value) and the bare base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
 
     from vichat.serve.config import LocalBackendConfig, ModelConfig
     from vichat.serve.engine import LocalEngine
 
-    base, what = args.tiny, "given with --tiny"
-    if base is None:
-        from vichat.tiny.build import list_builds
-
-        done = [p for p in list_builds() if (p.base / "config.json").exists()]
-        if done:
-            base, what = str(done[0].base), "a finished `vichat tiny build`"
-    if base is None:
-        from transformers import BloomConfig, BloomForCausalLM
-
-        from vichat.data.tokenizers import default_tokenizer
-        from vichat.tiny.build import DEFAULT_CONFIG as C
-
-        tok = default_tokenizer(vocab_size=C.vocab_size)
-        torch.manual_seed(0)
-        # initializer_range=1.0: BLOOM's 0.02 makes a random model repeat "\n", which shows no text at all.
-        model = BloomForCausalLM(BloomConfig(vocab_size=len(tok), hidden_size=C.hidden_size, n_layer=C.n_layer,
-                                             n_head=C.n_head, eos_token_id=tok.eos_token_id, initializer_range=1.0))
-        base, what = str(root / "tiny-random"), "random weights of the tiny shape (no tiny build found)"
-        model.save_pretrained(base)
-        tok.save_pretrained(base)
-    from transformers import AutoModelForCausalLM
-
     adapters = []
+    model = AutoModelForCausalLM.from_pretrained(base)
     for i in range(2):
         torch.manual_seed(10 + i)
-        m = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-            r=8, target_modules=["query_key_value"], init_lora_weights=False, task_type="CAUSAL_LM"))
-        path = root / f"tiny-adapter-{i}"
-        m.save_pretrained(str(path))
+        peft = get_peft_model(model, LoraConfig(r=8, target_modules=["query_key_value"], init_lora_weights=False,
+                                                task_type="CAUSAL_LM"))
+        path = root / f"{tag}-adapter-{i}"
+        peft.save_pretrained(str(path))
+        model = peft.unload()
         adapters.append(str(path))
+    del model
     models = (ModelConfig(name="chat", adapter=adapters[0], template="chat"),
               ModelConfig(name="doctor", adapter=adapters[1], template="doctor"),
               ModelConfig(name="bare", template="chat"))
-    engine = LocalEngine(LocalBackendConfig(base="tiny", path=base, models=models, seed=0))
+    engine = LocalEngine(LocalBackendConfig(base="tiny", path=base, models=models, seed=0, max_batch_size=16,
+                                            max_batch_tokens=1 << 20, dtype="float32", device="cpu",
+                                            prefill_chunk=prefill_chunk))
     engine.prepare()
-    n = sum(p.numel() for p in engine.model.parameters())
-    print(f"latency: tiny model from {what}: {base} ({n / 1e6:.1f} M params with adapters), "
-          f"{os.cpu_count()} CPU threads")
     return engine
 
 
-def one(engine, name: str, question: str, dec, results: list, t_submit: float | None = None) -> None:
-    t0 = time.perf_counter() if t_submit is None else t_submit
-    first = None
-    for _delta in engine.stream(name, question, decoding=dec):
-        if first is None:
-            first = time.perf_counter() - t0
-    results.append({"ttft": first if first is not None else float("nan"), "total": time.perf_counter() - t0})
+class TokenClock:
+    """Records when each text stream receives a token (both schedulers push every token to one)."""
+
+    def __init__(self) -> None:
+        from vichat.serve.text import TokenTextStream
+
+        self.times: dict[int, list[float]] = {}
+        clock, init, push = self, TokenTextStream.__init__, TokenTextStream.push
+
+        def counted_init(stream, *a, **kw):  # noqa: ANN001
+            init(stream, *a, **kw)
+            stream.bench_n = len(clock.times)
+            clock.times[stream.bench_n] = []
+
+        def timed_push(stream, token_id):  # noqa: ANN001
+            clock.times[stream.bench_n].append(time.perf_counter())
+            return push(stream, token_id)
+
+        TokenTextStream.__init__, TokenTextStream.push = counted_init, timed_push
+
+    def take(self) -> list[list[float]]:
+        out, self.times = list(self.times.values()), {}
+        return out
 
 
-def hf_generate(engine, jobs: list, dec) -> tuple[int, float]:
-    """The same requests through transformers' ``generate`` (non-streaming), one at a time."""
+def legacy_stream(engine, scheduler, name: str, question: str, dec):  # noqa: ANN001
+    """One request through the round-robin scheduler, prompt and sampling built as the engine does."""
+    from roundrobin import Request, consume
+
+    from vichat.data.tokenize import resolve_template
+    from vichat.serve.history import fold_history, stop_markers
+    from vichat.serve.sampling import Sampler, request_seed
+    from vichat.serve.text import TokenTextStream
+
+    loaded = engine.prepare()
+    tpl = resolve_template(engine._models[name].template)
+    text = fold_history(tpl, question)
+    req = Request(adapter=loaded.keys[name], prompt_ids=loaded.prefix + loaded.tokenizer.encode(text),
+                  sampler=Sampler(dec, request_seed(0, name, text)), text=TokenTextStream(loaded.tokenizer, stop_markers(tpl)),
+                  max_new_tokens=dec.max_new_tokens, eos_ids=loaded.eos_ids)
+    scheduler.submit(req)
+    return consume(req)
+
+
+def concurrent(start, jobs: list, clock: TokenClock) -> dict:  # noqa: ANN001
+    """Run every job at once (a thread each, streaming); per-request token times -> metrics."""
+    deltas = [0] * len(jobs)
+
+    def drain(i: int, name: str, q: str) -> None:
+        for d in start(name, q):
+            deltas[i] += bool(d)
+
+    clock.take()
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=drain, args=(i, n, q)) for i, (n, q) in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    times = [t for t in clock.take() if t]
+    ttft = [t[0] - t0 for t in times]
+    tpot = [(t[-1] - t[0]) / (len(t) - 1) for t in times if len(t) > 1]
+    tokens = sum(len(t) for t in times)
+    # Streaming: every request got its tokens over several moments, not all at the end.
+    streamed = sum(len(set(t)) > 1 and t[0] < t0 + 0.9 * wall for t in times)
+    return {"tps": tokens / wall, "ttft": ttft, "tpot": tpot, "streamed": streamed, "n": len(jobs), "tokens": tokens}
+
+
+def static_generate(engine, jobs: list, dec) -> dict:  # noqa: ANN001
+    """transformers' ``generate`` on one left-padded batch of the same prompts, all on the first adapter."""
     import torch
 
-    from vichat.data.tokenize import encode_text, resolve_template
+    from vichat.data.tokenize import resolve_template
     from vichat.serve.history import fold_history
 
     loaded = engine.prepare()
-    runner, tok = loaded.scheduler.runner, loaded.tokenizer.tokenizer
-    tokens, t0 = 0, time.perf_counter()
-    for name, q in jobs:
-        ids = encode_text(tok, fold_history(resolve_template(engine._models[name].template), q))
-        with runner.lock, torch.inference_mode():
-            runner.activate(loaded.keys[name])
-            out = engine.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                        max_new_tokens=dec.max_new_tokens, do_sample=True, temperature=dec.temperature,
-                                        top_k=dec.top_k, repetition_penalty=dec.repetition_penalty)
-        tokens += out.shape[1] - len(ids)
-    return tokens, time.perf_counter() - t0
+    tok, model = loaded.tokenizer, engine.model
+    prompts = [loaded.prefix + tok.encode(fold_history(resolve_template(engine._models[n].template), q)) for n, q in jobs]
+    width = max(map(len, prompts))
+    pad = tok.tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    eos = next(iter(loaded.eos_ids))
+    with loaded.scheduler.runner.lock, torch.inference_mode():
+        model.set_adapter(loaded.keys["chat"])  # what a practitioner does for one adapter
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, eos_token_id=eos,
+                             **dec.as_generate_kwargs())
+        wall = time.perf_counter() - t0
+        loaded.scheduler.runner.reset()  # the engine's runner tracks which adapter is active
+    new = out[:, width:].tolist()
+    tokens = sum(row.index(eos) if eos in row else len(row) for row in new)
+    return {"tps": tokens / wall, "ttft": [wall] * len(jobs), "tpot": [wall / max(1, len(new[0]))] * len(jobs),
+            "streamed": 0, "n": len(jobs), "tokens": tokens}
 
 
-def bench_latency(args: argparse.Namespace, root: Path) -> None:
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def bench_throughput(args: argparse.Namespace, root: Path, which: str) -> dict:
+    import torch
+
+    from roundrobin import AdapterRunner, Scheduler as RoundRobin
     from vichat.specs import Decoding
 
-    engine = tiny_engine(args, root)
-    scheduler = engine.prepare().scheduler
-    dec = Decoding(max_new_tokens=args.tokens)  # the paper's sampling settings
-    names = ["chat", "doctor", "bare"]
-    jobs = [(names[i % 3], QUESTIONS[i % len(QUESTIONS)]) for i in range(args.users)]
-    one(engine, "chat", "khởi động", dec, [])  # warm-up: first-call costs are not latency
+    if which == "tiny":
+        base, what = tiny_files(args, root)
+    else:
+        base, what = random_bloom(root / "bloomz-560m-shape", 1024, 24, 16, 250880), "random weights, bloomz-560m shape"
+    engine = throughput_engine(base, root, which, args.prefill_chunk)
+    model = engine.model
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"\n== {which}: {what} ({n_params / 1e6:.0f} M params with 2 adapters, float32, CPU, "
+          f"torch threads {torch.get_num_threads()}, prefill_chunk {engine.prepare().scheduler.prefill_chunk}) ==")
+    rr = RoundRobin(AdapterRunner(model), name="vichat-roundrobin")
+    clock = TokenClock()
+    dec = Decoding(max_new_tokens=args.tokens)  # the paper's sampling: temperature 0.5, top-k 20, penalty 1.2
+    batched = lambda n, q: engine.stream(n, q, decoding=dec)  # noqa: E731
+    legacy = lambda n, q: legacy_stream(engine, rr, n, q, dec)  # noqa: E731
+    concurrent(batched, [("chat", "khởi động")], clock)  # warm-up: first-call costs are not throughput
+    runs: dict = {}
+    for users in args.concurrency:
+        jobs = [(MODELS[i % 3], QUESTIONS[i % len(QUESTIONS)]) for i in range(users)]
+        for _ in range(args.repeat):  # sides alternate, so a noisy neighbour hits all of them alike
+            runs.setdefault(("batched", users), []).append(concurrent(batched, jobs, clock))
+            if users <= args.rr_max:
+                runs.setdefault(("round-robin", users), []).append(concurrent(legacy, jobs, clock))
+                engine.prepare().scheduler.runner.reset()  # the round-robin runner switched adapters
+            runs.setdefault(("generate", users), []).append(static_generate(engine, jobs, dec))
+    rr.close()
+    engine.close()
 
-    runs: dict[str, list] = {"solo": [], "many": [], "queued": [], "hf": []}
-    for _ in range(args.repeat):  # phases alternate, so a noisy neighbour hits all of them alike
-        solo: list[dict] = []
-        steps0, t0 = scheduler.steps, time.perf_counter()
-        for name, q in jobs:
-            one(engine, name, q, dec, solo)
-        solo_time, solo_tokens = time.perf_counter() - t0, scheduler.steps - steps0
-        runs["solo"].append(([r["ttft"] for r in solo], solo_tokens / solo_time))
-
-        many: list[dict] = []
-        steps0, t0 = scheduler.steps, time.perf_counter()
-        threads = [threading.Thread(target=one, args=(engine, n, q, dec, many, t0)) for n, q in jobs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        runs["many"].append(([r["ttft"] for r in many], (scheduler.steps - steps0) / (time.perf_counter() - t0)))
-
-        # The baseline: the same requests behind one lock, in arrival order: each waits for those before it.
-        queued, waited = [], 0.0
-        for r in solo:
-            queued.append(waited + r["ttft"])
-            waited += r["total"]
-        runs["queued"].append((queued, solo_tokens / solo_time))
-        hf_tokens, hf_time = hf_generate(engine, jobs, dec)
-        runs["hf"].append(([hf_time / len(jobs)], hf_tokens / hf_time))
-
-    def med(key: str, f) -> float:
+    def med(key, f) -> float:  # noqa: ANN001
         return statistics.median(f(r) for r in runs[key])
 
-    def row(label: str, key: str, users: int) -> None:
-        print(f"{label:40}{med(key, lambda r: statistics.mean(r[0])) * 1000:>9.0f}"
-              f"{med(key, lambda r: max(r[0])) * 1000:>9.0f}{med(key, lambda r: r[1]):>11.1f}"
-              f"{med(key, lambda r: r[1]) / users:>11.1f}")
-
-    print(f"{args.users} requests (3 models: 2 adapters + bare base) x up to {args.tokens} new tokens; paper "
-          f"sampling, seed 0; median of {args.repeat} repeats")
-    print(f"{'':40}{'TTFT ms':>9}{'max ms':>9}{'tok/s all':>11}{'tok/s each':>11}")
-    row("1 user at a time (vichat stream)", "solo", 1)
-    row(f"{args.users} users at once (vichat round-robin)", "many", args.users)
-    row(f"{args.users} users behind a lock (baseline)", "queued", args.users)
-    row("1 user at a time (transformers generate)", "hf", 1)
-    ttft_ratio = med("queued", lambda r: statistics.mean(r[0])) / med("many", lambda r: statistics.mean(r[0]))
-    print(f"mean TTFT with {args.users} users: lock / round-robin = {ttft_ratio:.1f}x lower with round-robin; "
-          f"aggregate tok/s round-robin / one at a time = {med('many', lambda r: r[1]) / med('solo', lambda r: r[1]):.2f}x; "
-          f"vichat stream / transformers generate (1 user) = {med('solo', lambda r: r[1]) / med('hf', lambda r: r[1]):.2f}x")
-    engine.close()
+    print(f"{args.tokens} new tokens max per request, models mixed (chat, doctor adapters + bare base; generate: "
+          f"one adapter); median of {args.repeat} runs; TTFT/TPOT in ms")
+    print(f"{'users':>5} {'scheduler':<12}{'tok/s':>8}{'TTFT p50':>10}{'p95':>8}{'TPOT p50':>10}{'p95':>8}  streamed")
+    summary = {}
+    for users in args.concurrency:
+        for side in ("batched", "round-robin", "generate"):
+            key = (side, users)
+            if key not in runs:
+                continue
+            stream = "-" if side == "generate" else f"{min(r['streamed'] for r in runs[key])}/{users}"
+            print(f"{users:>5} {side:<12}{med(key, lambda r: r['tps']):>8.1f}"
+                  f"{med(key, lambda r: pct(r['ttft'], 0.5)) * 1e3:>10.0f}{med(key, lambda r: pct(r['ttft'], 0.95)) * 1e3:>8.0f}"
+                  f"{med(key, lambda r: pct(r['tpot'], 0.5)) * 1e3:>10.1f}{med(key, lambda r: pct(r['tpot'], 0.95)) * 1e3:>8.1f}"
+                  f"  {stream}")
+        b = med(("batched", users), lambda r: r["tps"])
+        vs_rr = b / med(("round-robin", users), lambda r: r["tps"]) if ("round-robin", users) in runs else float("nan")
+        vs_gen = b / med(("generate", users), lambda r: r["tps"])
+        summary[users] = (vs_rr, vs_gen)
+        print(f"{'':>5} ratios: batched / round-robin = {vs_rr:.2f}x, batched / static generate = {vs_gen:.2f}x")
+    if 8 in summary:
+        vs_rr, vs_gen = summary[8]
+        print(f"goal at 8 users: >= 4x round-robin ({vs_rr:.2f}x: {'met' if vs_rr >= 4 else 'NOT met'}), "
+              f">= 0.8x static generate ({vs_gen:.2f}x: {'met' if vs_gen >= 0.8 else 'NOT met'})")
+    return summary
 
 
 def main() -> None:
@@ -298,12 +397,17 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--heads", type=int, default=16)
-    ap.add_argument("--users", type=int, default=8)
-    ap.add_argument("--tokens", type=int, default=64, help="max new tokens per request in the latency part")
-    ap.add_argument("--repeat", type=int, default=3, help="latency repeats (the median is printed)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16], help="concurrent requests")
+    ap.add_argument("--tokens", type=int, default=64, help="max new tokens per request in the throughput part")
+    ap.add_argument("--repeat", type=int, default=3, help="throughput repeats (the median is printed)")
+    ap.add_argument("--prefill-chunk", type=int, default=None, help="the engine's prefill_chunk (default: its own)")
+    ap.add_argument("--rr-max", type=int, default=16, help="run the round-robin baseline up to this many users")
+    ap.add_argument("--models", nargs="+", choices=("tiny", "560m"), default=["tiny", "560m"],
+                    help="throughput on the tiny model and/or a bloomz-560m-shaped random model")
     ap.add_argument("--tiny", default=None, help="tiny base model folder (default: a cached build, else random)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--skip-memory", action="store_true")
-    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--child", choices=("shared", "separate"), help=argparse.SUPPRESS)
     ap.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -316,12 +420,18 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="vichat-bench-serve-") as tmp:
         if not args.skip_memory:
             bench_memory(args, Path(tmp))
             print()
-        if not args.skip_latency:
-            bench_latency(args, Path(tmp))
+        if not args.skip_throughput:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/roundrobin.py
+            for which in args.models:
+                bench_throughput(args, Path(tmp), which)
 
 
 if __name__ == "__main__":

@@ -86,8 +86,8 @@ def local_config(bloom: TinyBloom, seed: int | None = None):
 
 class ScriptedModel:
     """A stand-in causal LM that emits ``script`` token by token whatever it is fed (one-hot logits),
-    then ``after`` forever. Records every call's input ids; ``delay`` seconds per step; ``fail`` makes
-    the next call raise."""
+    then ``after`` forever. Records every call's first row of input ids; ``delay`` seconds per step;
+    ``fail`` makes the next call raise. Rows of one batch share the script (a step count per cache)."""
 
     def __init__(self, vocab_size: int, script: list[int], after: int | None = None, delay: float = 0.0) -> None:
         import torch
@@ -101,7 +101,7 @@ class ScriptedModel:
     def get_input_embeddings(self):
         return self._emb
 
-    def forward(self, input_ids=None, cache=None, use_cache=True, logits_to_keep=0, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, cache=None, use_cache=True, logits_to_keep=0, **kwargs):
         import time
         from types import SimpleNamespace
 
@@ -112,12 +112,15 @@ class ScriptedModel:
             raise RuntimeError("scripted failure")
         if self.delay:
             time.sleep(self.delay)
-        self.calls.append(input_ids[0].tolist())
+        row = input_ids[0]
+        if attention_mask is not None:  # the fed tokens of row 0, without left padding
+            row = row[attention_mask[0, -input_ids.shape[1]:].bool()]
+        self.calls.append(row.tolist())
         step = self._steps.get(id(cache), 0)
         self._steps[id(cache)] = step + 1
         token = self.script[step] if step < len(self.script) else (self.after if self.after is not None else 0)
-        logits = torch.full((1, 1, self.vocab_size), -10.0)
-        logits[0, -1, token] = 10.0
+        logits = torch.full((input_ids.shape[0], 1, self.vocab_size), -10.0)
+        logits[:, -1, token] = 10.0
         return SimpleNamespace(logits=logits)
 
     __call__ = forward

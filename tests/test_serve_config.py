@@ -73,10 +73,24 @@ def test_example_file_parses_with_paths_env_and_overrides(tmp_path, monkeypatch)
     ("backends:\n  - models: [{name: a}]\n", r"<t>:2: backends\[0\]: type None: a backend is local"),
     ("backends: []\n", r"expected a non-empty list of backends"),
     ("backends:\n  - base: tiny\n    models: [{name: a}\n", r"<t>:\d+: not valid YAML"),
+    ("backends:\n  - base: tiny\n    max_batch_size: 0\n    models: [{name: a}]\n",
+     r"<t>:3: backends\[0\]\.max_batch_size: .*1"),
+    ("backends:\n  - type: vllm\n    base: tiny\n    lora: maybe\n    models: [{name: a}]\n",
+     r"<t>:4: backends\[0\]\.lora: .*auto"),
+    ("backends:\n  - type: vllm\n    base: tiny\n    prefill_chunk: 8\n    models: [{name: a}]\n",
+     r"<t>:4: backends\[0\]\.prefill_chunk: unknown key"),
 ])
 def test_errors_name_the_file_line_and_field(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(text, "<t>")
+
+
+def test_batch_limits_are_read_from_the_file():
+    config = parse_config("- base: tiny\n  max_batch_size: 4\n  max_batch_tokens: 2048\n  prefill_chunk: 64\n"
+                          "  models: [{name: a}]\n", "<t>")
+    b = config.backends[0]
+    assert (b.max_batch_size, b.max_batch_tokens, b.prefill_chunk) == (4, 2048, 64)
+    assert LocalEngine(b).config.max_batch_size == 4
 
 
 def test_unknown_base_models_and_templates_are_config_errors():

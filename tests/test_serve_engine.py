@@ -38,10 +38,11 @@ def hf_greedy(engine: LocalEngine, name: str, message: str, template, dec: Decod
     ids = encode_text(tok, fold_history(template, message))
     runner = loaded.scheduler.runner
     with runner.lock, torch.no_grad():
-        runner.activate(loaded.keys[name])
+        runner.reset()  # adapter layers on: generate picks the adapter with adapter_names
         out = engine.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                     max_new_tokens=dec.max_new_tokens, do_sample=False,
-                                    repetition_penalty=dec.repetition_penalty)
+                                    repetition_penalty=dec.repetition_penalty,
+                                    adapter_names=[loaded.keys[name] or "__base__"])
     return final_text(tok.decode(out[0, len(ids):], skip_special_tokens=True), stop_markers(template))
 
 
@@ -70,50 +71,93 @@ def test_streamed_deltas_equal_transformers_greedy_generate(engine):
     assert len(set(same_q.values())) == 3
 
 
-def _record_steps(engine: LocalEngine) -> list:
+def _record_forwards(engine: LocalEngine) -> list:
+    """Wrap the runner's forward: the adapters of every pass, in order (undo with ``del runner.forward``)."""
     runner = engine.prepare().scheduler.runner
-    order: list = []
-    original = runner.step
+    passes: list = []
+    original = runner.forward
 
-    def step(adapter, ids, cache):
-        order.append(adapter)
-        return original(adapter, ids, cache)
+    def forward(ids, mask, cache, adapters):
+        passes.append((ids.shape[1], list(adapters)))
+        return original(ids, mask, cache, adapters)
 
-    runner.step = step
-    return order
+    runner.forward = forward
+    return passes
+
+
+def _together(engine: LocalEngine, jobs: dict, dec: Decoding) -> dict:
+    """Submit every job while the scheduler is held, so they all start in the same step; drain them."""
+    scheduler = engine.prepare().scheduler
+    results = {name: "" for name in jobs}
+    with scheduler._cond:  # the scheduler admits under this lock: every request is queued before it looks
+        streams = {name: engine.stream(model, message, decoding=dec) for name, (model, message) in jobs.items()}
+
+    def drain(name):
+        for delta in streams[name]:
+            results[name] += delta
+
+    threads = [threading.Thread(target=drain, args=(n,)) for n in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
 
 
 @pytest.mark.parametrize("dec, seed", [(GREEDY, None), (Decoding(max_new_tokens=24, temperature=0.8), 1234)])
-def test_concurrent_requests_on_different_adapters_equal_solo_runs(engine, dec, seed):
+def test_mixed_adapters_decode_in_one_batch_and_equal_solo_runs(engine, dec, seed):
     engine.seed = seed
+    runner = engine.prepare().scheduler.runner
     try:
         alone = {name: solo(engine, name, dec) for name in QUESTIONS}
-        runner = engine.prepare().scheduler.runner
-        order = _record_steps(engine)
-        results = {name: "" for name in QUESTIONS}
-        with runner.lock:  # the scheduler waits here, so all three requests are queued before any finishes
-            streams = {name: engine.stream(name, QUESTIONS[name], decoding=dec) for name in QUESTIONS}
-
-        def drain(name):
-            for delta in streams[name]:
-                results[name] += delta
-
-        threads = [threading.Thread(target=drain, args=(n,)) for n in QUESTIONS]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        del runner.step
+        passes = _record_forwards(engine)
+        results = _together(engine, {n: (n, q) for n, q in QUESTIONS.items()}, dec)
     finally:
         engine.seed = None
+        runner.__dict__.pop("forward", None)
     assert results == alone
-    # Round-robin: each request's steps are interleaved with the others', not one after another.
+    # The three prompts are prefilled together (in chunks), then one forward pass per step carries
+    # all three adapters (a: adapter a, b: adapter b, bare: no adapter) until the first one ends.
     keys = engine.prepare().keys
-    positions = {n: [i for i, a in enumerate(order) if a == keys[n]] for n in QUESTIONS}
-    for x in QUESTIONS:
-        for y in QUESTIONS:
-            if x != y and len(positions[x]) > 2 and len(positions[y]) > 2:
-                assert positions[x][0] < positions[y][-1] and positions[y][0] < positions[x][-1]
+    three = [keys[n] for n in QUESTIONS]
+    prefill = [p for p in passes if p[0] > 1]
+    assert prefill and all(p[1] == three for p in prefill)
+    assert next(p for p in passes if p[0] == 1) == (1, three)
+    assert len(passes) <= len(prefill) + GREEDY.max_new_tokens
+
+
+def test_the_two_sides_of_a_battle_share_every_forward_pass(engine):
+    runner = engine.prepare().scheduler.runner
+    before = runner.forwards
+    passes = _record_forwards(engine)
+    try:
+        dec = Decoding(max_new_tokens=12, temperature=0, repetition_penalty=1.0)
+        results = _together(engine, {"left": ("a", "Hà Nội ở đâu?"), "right": ("b", "Hà Nội ở đâu?")}, dec)
+    finally:
+        runner.__dict__.pop("forward", None)
+    assert results["left"] and results["right"]
+    keys = engine.prepare().keys
+    # Each pass carries both sides while both run: at most one pass per token, not one per side.
+    both = [p for p in passes if sorted(p[1]) == sorted([keys["a"], keys["b"]])]
+    decode = [p for p in passes if p[0] == 1]
+    # Prefill chunks, then one pass per token carrying both sides, until one side ends.
+    assert passes[:len(both)] == both and sum(p[0] == 1 for p in both) >= 2 and len(decode) <= 12
+    assert runner.forwards - before == len(passes)
+
+
+def test_requests_join_and_leave_between_steps_and_free_their_cache(engine):
+    scheduler = engine.prepare().scheduler
+    long_dec = Decoding(max_new_tokens=40, temperature=0, repetition_penalty=1.0)
+    first = engine.stream("a", QUESTIONS["a"], decoding=long_dec)
+    got = [next(first)]  # "a" is decoding...
+    short = "".join(engine.stream("b", QUESTIONS["b"], decoding=Decoding(max_new_tokens=3, temperature=0)))
+    assert short  # ...and "b" joined, finished and left while "a" kept going
+    rest = "".join(first)
+    assert "".join(got) + rest == solo(engine, "a", long_dec)
+    deadline = time.time() + 5
+    while (scheduler.active() or scheduler.in_batch()) and time.time() < deadline:
+        time.sleep(0.01)
+    assert scheduler.active() == 0 and scheduler.in_batch() == 0 and scheduler._cache is None
 
 
 def test_one_base_in_memory_serves_every_adapter(engine):
@@ -154,7 +198,9 @@ def scripted(text: str, *, eos: bool = False, after: int | None = None, delay: f
     script = byte_token_ids(tok, text) + ([tok.eos_token_id] if eos else [])
     model = ScriptedModel(len(tok), script, after=after, delay=delay)
     models = [ModelConfig(name="m", template="chat", **kw)]
-    return LocalEngine.from_loaded(model, tok, models, base="tiny"), model
+    engine = LocalEngine.from_loaded(model, tok, models, base="tiny")
+    engine.prepare().scheduler.prefill_chunk = 1 << 20  # the scripted model takes a prompt in one call
+    return engine, model
 
 
 def test_stop_marker_split_over_tokens_is_never_shown_and_ends_generation():

@@ -11,7 +11,7 @@ from serve_helpers import byte_token_ids, tokenizer
 from vichat.data.templates import CHAT, DOCTOR, render_prompt
 from vichat.serve.api import ModelError
 from vichat.serve.history import fit_prompt, fold_history, stop_markers
-from vichat.serve.sampling import Sampler, apply_repetition_penalty, request_seed, top_k_filter, top_p_filter
+from vichat.serve.sampling import Sampler, request_seed, sample_rows
 from vichat.serve.text import REPLACEMENT, IncrementalDecoder, StopFilter, TokenTextStream, clean, final_text
 from vichat.specs import Decoding
 
@@ -100,19 +100,15 @@ def test_token_stream_stops_on_a_marker_split_over_byte_tokens():
 # --------------------------------------------------------------------------- sampling
 
 
-def test_processors_match_transformers():
-    from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                                                        TopKLogitsWarper, TopPLogitsWarper)
-
+def test_batched_sampling_equals_each_row_alone():
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(1, 500, generator=g) * 3
-    seen = torch.randint(0, 500, (1, 30), generator=g)
-    ours = apply_repetition_penalty(logits[0], seen[0], 1.2)
-    theirs = RepetitionPenaltyLogitsProcessor(1.2)(seen, logits.clone())[0]
-    assert torch.equal(ours, theirs)
-    scaled = TemperatureLogitsWarper(0.5)(seen, theirs.unsqueeze(0).clone())
-    assert torch.equal(top_k_filter(ours / 0.5, 20), TopKLogitsWarper(20)(seen, scaled.clone())[0])
-    assert torch.equal(top_p_filter(ours / 0.5, 0.9), TopPLogitsWarper(0.9)(seen, scaled.clone())[0])
+    logits = torch.randn(5, 500, generator=g) * 3
+    seen = [torch.randint(0, 500, (n,), generator=g) for n in (30, 3, 17, 1, 30)]
+    settings = [Decoding(), Decoding(), Decoding(temperature=0), Decoding(temperature=0), Decoding(top_p=0.8)]
+    alone = [Sampler(d, seed=i)(logits[i], seen[i]) for i, d in enumerate(settings)]
+    rows = [(Sampler(d, seed=i), seen[i]) for i, d in enumerate(settings)]
+    # Rows with equal settings go through the processors together (seen ids padded per row).
+    assert sample_rows(logits, rows) == alone
 
 
 def test_sampler_greedy_seeded_and_top_k_one():
@@ -174,3 +170,14 @@ def test_fit_prompt_drops_oldest_turns_then_cuts_the_message():
     assert fitted.text == fold_history(CHAT, "x" * 20) and len(fitted.ids) == bare + 20
     with pytest.raises(ModelError, match="lower max_new_tokens"):
         fit_prompt(encode, CHAT, "x", [], context=bare, max_new_tokens=5)
+
+
+def test_inverse_cdf_draws_follow_the_distribution_and_never_pick_a_removed_token():
+    from vichat.serve.sampling import draw
+
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0, 0.0]])).repeat(4000, 1)
+    g = torch.Generator().manual_seed(3)
+    ids = draw(scores, [g] * len(scores))
+    counts = [ids.count(i) / len(ids) for i in range(5)]
+    assert counts[3] == counts[4] == 0
+    assert abs(counts[0] - 0.5) < 0.03 and abs(counts[1] - 0.3) < 0.03 and abs(counts[2] - 0.2) < 0.03

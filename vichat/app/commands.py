@@ -26,8 +26,16 @@ import click
               help="Folder with evaluation reports for the Scoring tab (repeatable) [default: $VICHAT_REPORTS].")
 @click.option("--concurrency", type=click.IntRange(1), help="Generations at once [default: "
               "$VICHAT_GENERATION_CONCURRENCY or 2].")
-def serve(host, port, models_config, fake, votes_db, reports, concurrency) -> None:  # noqa: ANN001
+@click.option("--print-vllm-command", is_flag=True, help="Print the `vllm serve` command of each `type: vllm` "
+              "backend in the models configuration, and exit.")
+def serve(host, port, models_config, fake, votes_db, reports, concurrency, print_vllm_command) -> None:  # noqa: ANN001
     """Run the Gradio app: chat, arena, leaderboard and scoring (what the Space runs)."""
+    if print_vllm_command:
+        from ..serve.vllm import print_commands_for
+
+        for line in print_commands_for(models_config):
+            click.echo(line)
+        return
     from .app import app_from_env, launch
     from .settings import AppSettings
 

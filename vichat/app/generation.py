@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from ..serve.api import ChatBackend, Turn
+from ..serve.api import ChatBackend, Queued, Turn
 from ..specs import Decoding
 from .gpu import gpu
 from .streams import SideState, merge_streams
@@ -84,21 +84,35 @@ class SideRequest:
     decoding: Decoding
 
 
+def waiting_text(position: int) -> str:
+    """What a visitor sees while the engine's batch is full (``position`` 1: next to start)."""
+    return f"⏳ Đang chờ đến lượt: vị trí {position} trong hàng đợi…"
+
+
 @gpu
 def stream_answer(
     model: str, message: str, history: Sequence[Turn], template: str | None, decoding: Decoding,
     stop_key: str | None = None,
 ) -> Iterator[str]:
-    """Yield the answer so far (accumulated text) each time the model adds to it."""
+    """Yield the answer so far (accumulated text) each time the model adds to it; while the request
+    waits for a place in the engine's batch, the answer shows its place in the queue instead."""
     cancel = STOPS.get(stop_key) or threading.Event()
-    text = ""
+    text, waiting = "", False
     stream = get_backend().stream(model, message, tuple(history), template=template, decoding=decoding, cancel=cancel)
     try:
         for delta in stream:
+            if isinstance(delta, Queued):
+                if not text:
+                    waiting = delta.position > 0
+                    yield waiting_text(delta.position) if waiting else ""
+                continue
             text += delta
+            waiting = False
             yield text
             if cancel.is_set():
                 break
+        if waiting:  # stopped while queued: the place in the queue is no answer
+            yield ""
     finally:
         cancel.set()  # also when the consumer closed us: the backend stops generating
         close = getattr(stream, "close", None)

@@ -1,4 +1,4 @@
-"""Serving: one base model in memory with many LoRA adapters, streaming; remote OpenAI-compatible backends.
+"""Serving: one base model in memory with many LoRA adapters, batched and streaming; vLLM and remote backends.
 
 The app needs only these names (all cheap to import; weights load in ``prepare``)::
 
@@ -6,17 +6,18 @@ The app needs only these names (all cheap to import; weights load in ``prepare``
     backend = build_backend()            # VICHAT_MODELS_CONFIG, else the machine's default
     backend.prepare(progress)            # optional, at start-up: build/load with progress
     for delta in backend.stream("tiny-chat", "Xin chào", history=[...], cancel=event): ...
+        # isinstance(delta, Queued): an empty delta saying the request's place in the queue
 
-docs/serving.md describes the configuration file, adapter switching, history folding and stops.
+docs/serving.md describes the configuration file, batched decoding, vLLM, history folding and stops.
 """
 
-from .api import ChatBackend, ModelError, ModelInfo, Turn
+from .api import ChatBackend, ModelError, ModelInfo, Queued, Turn
 from .backends import CompositeBackend, build_backend
 from .config import ConfigError, ServeConfig, default_config, load_config, parse_config, read_config
 from .engine import LocalEngine
 from .remote import RemoteBackend
 
 __all__ = [
-    "ChatBackend", "CompositeBackend", "ConfigError", "LocalEngine", "ModelError", "ModelInfo", "RemoteBackend",
+    "ChatBackend", "CompositeBackend", "ConfigError", "LocalEngine", "ModelError", "ModelInfo", "Queued", "RemoteBackend",
     "ServeConfig", "Turn", "build_backend", "default_config", "load_config", "parse_config", "read_config",
 ]

@@ -29,6 +29,26 @@ class ModelInfo:
     backend: str = "local"
 
 
+class Queued(str):
+    """A stream item that carries no text: the request waits for a place in the batch.
+
+    ``position`` is its place in the queue (1: next to start); ``Queued(0)`` says it has started.
+    It is an empty ``str``, so a consumer that only concatenates deltas is unaffected; one that
+    wants to show the wait checks ``isinstance(item, Queued)``. Only local engines yield it, and
+    only to requests that had to wait.
+    """
+
+    position: int
+
+    def __new__(cls, position: int) -> "Queued":
+        item = super().__new__(cls, "")
+        item.position = position
+        return item
+
+    def __repr__(self) -> str:
+        return f"Queued({self.position})"
+
+
 #: One earlier turn: (user message, assistant answer).
 Turn = tuple[str, str]
 
@@ -48,7 +68,8 @@ class ChatBackend(Protocol):
         decoding: Decoding | None = None,
         cancel: threading.Event | None = None,
     ) -> Iterator[str]:
-        """Yield the answer to ``message`` as text deltas, as they are generated.
+        """Yield the answer to ``message`` as text deltas, as they are generated (a local engine
+        also yields empty :class:`Queued` items while the request waits for the batch).
 
         Stops at EOS, at the template's stop markers (never yielded), at ``max_new_tokens``, or
         when ``cancel`` is set. Raises :class:`ModelError` for an unknown model or a failure.

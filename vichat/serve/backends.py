@@ -1,7 +1,8 @@
 """From a configuration to the one :class:`ChatBackend` the app talks to.
 
-:func:`build_backend` makes a :class:`LocalEngine` per local backend (one base model in memory each)
-and a :class:`RemoteBackend` per server, behind a :class:`CompositeBackend` that routes each request
+:func:`build_backend` makes a :class:`LocalEngine` per local backend (one base model in memory each),
+a :class:`RemoteBackend` per server and a :class:`vichat.serve.vllm.VllmBackend` per vLLM process,
+behind a :class:`CompositeBackend` that routes each request
 by model name. Nothing heavy happens here: weights load in :meth:`CompositeBackend.prepare`.
 """
 
@@ -13,7 +14,8 @@ from typing import Any, Iterator, Sequence
 
 from ..specs import Decoding
 from .api import ChatBackend, ModelError, ModelInfo, Turn
-from .config import ConfigError, LocalBackendConfig, ServeConfig, check_unique, load_config, read_config
+from .config import (ConfigError, LocalBackendConfig, ServeConfig, VllmBackendConfig, check_unique, load_config,
+                     read_config)
 from .engine import LocalEngine, Progress, base_spec, unknown_model
 from .remote import RemoteBackend
 
@@ -85,7 +87,7 @@ def _check_names(b: Any) -> None:
     from ..records import VichatError
 
     default_template = "chat"
-    if isinstance(b, LocalBackendConfig):
+    if isinstance(b, (LocalBackendConfig, VllmBackendConfig)):
         try:
             default_template = base_spec(b.base).default_template
         except VichatError as exc:
@@ -112,7 +114,14 @@ def build_backend(config: ServeConfig | str | os.PathLike | None = None) -> Comp
     hidden: list[str] = []
     for b in config.backends:
         _check_names(b)
-        backend = LocalEngine(b) if isinstance(b, LocalBackendConfig) else RemoteBackend(b)
+        if isinstance(b, LocalBackendConfig):
+            backend: Any = LocalEngine(b)
+        elif isinstance(b, VllmBackendConfig):
+            from .vllm import VllmBackend
+
+            backend = VllmBackend(b)  # raises ConfigError when vLLM cannot serve its adapters
+        else:
+            backend = RemoteBackend(b)
         if backend.models():
             backends.append(backend)
         else:

@@ -10,6 +10,10 @@ The format (docs/serving.md has complete examples)::
         device: auto               # auto | cpu | cuda | cuda:1
         context: 2048              # optional context window in tokens
         seed: 0                    # optional: reproducible sampling
+        max_batch_size: 16         # requests decoded together in one forward pass; the rest queue
+        max_batch_tokens: 8192     # KV-cache tokens in flight (each request: prompt + max_new_tokens)
+        prefill_chunk: 256         # prompt tokens prefilled per step while the others keep decoding
+                                   #   (default 512 on a GPU, 256 on a CPU)
         models:
           - name: bloomz-chat      # shown in the app, stored in votes
             adapter: runs/bloomz-chat   # local dir or hub id of a PEFT adapter; null = the bare base
@@ -17,6 +21,11 @@ The format (docs/serving.md has complete examples)::
             description: Bloomz-Chat (paper)
             decoding: {temperature: 0.5, top_k: 20}   # overrides of the base's defaults
             optional: true         # a missing local adapter hides the model instead of failing
+      - type: vllm                 # vLLM: vichat starts `vllm serve` (or connects to it) with LoRA
+        base: gptj-6b-vi           #   the adapters below become LoRA modules named like the models
+        port: 8000                 #   (docs/serving.md: which bases vLLM serves LoRA for; merged models)
+        models:
+          - {name: gptj-chat, adapter: runs/gptj-chat, template: chat}
       - base_url: http://gpu-box:8000/v1   # remote: any OpenAI-compatible server
         api_key_env: VLLM_API_KEY           # the *name* of the variable holding the key
         api: completions                    # completions (template prompt) | chat (server's chat template)
@@ -84,6 +93,9 @@ class LocalBackendConfig:
     device: str = "auto"
     context: int | None = None
     seed: int | None = None
+    max_batch_size: int = 16  # requests decoded together; more wait in a queue
+    max_batch_tokens: int = 8192  # KV-cache tokens in flight (each request: prompt + max_new_tokens)
+    prefill_chunk: int | None = None  # prompt tokens prefilled per step (default: 512 on a GPU, 256 on a CPU)
     where: str = ""
 
     @property
@@ -108,7 +120,40 @@ class RemoteBackendConfig:
         return f"remote backend {self.base_url!r}" + (f" ({self.where})" if self.where else "")
 
 
-BackendConfig = Union[LocalBackendConfig, RemoteBackendConfig]
+@dataclass(frozen=True)
+class VllmBackendConfig:
+    """A ``vllm serve`` process for one base model, its adapters registered as LoRA modules
+    (:mod:`vichat.serve.vllm`); vichat starts it, or connects to one already running."""
+
+    base: str
+    models: tuple[ModelConfig, ...]
+    path: str | None = None  # the model vLLM loads (default: the base spec's hub id)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    base_url: str | None = None  # default: http://{host}:{port}/v1
+    start: bool = True  # start `vllm serve` when nothing answers at base_url
+    lora: str = "auto"  # auto | true | false: whether vLLM serves LoRA adapters for this base
+    max_lora_rank: int | None = None  # default: the largest r among the adapters
+    dtype: str = "auto"
+    context: int | None = None  # --max-model-len
+    api_key_env: str | None = None
+    command: tuple[str, ...] = ("vllm",)  # the program whose `serve` subcommand starts the server
+    args: tuple[str, ...] = ()  # more `vllm serve` arguments, passed as given
+    startup_timeout: float = 900.0
+    timeout: float = 120.0
+    max_retries: int = 1
+    where: str = ""
+
+    @property
+    def url(self) -> str:
+        return self.base_url or f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def label(self) -> str:
+        return f"vllm backend {self.base!r}" + (f" ({self.where})" if self.where else "")
+
+
+BackendConfig = Union[LocalBackendConfig, RemoteBackendConfig, VllmBackendConfig]
 
 
 @dataclass(frozen=True)
@@ -124,8 +169,11 @@ class ServeConfig:
 
 
 _MODEL_KEYS = ("name", "adapter", "template", "description", "decoding", "model", "stop", "optional")
-_LOCAL_KEYS = ("type", "base", "path", "load_in", "dtype", "device", "context", "seed", "models")
+_LOCAL_KEYS = ("type", "base", "path", "load_in", "dtype", "device", "context", "seed", "max_batch_size",
+               "max_batch_tokens", "prefill_chunk", "models")
 _REMOTE_KEYS = ("type", "base_url", "api_key_env", "api", "timeout", "max_retries", "models")
+_VLLM_KEYS = ("type", "base", "path", "host", "port", "base_url", "start", "lora", "max_lora_rank", "dtype", "context",
+              "api_key_env", "command", "args", "startup_timeout", "timeout", "max_retries", "models")
 _DECODING_KEYS = tuple(f.name for f in fields(Decoding))
 
 
@@ -206,6 +254,10 @@ def _backend(r: Reader, value: Any, path: tuple) -> BackendConfig:
             device=r.string(raw.get("device", "auto"), path + ("device",)),
             context=r.number(context, path + ("context",), int, 16) if context is not None else None,
             seed=r.number(seed, path + ("seed",), int) if seed is not None else None,
+            max_batch_size=r.number(raw.get("max_batch_size", 16), path + ("max_batch_size",), int, 1),
+            max_batch_tokens=r.number(raw.get("max_batch_tokens", 8192), path + ("max_batch_tokens",), int, 16),
+            prefill_chunk=(r.number(raw["prefill_chunk"], path + ("prefill_chunk",), int, 1)
+                           if raw.get("prefill_chunk") is not None else None),
             where=r.where(path),
         )
     if kind == "remote":
@@ -223,7 +275,56 @@ def _backend(r: Reader, value: Any, path: tuple) -> BackendConfig:
             max_retries=r.number(raw.get("max_retries", 1), path + ("max_retries",), int, 0),
             where=r.where(path),
         )
-    raise r.fail(path, f"type {kind!r}: a backend is local (with 'base') or remote (with 'base_url')")
+    if kind == "vllm":
+        return _vllm_backend(r, value, path)
+    raise r.fail(path, f"type {kind!r}: a backend is local (with 'base'), remote (with 'base_url') or "
+                 "'type: vllm'")
+
+
+def _strings(r: Reader, value: Any, path: tuple) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise r.fail(path, "expected a list of strings")
+    return tuple(str(v) for v in value)
+
+
+def _vllm_backend(r: Reader, value: Any, path: tuple) -> VllmBackendConfig:
+    raw = r.mapping(value, path, _VLLM_KEYS, required=("base", "models"))
+    models = _models(r, raw["models"], path + ("models",), local=True)
+    lora = raw.get("lora", "auto")
+    if isinstance(lora, bool):
+        lora = "true" if lora else "false"
+    lora = r.string(str(lora), path + ("lora",), ("auto", "true", "false"))
+    start = raw.get("start", True)
+    if not isinstance(start, bool):
+        raise r.fail(path + ("start",), f"expected true or false, got {start!r}")
+    url = raw.get("base_url")
+    if url is not None:
+        url = r.string(url, path + ("base_url",))
+        if urlparse(url).scheme not in ("http", "https"):
+            raise r.fail(path + ("base_url",), f"{url!r} is not an http(s) URL (e.g. http://host:8000/v1)")
+    rank, context, key_env = raw.get("max_lora_rank"), raw.get("context"), raw.get("api_key_env")
+    return VllmBackendConfig(
+        base=r.string(raw["base"], path + ("base",)),
+        models=models,
+        path=r.location(r.string(raw["path"], path + ("path",))) if raw.get("path") is not None else None,
+        host=r.string(raw.get("host", "127.0.0.1"), path + ("host",)),
+        port=r.number(raw.get("port", 8000), path + ("port",), int, 1),
+        base_url=url,
+        start=start,
+        lora=lora,
+        max_lora_rank=r.number(rank, path + ("max_lora_rank",), int, 1) if rank is not None else None,
+        dtype=r.string(raw.get("dtype", "auto"), path + ("dtype",), DTYPES),
+        context=r.number(context, path + ("context",), int, 16) if context is not None else None,
+        api_key_env=r.string(key_env, path + ("api_key_env",)) if key_env is not None else None,
+        command=_strings(r, raw.get("command", ["vllm"]), path + ("command",)),
+        args=_strings(r, raw.get("args") or [], path + ("args",)),
+        startup_timeout=r.number(raw.get("startup_timeout", 900.0), path + ("startup_timeout",), float, 1.0),
+        timeout=r.number(raw.get("timeout", 120.0), path + ("timeout",), float, 0.1),
+        max_retries=r.number(raw.get("max_retries", 1), path + ("max_retries",), int, 0),
+        where=r.where(path),
+    )
 
 
 def check_unique(config: ServeConfig) -> None:

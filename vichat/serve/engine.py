@@ -3,8 +3,10 @@
 ``LocalEngine(config)`` is cheap: it only reads the configuration. The weights load on
 :meth:`LocalEngine.prepare` (the app calls it at start-up in a thread, with a progress callback) or
 on the first request. All models of one engine share one base: the adapters are loaded into a
-single PeftModel (:mod:`vichat.serve.runner`) and a single scheduler thread decodes every request
-round-robin (:mod:`vichat.serve.scheduler`).
+single PeftModel (:mod:`vichat.serve.runner`) and a single scheduler thread decodes every active
+request in one forward pass per step, whatever adapter each uses (continuous batching,
+:mod:`vichat.serve.scheduler`); ``max_batch_size`` and ``max_batch_tokens`` in the configuration
+bound the batch, and the requests beyond it wait in a queue and are told their place.
 
 ``base: tiny`` without a ``path`` is the tiny offline model: :func:`vichat.tiny.build.build_tiny`
 builds it on first start (minutes, progress reported) or finds it in the cache, and adapter values
@@ -148,7 +150,8 @@ class LocalEngine:
     def stream(self, model: str, message: str, history: Sequence[Turn] = (), *, template: str | None = None,
                decoding: Decoding | None = None, cancel: Any = None) -> Iterator[str]:
         """See :meth:`vichat.serve.api.ChatBackend.stream`. Unknown models and load failures raise
-        here, at the call; a failure while generating is raised by the iterator."""
+        here, at the call; a failure while generating is raised by the iterator. While the request
+        waits for a place in the batch the iterator yields :class:`vichat.serve.api.Queued` items (empty strings)."""
         if model not in self._models:
             raise unknown_model(model, list(self._models))
         loaded = self.prepare()
@@ -289,9 +292,9 @@ class LocalEngine:
         return loaded
 
     def _assemble(self, model: Any, tokenizer: Any, keys: dict[str, str | None]) -> _Loaded:
-        from .runner import AdapterRunner
+        from .runner import BatchRunner
 
-        runner = AdapterRunner(model)
+        runner = BatchRunner(model)
         for name, key in keys.items():
             if key is not None and key not in runner.adapters:
                 raise ModelError(f"model {name!r}: adapter {key!r} is not loaded in the model")
@@ -301,5 +304,11 @@ class LocalEngine:
         eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else ({gen_eos} if gen_eos is not None else set())
-        scheduler = Scheduler(runner, name=f"vichat-{self.config.base}")
+        cfg = self.config
+        # A prefill chunk should cost about one decoding step. On a GPU a step is memory-bound and
+        # 512 prompt tokens cost little more than one token. On a CPU every token costs compute:
+        # smaller chunks protect running streams but delay a newcomer's first token (more passes).
+        chunk = cfg.prefill_chunk or (512 if getattr(runner.device, "type", str(runner.device)) == "cuda" else 256)
+        scheduler = Scheduler(runner, name=f"vichat-{cfg.base}", max_batch_size=cfg.max_batch_size,
+                              max_batch_tokens=cfg.max_batch_tokens, prefill_chunk=chunk)
         return _Loaded(model, _LockedTokenizer(tokenizer), keys, scheduler, context, prefix, frozenset(eos))

@@ -1,15 +1,19 @@
-"""Choosing the next token: repetition penalty, temperature, top-k, top-p, then a seeded draw.
+"""Choosing the next token with transformers' own logits processors, per request.
 
-The same order and arithmetic as transformers' ``generate`` (``RepetitionPenaltyLogitsProcessor``,
-then the temperature, top-k and top-p warpers), so greedy serving reproduces ``generate`` token for
-token, and a seeded sampler is reproducible. Each request has its own :class:`Sampler` and its own
-``torch.Generator``: what one user draws never depends on who else is being served.
+:func:`logits_processors` builds, for one request's :class:`vichat.specs.Decoding`, the same
+``LogitsProcessorList`` that ``model.generate(**decoding.as_generate_kwargs())`` builds:
+``RepetitionPenaltyLogitsProcessor``, then (sampling only) ``TemperatureLogitsWarper``,
+``TopKLogitsWarper`` and ``TopPLogitsWarper``, in generate's order. So the app, ``vichat eval
+generate`` (which calls ``generate``) and plain ``generate`` sample the same way, and greedy serving
+reproduces ``generate`` token for token. A batch row is processed with its own list (requests in one
+batch have their own settings); each request draws from its own seeded ``torch.Generator``, so what
+one user draws never depends on who else is in the batch.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..specs import Decoding
 
@@ -26,49 +30,37 @@ def request_seed(seed: int, *parts: str) -> int:
     return int.from_bytes(h.digest()[:8], "little") >> 1
 
 
-def apply_repetition_penalty(logits: "torch.Tensor", seen: "torch.Tensor", penalty: float) -> "torch.Tensor":
-    """CTRL's penalty as transformers applies it: a seen token's logit is divided by ``penalty``
-    when positive and multiplied when negative (``seen`` = prompt and generated ids)."""
-    import torch
+def logits_processors(decoding: Decoding) -> Any:
+    """transformers' ``LogitsProcessorList`` for ``decoding``, as ``generate`` builds it (its
+    ``_get_logits_processor`` adds the penalty first, then the warpers when sampling)."""
+    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                              TopKLogitsWarper, TopPLogitsWarper)
 
-    if penalty == 1.0 or seen.numel() == 0:
-        return logits
-    score = logits.gather(-1, seen)
-    score = torch.where(score < 0, score * penalty, score / penalty)
-    return logits.scatter(-1, seen, score)
-
-
-def top_k_filter(logits: "torch.Tensor", k: int) -> "torch.Tensor":
-    """Keep the ``k`` largest logits (ties with the k-th kept too); ``k <= 0`` keeps all."""
-    import torch
-
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = torch.topk(logits, k).values[..., -1, None]
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: "torch.Tensor", p: float) -> "torch.Tensor":
-    """Nucleus filtering: keep the smallest set of tokens whose probability reaches ``p``."""
-    import torch
-
-    if p >= 1.0:
-        return logits
-    sorted_logits, sorted_idx = torch.sort(logits, descending=False)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (1 - p)
-    remove[..., -1:] = False  # the most likely token always stays
-    remove = remove.scatter(-1, sorted_idx, remove)
-    return logits.masked_fill(remove, float("-inf"))
+    procs = LogitsProcessorList()
+    if decoding.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(penalty=decoding.repetition_penalty))
+    if decoding.temperature > 0:
+        if decoding.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(decoding.temperature))
+        if decoding.top_k > 0:
+            procs.append(TopKLogitsWarper(top_k=decoding.top_k, min_tokens_to_keep=1))
+        if decoding.top_p < 1.0:
+            procs.append(TopPLogitsWarper(top_p=decoding.top_p, min_tokens_to_keep=1))
+    return procs
 
 
 class Sampler:
-    """Next-token choice for one request; ``temperature <= 0`` is greedy (argmax)."""
+    """Next-token choice for one request; ``temperature <= 0`` is greedy (argmax).
+
+    Requests with equal decoding settings are processed together by :func:`sample_rows` (one
+    processor call over their rows, as ``generate`` does for a batch); each still draws from its
+    own generator."""
 
     def __init__(self, decoding: Decoding, seed: int | None = None) -> None:
         import torch
 
         self.decoding = decoding
+        self.processors = logits_processors(decoding)
         self.generator: torch.Generator | None = None
         if decoding.temperature > 0:
             self.generator = torch.Generator()
@@ -77,17 +69,53 @@ class Sampler:
             else:
                 self.generator.manual_seed(seed)
 
-    def __call__(self, logits: "torch.Tensor", seen: Sequence[int] | "torch.Tensor") -> int:
-        """The next id from the last position's ``logits`` (1-D, vocab) given every id so far."""
+    def __call__(self, logits: "torch.Tensor", seen: "Sequence[int] | torch.Tensor") -> int:
+        """The next id from one row of last-position ``logits`` (1-D, vocab) given every id so far
+        (prompt then generated ids)."""
         import torch
 
-        d = self.decoding
-        logits = logits.float()
-        seen_t = seen if isinstance(seen, torch.Tensor) else torch.tensor(list(seen), dtype=torch.long)
-        logits = apply_repetition_penalty(logits, seen_t.to(logits.device), d.repetition_penalty)
+        if not isinstance(seen, torch.Tensor):
+            seen = torch.tensor(list(seen), dtype=torch.long)
+        scores = self.processors(seen.to(logits.device).view(1, -1), logits.float().view(1, -1))
         if self.generator is None:
-            return int(torch.argmax(logits))
-        logits = logits / d.temperature
-        logits = top_p_filter(top_k_filter(logits, d.top_k), d.top_p)
-        probs = logits.softmax(dim=-1).cpu()  # drawn on the CPU: one generator, any device
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+            return int(torch.argmax(scores))
+        return draw(scores, [self.generator])[0]
+
+
+def sample_rows(logits: "torch.Tensor", rows: "Sequence[tuple[Sampler, torch.Tensor]]") -> list[int]:
+    """The next id of every row of ``logits`` (``[batch, vocab]``) for its ``(sampler, seen ids)``.
+
+    Rows with equal settings share one pass of the processors. The repetition penalty needs the
+    seen ids as one ``[n, length]`` tensor: shorter rows are padded with their own first id, which
+    changes nothing (the penalty is applied once per distinct id)."""
+    import torch
+
+    out: list[int] = [0] * len(rows)
+    groups: dict[Decoding, list[int]] = {}
+    for i, (sampler, _) in enumerate(rows):
+        groups.setdefault(sampler.decoding, []).append(i)
+    for members in groups.values():
+        procs = rows[members[0]][0].processors
+        seen = [rows[i][1] for i in members]
+        width = max(len(x) for x in seen)
+        ids = torch.stack([torch.cat([x[:1].expand(width - len(x)), x]) if len(x) < width else x for x in seen])
+        scores = procs(ids.to(logits.device), logits[members].float())
+        if rows[members[0]][0].generator is None:
+            for i, token in zip(members, scores.argmax(dim=-1).tolist()):
+                out[i] = token
+            continue
+        for i, token in zip(members, draw(scores, [rows[i][0].generator for i in members])):
+            out[i] = token
+    return out
+
+
+def draw(scores: "torch.Tensor", generators: "Sequence[torch.Generator]") -> list[int]:
+    """One id per row of ``scores`` (logits after the processors), row ``k`` drawn with
+    ``generators[k]``: inverse-CDF sampling, one uniform number per row from its own generator and
+    one ``searchsorted`` for the batch (a ``torch.multinomial`` per row costs more than a tiny
+    model's forward pass at 8 rows). A token with probability 0 is never drawn."""
+    import torch
+
+    cdf = scores.float().softmax(dim=-1).cumsum(dim=-1).cpu()  # on the CPU: one generator per request
+    u = torch.cat([torch.rand(1, generator=g) for g in generators]) * cdf[:, -1]
+    return torch.searchsorted(cdf, u.unsqueeze(-1), right=True).clamp(max=cdf.shape[-1] - 1).view(-1).tolist()

@@ -1,0 +1,141 @@
+"""The vLLM backend: the `vllm serve` command, LoRA support per base, and the wiring through a fake vLLM.
+
+vLLM itself is not installed here (it pulls a CUDA build of torch): the process vichat starts is
+tests/fake_vllm.py, which takes the same command line and answers the same endpoints on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from serve_helpers import tiny_bloom
+from vichat.data.templates import CHAT, DOCTOR
+from vichat.serve.api import ModelError
+from vichat.serve.backends import build_backend
+from vichat.serve.config import ConfigError, read_config
+from vichat.serve.history import fold_history
+
+FAKE = Path(__file__).with_name("fake_vllm.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "models.yaml"
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+def gptj_config(tmp_path: Path, port: int, **extra: str) -> Path:
+    bloom = tiny_bloom()
+    more = "".join(f"\n            {k}: {v}" for k, v in extra.items())
+    return write_config(tmp_path, f"""
+        backends:
+          - type: vllm
+            base: gptj-6b-vi
+            path: /models/gpt-j-6B-vi
+            port: {port}
+            command: [{json.dumps(sys.executable)}, {json.dumps(str(FAKE))}]
+            args: [--gpu-memory-utilization, "0.9"]{more}
+            models:
+              - {{name: gptj-chat, adapter: {bloom.adapters['a']}, template: chat}}
+              - {{name: gptj-doctor, adapter: {bloom.adapters['b']}, template: doctor}}
+              - {{name: gptj-base, template: chat}}
+        """)
+
+
+def test_print_vllm_command_registers_every_adapter_as_a_lora_module(tmp_path):
+    from vichat.cli import main
+
+    bloom = tiny_bloom()
+    path = gptj_config(tmp_path, 8123)
+    result = CliRunner().invoke(main, ["serve", "--print-vllm-command", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    # r=4 in both adapters' adapter_config.json; GPT-J has LoRA in vLLM only through its Transformers backend.
+    assert result.output.strip() == shlex.join([
+        sys.executable, str(FAKE), "serve", "/models/gpt-j-6B-vi", "--host", "127.0.0.1", "--port", "8123",
+        "--served-model-name", "gptj-6b-vi", "--enable-lora", "--max-lora-rank", "4", "--max-loras", "2",
+        "--lora-modules", f"gptj-chat={bloom.adapters['a']}", f"gptj-doctor={bloom.adapters['b']}",
+        "--model-impl", "transformers", "--gpu-memory-utilization", "0.9"])
+
+
+def test_bloom_adapters_are_refused_with_the_merge_advice_and_merged_models_are_served(tmp_path):
+    from vichat.cli import main
+
+    bloom = tiny_bloom()
+    path = write_config(tmp_path, f"""
+        - type: vllm
+          base: bloomz-7b1-mt
+          models:
+            - {{name: bloomz-chat, adapter: {bloom.adapters['a']}}}
+        """)
+    with pytest.raises(ConfigError, match=r"models\.yaml:\d+: .*no LoRA adapters for bloom .*vichat export --merge"):
+        build_backend(path)
+    result = CliRunner().invoke(main, ["serve", "--print-vllm-command", "--config", str(path)])
+    assert result.exit_code != 0 and "vichat export --merge" in result.output
+    merged = write_config(tmp_path, """
+        - type: vllm
+          base: bloomz-7b1-mt
+          path: ./runs/bloomz-chat-merged
+          port: 8001
+          dtype: float16
+          models: [{name: bloomz-chat, template: chat}]
+        """)
+    from vichat.serve.vllm import print_commands
+
+    [line] = print_commands(read_config(merged))
+    assert line == (f"vllm serve {tmp_path / 'runs/bloomz-chat-merged'} --host 127.0.0.1 --port 8001 "
+                    "--served-model-name bloomz-7b1-mt --dtype float16")
+
+
+def test_the_backend_starts_vllm_and_sends_rendered_prompts_to_each_lora_module(tmp_path, monkeypatch):
+    log = tmp_path / "fake-vllm.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    backend = build_backend(gptj_config(tmp_path, free_port(), startup_timeout=60))
+    try:
+        assert {m.name: m.backend for m in backend.models()} == {"gptj-chat": "vllm", "gptj-doctor": "vllm",
+                                                                  "gptj-base": "vllm"}
+        backend.prepare()  # starts tests/fake_vllm.py with the command above and waits for /v1/models
+        answers = {name: "".join(backend.stream(name, "Xin chào", [("Câu trước", "Đáp trước")]))
+                   for name in ("gptj-chat", "gptj-doctor", "gptj-base")}
+        owner = backend.backend_for("gptj-chat")
+        process = owner.process
+        assert process is not None and process.poll() is None
+    finally:
+        backend.close()
+    assert process.wait(10) is not None  # the server vichat started is stopped with it
+    lines = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines()]
+    argv = lines[0]["argv"]
+    assert argv[argv.index("--lora-modules") + 1].startswith("gptj-chat=")
+    requests = [x["body"] for x in lines[1:]]
+    # Adapters are requested by their LoRA module's name, the bare base by its served name.
+    assert [r["model"] for r in requests] == ["gptj-chat", "gptj-doctor", "gptj-6b-vi"]
+    assert requests[0]["prompt"] == fold_history(CHAT, "Xin chào", [("Câu trước", "Đáp trước")])
+    assert requests[1]["prompt"] == fold_history(DOCTOR, "Xin chào", [("Câu trước", "Đáp trước")])
+    assert all("### Instruction:" in r["stop"] and r["stream"] for r in requests)
+    # The paper's decoding (the base's defaults): vLLM reads top_k and repetition_penalty from the body.
+    assert (requests[0]["temperature"], requests[0]["top_k"], requests[0]["repetition_penalty"]) == (0.5, 20, 1.2)
+    # The made-up next turn the fake server streams is never shown, even split over chunks.
+    assert answers == {"gptj-chat": "gptj-chat trả lời: Xin chào!", "gptj-doctor": "gptj-doctor trả lời: Xin chào!",
+                       "gptj-base": "gptj-6b-vi trả lời: Xin chào!"}
+
+
+def test_connect_without_starting_and_a_clear_error_when_nothing_answers(tmp_path):
+    port = free_port()
+    backend = build_backend(gptj_config(tmp_path, port, start="false"))
+    with pytest.raises(ModelError, match=rf"no server answers at http://127.0.0.1:{port}/v1 \(start it with "
+                                         r"`.*fake_vllm.py serve /models/gpt-j-6B-vi"):
+        backend.prepare()
+    backend.close()

@@ -1,0 +1,273 @@
+"""vLLM for GPU deployments: one ``vllm serve`` per base model, vichat's adapters as its LoRA modules.
+
+A ``type: vllm`` backend in the models file becomes the command :func:`vllm_command` builds::
+
+    vllm serve <path or hub id> --host 127.0.0.1 --port 8000 --served-model-name <base>
+        --enable-lora --max-lora-rank <largest r> --max-loras <n> --lora-modules <model>=<adapter> ...
+
+:class:`VllmBackend` starts that process when nothing answers at its URL yet (or connects to the
+server already there), waits until ``/v1/models`` lists every name it needs, and then talks to it
+through :class:`vichat.serve.remote.RemoteBackend` on the completions endpoint: vichat renders the
+prompt with its own template and history folding, sends the template's stop markers, and holds them
+back itself too. A model with an adapter is requested by its own name (the LoRA module's name), a
+model without one by the base's served name: vLLM then batches every adapter's requests together.
+
+Which bases vLLM serves LoRA for (checked in vLLM's model executor): its BLOOM and GPT-J classes do
+not implement ``SupportsLoRA``. GPT-J can go through vLLM's Transformers backend
+(``--model-impl transformers``, which supports LoRA for models using transformers' attention
+interface; GPT-J does); BLOOM cannot (its ALiBi attention is its own code). For BLOOM, merge each
+adapter into the base (``vichat export --merge``) and serve each merged model as its own
+``type: vllm`` backend without adapters (docs/serving.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from ..records import VichatError
+from ..specs import BaseModelSpec, Decoding
+from .api import ModelError, ModelInfo, Turn
+from .config import ConfigError, ModelConfig, RemoteBackendConfig, ServeConfig, VllmBackendConfig
+
+log = logging.getLogger("vichat.serve")
+
+#: How vLLM serves LoRA per architecture family: "native" (its own model class supports LoRA),
+#: "transformers" (only through ``--model-impl transformers``), None (no LoRA: serve merged models).
+LORA_SUPPORT: dict[str, str | None] = {"bloom": None, "gptj": "transformers"}
+DEFAULT_RANK = 16
+
+
+def lora_mode(config: VllmBackendConfig, spec: BaseModelSpec) -> str | None:
+    """How this backend's adapters are served: "native", "transformers", or None (no LoRA)."""
+    family = spec.architecture.family
+    known = LORA_SUPPORT.get(family, "native")
+    if config.lora == "false":
+        return None
+    if config.lora == "true":
+        return known or "native"
+    return known
+
+
+def adapter_rank(path: str) -> int | None:
+    """The LoRA rank ``r`` in a local adapter folder's ``adapter_config.json`` (None if unreadable)."""
+    try:
+        return int(json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))["r"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_vllm(config: VllmBackendConfig, spec: BaseModelSpec) -> None:
+    """Raise :class:`ConfigError` when the configuration asks vLLM for LoRA it cannot serve."""
+    adapters = [m for m in config.models if m.adapter]
+    if adapters and lora_mode(config, spec) is None:
+        raise ConfigError(
+            f"{config.where}: {config.label}: vLLM serves no LoRA adapters for {spec.architecture.family} models "
+            f"({spec.name}); merge each adapter into the base with `vichat export --merge` and serve each merged "
+            f"model as its own `type: vllm` backend (path: the merged folder, a model without adapter), or set "
+            f"`lora: true` if your vLLM version supports it. Models with adapters: "
+            f"{', '.join(m.name for m in adapters)}")
+
+
+def vllm_command(config: VllmBackendConfig, spec: BaseModelSpec) -> list[str]:
+    """The exact ``vllm serve`` command line for ``config`` (raises :class:`ConfigError` if vLLM
+    cannot serve it)."""
+    check_vllm(config, spec)
+    cmd = [*config.command, "serve", config.path or spec.hub_id, "--host", config.host, "--port", str(config.port),
+           "--served-model-name", config.base]
+    if config.dtype != "auto":
+        cmd += ["--dtype", config.dtype]
+    if config.context:
+        cmd += ["--max-model-len", str(config.context)]
+    adapters = [m for m in config.models if m.adapter]
+    if adapters:
+        mode = lora_mode(config, spec)
+        ranks = [adapter_rank(m.adapter) for m in adapters]
+        rank = config.max_lora_rank or max((r for r in ranks if r), default=DEFAULT_RANK)
+        modules = {}
+        for m in adapters:
+            modules.setdefault(m.name, m.adapter)
+        cmd += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(modules)), "--lora-modules"]
+        cmd += [f"{name}={path}" for name, path in modules.items()]
+        if mode == "transformers":
+            cmd += ["--model-impl", "transformers"]
+    return cmd + list(config.args)
+
+
+def served_name(config: VllmBackendConfig, m: ModelConfig) -> str:
+    """The ``model`` a request for ``m`` names: its LoRA module, or the base's served name."""
+    return m.name if m.adapter else config.base
+
+
+def print_commands(config: ServeConfig) -> list[str]:
+    """Shell-quoted ``vllm serve`` commands for every vLLM backend of ``config`` (for
+    ``vichat serve --print-vllm-command``); raises :class:`ConfigError` when there is none."""
+    from .engine import base_spec
+
+    lines = []
+    for b in config.backends:
+        if isinstance(b, VllmBackendConfig):
+            try:
+                spec = base_spec(b.base)
+            except VichatError as exc:
+                raise ConfigError(f"{b.where}: base: {exc}") from None
+            lines.append(shlex.join(vllm_command(b, spec)))
+    if not lines:
+        raise ConfigError(f"{config.source}: no `type: vllm` backend; add one (docs/serving.md) to get its command")
+    return lines
+
+
+def print_commands_for(path: str | os.PathLike | None = None) -> list[str]:
+    """:func:`print_commands` for the models file ``path`` (default: ``VICHAT_MODELS_CONFIG``, else
+    the machine's default); configuration errors become a clean CLI error."""
+    import click
+
+    from .config import load_config
+
+    try:
+        return print_commands(load_config(path))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+class VllmBackend:
+    """A :class:`vichat.serve.api.ChatBackend` over one ``vllm serve`` process (started or found)."""
+
+    def __init__(self, config: VllmBackendConfig, spec: BaseModelSpec | None = None) -> None:
+        from .engine import base_spec
+        from .remote import RemoteBackend
+
+        self.config = config
+        self.spec = spec or base_spec(config.base)
+        check_vllm(config, self.spec)
+        self.warnings: list[str] = []
+        decoding = asdict(self.spec.decoding)
+        models = tuple(ModelConfig(name=m.name, model=served_name(config, m), template=m.template or
+                                   self.spec.default_template, description=m.description or _describe(config, m),
+                                   decoding={**decoding, **dict(m.decoding)}, stop=m.stop, where=m.where)
+                       for m in config.models)
+        self.remote = RemoteBackend(RemoteBackendConfig(base_url=config.url, models=models,
+                                                        api_key_env=config.api_key_env, api="completions",
+                                                        timeout=config.timeout, max_retries=config.max_retries,
+                                                        where=config.where))
+        self.process: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+        self._ready = False
+        self._lock = threading.Lock()
+
+    @property
+    def command(self) -> list[str]:
+        return vllm_command(self.config, self.spec)
+
+    # -- ChatBackend ---------------------------------------------------------------------------
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo(name=i.name, description=i.description, template=i.template, decoding=i.decoding,
+                          backend="vllm") for i in self.remote.models()]
+
+    def stream(self, model: str, message: str, history: Sequence[Turn] = (), *, template: str | None = None,
+               decoding: Decoding | None = None, cancel: threading.Event | None = None) -> Iterator[str]:
+        """See :meth:`vichat.serve.api.ChatBackend.stream` (starts or finds the server first)."""
+        if model in {m.name for m in self.config.models}:
+            self.prepare()
+        return self.remote.stream(model, message, history, template=template, decoding=decoding, cancel=cancel)
+
+    def prepare(self, progress: Any = None) -> None:
+        """Find the server at the configured URL, or start ``vllm serve`` and wait for it; then
+        check that it serves every configured name. Raises :class:`ModelError`."""
+        say = progress or (lambda *_: None)
+        with self._lock:
+            if self._ready:
+                return
+            names = self._served()
+            if names is None:
+                if not self.config.start:
+                    raise ModelError(f"{self.config.label}: no server answers at {self.config.url} (start it with "
+                                     f"`{shlex.join(self.command)}`, or set start: true)")
+                names = self._start(say)
+            wanted = {served_name(self.config, m) for m in self.config.models}
+            missing = sorted(wanted - set(names))
+            if missing:
+                raise ModelError(f"{self.config.label}: the server at {self.config.url} does not serve "
+                                 f"{', '.join(missing)} (it serves: {', '.join(sorted(names)) or 'nothing'}); "
+                                 "is it the vLLM this configuration starts?")
+            self._ready = True
+            say("ready", 1.0, f"vLLM at {self.config.url}: {', '.join(m.name for m in self.config.models)}")
+
+    def close(self) -> None:
+        """Close the client, and stop the server if this backend started it."""
+        self.remote.close()
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self._ready = False
+
+    # -- internals -----------------------------------------------------------------------------
+    def _served(self) -> list[str] | None:
+        """The model names at ``/v1/models``, or None when nothing answers there."""
+        request = urllib.request.Request(self.config.url.rstrip("/") + "/models")
+        key = os.environ.get(self.config.api_key_env, "") if self.config.api_key_env else ""
+        if key:
+            request.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                data = json.loads(response.read().decode("utf-8"))
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
+
+    def _start(self, say: Any) -> list[str]:
+        cmd = self.command
+        fd, name = tempfile.mkstemp(prefix="vichat-vllm-", suffix=".log")
+        self.log_path = Path(name)
+        say("load", 0.0, f"starting {shlex.join(cmd)} (log: {name})")
+        log.info("starting vLLM: %s", shlex.join(cmd))
+        try:
+            with os.fdopen(fd, "wb") as out:
+                self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            raise ModelError(f"{self.config.label}: cannot start `{cmd[0]}` ({exc.strerror or exc}); install vLLM "
+                             "on the GPU machine (pip install vllm) or set `command:`") from None
+        t0 = time.monotonic()
+        while True:
+            names = self._served()
+            if names is not None:
+                return names
+            if self.process.poll() is not None:
+                raise ModelError(f"{self.config.label}: vllm serve exited with code {self.process.returncode}: "
+                                 f"{self._log_tail()}")
+            waited = time.monotonic() - t0
+            if waited > self.config.startup_timeout:
+                self.close()
+                raise ModelError(f"{self.config.label}: vllm serve did not answer at {self.config.url} within "
+                                 f"{self.config.startup_timeout:.0f} s: {self._log_tail()}")
+            say("load", min(0.95, waited / self.config.startup_timeout), f"waiting for vLLM ({waited:.0f} s)")
+            time.sleep(0.5)
+
+    def _log_tail(self, limit: int = 600) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path else ""
+        except OSError:
+            text = ""
+        text = " ".join(text.split())
+        return (text[-limit:] or "(no output)") + (f" (log: {self.log_path})" if self.log_path else "")
+
+
+def _describe(config: VllmBackendConfig, m: ModelConfig) -> str:
+    what = f"LoRA adapter {Path(m.adapter).name}" if m.adapter else "no adapter"
+    return f"{config.base} + {what} on vLLM at {config.url}"
