@@ -25,7 +25,7 @@ import click
 @click.option("--reports", multiple=True, type=click.Path(file_okay=False),
               help="Folder with evaluation reports for the Scoring tab (repeatable) [default: $VICHAT_REPORTS].")
 @click.option("--concurrency", type=click.IntRange(1), help="Generations at once [default: "
-              "$VICHAT_GENERATION_CONCURRENCY or 2].")
+              "$VICHAT_GENERATION_CONCURRENCY or 8; the local engine batches them].")
 @click.option("--print-vllm-command", is_flag=True, help="Print the `vllm serve` command of each `type: vllm` "
               "backend in the models configuration, and exit.")
 def serve(host, port, models_config, fake, votes_db, reports, concurrency, print_vllm_command) -> None:  # noqa: ANN001

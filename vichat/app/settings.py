@@ -78,7 +78,9 @@ class AppSettings:
     min_answer_chars: int = 20
     max_answer_chars: int = 8000
     max_history_chars: int = 40_000
-    generation_concurrency: int = 2
+    # Streams generated at once (an arena battle is two). The local engine decodes them in one batch
+    # (its max_batch_size, 16 by default, is the hard bound), so more at once raises throughput.
+    generation_concurrency: int = 8
     judge_concurrency: int = 2
     default_concurrency: int = 8
     queue_size: int | None = 64
