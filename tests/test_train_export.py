@@ -37,7 +37,7 @@ def test_merge_gives_the_logits_of_base_plus_adapter(adapter, tiny, tmp_path):
 
     from vichat.train.export import export
 
-    out = export(adapter, tmp_path / "merged", merge=True)
+    out = export(adapter, tmp_path / "merged", merge=True, base_models=train_registry().all("base_models"))
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert "Merged model" in (out / "README.md").read_text()
     tok = AutoTokenizer.from_pretrained(out)
@@ -55,7 +55,7 @@ def test_merge_onto_a_quantized_base_is_refused(adapter, tmp_path, load_in):
     from vichat.train.export import export
 
     with pytest.raises(VichatError, match=f"cannot merge.*{load_in}.*rounded"):
-        export(adapter, tmp_path / "m", merge=True, load_in=load_in)
+        export(adapter, tmp_path / "m", merge=True, load_in=load_in, base_models=train_registry().all("base_models"))
     assert not (tmp_path / "m" / "model.safetensors").exists()
 
 
@@ -71,7 +71,7 @@ def test_merge_onto_an_already_quantized_checkpoint_is_refused(adapter, tiny, tm
     config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_8bit": True}
     (base / "config.json").write_text(json.dumps(config))
     with pytest.raises(VichatError, match="already-quantised"):
-        export(adapter, tmp_path / "m", base=str(base))
+        export(adapter, tmp_path / "m", base_path=str(base), base_models=train_registry().all("base_models"))
 
 
 def test_cli_export_no_merge_copies_the_adapter(adapter, tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..records import VichatError
 from .adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RUN_INFO
@@ -20,19 +20,6 @@ from .validate import check_merge
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
 DTYPE_NAMES = {"auto": "auto", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(adapter_config, run_info)`` of an adapter folder; run_info is ``{}`` for a non-vichat adapter."""
-    folder = Path(adapter_dir).expanduser()
-    config_path = folder / ADAPTER_CONFIG
-    if not config_path.is_file():
-        raise VichatError(f"{folder}: not a PEFT adapter folder (no {ADAPTER_CONFIG}); pass the output dir of "
-                          "`vichat train` or a checkpoints/checkpoint-N folder")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    info_path = folder / RUN_INFO
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    return config, info
 
 
 def _is_quantized(model: Any) -> bool:
@@ -64,67 +51,39 @@ def _merged_card(adapter_dir: Path, ref: str) -> str:
             f"follows.\n{body}")
 
 
-def load_base_for_export(ref: str, info: dict[str, Any], *, load_in: str, dtype: str, registry: Any = None) -> tuple[Any, Any]:
-    """The base model named by the adapter (through its registry spec when vichat trained it)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch_dtype: Any = DTYPE_NAMES[dtype] if dtype == "auto" else getattr(torch, DTYPE_NAMES[dtype])
-    spec = None
-    if info.get("base_model"):
-        if registry is None:
-            from ..plugins import get_registry
-
-            registry = get_registry()
-        try:
-            spec = registry.base_model(info["base_model"])
-        except VichatError:
-            spec = None  # the plugin that registered it is gone: load it as a plain transformers model
-    if spec is not None:
-        from ..models import load_base
-
-        return load_base(spec, ref, load_in=load_in, dtype=torch_dtype)
-    from ..models import quantization_config
-
-    kwargs: dict[str, Any] = {"dtype": torch_dtype}
-    q = quantization_config(load_in)
-    if q is not None:
-        kwargs["quantization_config"] = q
-    try:
-        return AutoModelForCausalLM.from_pretrained(ref, **kwargs), AutoTokenizer.from_pretrained(ref)
-    except OSError as exc:
-        raise VichatError(f"cannot load the base model {ref!r} ({exc}); pass --base with a local folder") from exc
-
-
 def export(
     adapter_dir: str | Path,
     out_dir: str | Path,
     merge: bool = True,
     *,
-    base: str | None = None,
+    base_models: Sequence[Any],
+    base_path: str | None = None,
     load_in: str = "none",
     dtype: str = "auto",
-    registry: Any = None,
 ) -> Path:
     """Write ``out_dir`` for serving.
 
     :param merge: merge the adapter into the base (``merge_and_unload``) and save the full model
         and tokenizer; ``False`` copies the adapter, its card and tokenizer only.
-    :param base: the base model's folder or hub id (default: ``base_model_name_or_path`` from
-        adapter_config.json).
+    :param base_models: the registered base models (the base is found as :func:`vichat.models.resolve`
+        finds it: the model vichat trained the adapter on, else ``base_model_name_or_path``).
+    :param base_path: the base model's weights in a local folder (instead of where the adapter says).
     :param load_in: how to load the base; ``8bit``/``4bit`` are refused for a merge.
     :param dtype: dtype of the merged weights (``auto`` = as the base is stored).
     """
+    from ..models import load, resolve
+
     adapter_dir = Path(adapter_dir).expanduser()
     out = Path(out_dir).expanduser()
-    config, info = read_adapter(adapter_dir)
+    if not (adapter_dir / ADAPTER_CONFIG).is_file():
+        raise VichatError(f"{adapter_dir}: not a PEFT adapter folder (no {ADAPTER_CONFIG}); pass the output dir "
+                          "of `vichat train` or one of its checkpoint folders")
+    resolved = resolve(adapter_dir, base_models, base_path=base_path)
     if out.resolve() == adapter_dir.resolve():
         raise VichatError(f"--out {out} is the adapter folder itself; choose another folder")
     if dtype not in DTYPE_NAMES:
         raise VichatError(f"--dtype {dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
-    ref = base or config.get("base_model_name_or_path")
-    if not ref:
-        raise VichatError(f"{adapter_dir / ADAPTER_CONFIG} names no base model; pass --base PATH_OR_HUB_ID")
+    ref = resolved.base
     out.mkdir(parents=True, exist_ok=True)
 
     if not merge:
@@ -137,9 +96,11 @@ def export(
     on_disk = _quantization_on_disk(ref)
     if on_disk:
         check_merge(on_disk, f"{ref} (an already-quantised checkpoint)")
+    import torch
     from peft import PeftModel
 
-    model, tokenizer = load_base_for_export(ref, info, load_in=load_in, dtype=dtype, registry=registry)
+    torch_dtype: Any = DTYPE_NAMES[dtype] if dtype == "auto" else getattr(torch, DTYPE_NAMES[dtype])
+    model, tokenizer = load(resolved, load_in=load_in, dtype=torch_dtype, adapter=False)
     if _is_quantized(model):
         check_merge("8bit" if getattr(model, "is_loaded_in_8bit", False) else "4bit", ref)
     model = PeftModel.from_pretrained(model, str(adapter_dir))
