@@ -30,7 +30,7 @@ KNOWN_BACKWARD = {
 }
 KNOWN_REGISTRY_CALLERS = {
     "vichat.data.loading", "vichat.data.tokenize", "vichat.data.tokenizers", "vichat.serve.engine",
-    "vichat.tiny.heldout", "vichat.tiny.stages", "vichat.train.trainer",
+    "vichat.tiny.heldout", "vichat.tiny.stages",
 }
 
 

@@ -106,7 +106,7 @@ def train_main(
             ) from None
         raise VichatError(f"cannot start training: {exc}. Install the training extras (torch, peft, "
                           "bitsandbytes, deepspeed)") from exc
-    run(p.config)
+    run(p.config, registry=registry)
     return 0
 
 

@@ -66,16 +66,13 @@ class TrainResult:
         return d
 
 
-def run(cfg: TrainConfig, *, registry: Any = None, show_progress: bool | None = None) -> TrainResult:
+def run(cfg: TrainConfig, *, registry: Any, show_progress: bool | None = None) -> TrainResult:
     """Train a LoRA adapter as ``cfg`` says and leave it in ``cfg.output_dir`` (see docs/training.md).
 
     ``cfg`` may still hold ``auto`` values; they are settled here for this machine. Runs in every
-    process of a multi-process launch. ``show_progress``: the tqdm bar (default: when stderr is a
-    terminal; otherwise one line per logging step)."""
-    if registry is None:
-        from ..plugins import get_registry
-
-        registry = get_registry()
+    process of a multi-process launch. ``registry``: where ``cfg``'s names (base model, datasets,
+    template) are looked up, the caller's (the CLI passes the plugin registry). ``show_progress``: the
+    tqdm bar (default: when stderr is a terminal; otherwise one line per logging step)."""
     return TrainingRun(cfg, registry=registry, show_progress=show_progress).train()
 
 
