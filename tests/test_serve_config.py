@@ -254,3 +254,18 @@ def test_offline_default_builds_the_tiny_model_and_resolves_its_adapters(monkeyp
     outs = {n: "".join(b.stream(n, "Xin chào", decoding=greedy)) for n in ("tiny-chat", "tiny-doctor", "tiny")}
     assert len(set(outs.values())) == 3
     b.close()
+
+
+def test_a_base_without_weights_is_one_clear_error_not_a_traceback(tmp_path, monkeypatch):
+    """`vichat models chat` on a YAML backend whose base cannot be loaded here (no `path:`, no hub)."""
+    from click.testing import CliRunner
+
+    from vichat.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = tmp_path / "models.yaml"
+    cfg.write_text("- base: bloomz-560m\n  models:\n    - name: m1\n", encoding="utf-8")
+    r = CliRunner().invoke(main, ["models", "chat", "m1", "Xin chào", "--config", str(cfg)])
+    assert r.exit_code == 2
+    assert "Traceback" not in r.output and "{source}" not in r.output
+    assert f"{cfg}:1" in r.output and "`path:` in a models YAML" in r.output

@@ -213,10 +213,12 @@ class LocalEngine:
                     self._loaded = self._load(progress or (lambda *_: None))
                 except ModelError:
                     raise
+                except VichatError as exc:  # a message for the user (no weights offline...): no traceback
+                    log.error("loading %s failed: %s", self.config.label, exc)
+                    raise ModelError(f"cannot load {self.config.label}: {exc}") from exc
                 except Exception as exc:  # noqa: BLE001 - the app shows it and stays up
                     log.exception("loading %s failed", self.config.label)
-                    msg = str(exc) if isinstance(exc, VichatError) else f"{type(exc).__name__}: {exc}"
-                    raise ModelError(f"cannot load {self.config.label}: {msg}") from exc
+                    raise ModelError(f"cannot load {self.config.label}: {type(exc).__name__}: {exc}") from exc
         return self._loaded
 
     def close(self) -> None:
