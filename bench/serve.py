@@ -102,6 +102,7 @@ def child(mode: str, spec: dict, tokens: int) -> None:
     import transformers  # noqa: F401
 
     from vichat.serve.config import LocalBackendConfig, ModelConfig
+    from vichat.plugins import get_registry
     from vichat.serve.engine import LocalEngine
     from vichat.specs import Decoding
 
@@ -111,11 +112,11 @@ def child(mode: str, spec: dict, tokens: int) -> None:
     t0 = time.perf_counter()
     if mode == "shared":
         models = tuple(ModelConfig(name=f"m{i}", adapter=a) for i, a in enumerate(spec["adapters"]))
-        engines.append(LocalEngine(LocalBackendConfig(base="bloomz-560m", path=spec["base"], models=models)))
+        engines.append(LocalEngine(LocalBackendConfig(base="bloomz-560m", path=spec["base"], models=models), registry=get_registry()))
     else:
         for i, a in enumerate(spec["adapters"]):
             cfg = LocalBackendConfig(base="bloomz-560m", path=spec["base"], models=(ModelConfig(name=f"m{i}", adapter=a),))
-            engines.append(LocalEngine(cfg))
+            engines.append(LocalEngine(cfg, registry=get_registry()))
     param_bytes = 0
     for e in engines:
         e.prepare()
@@ -201,6 +202,7 @@ def throughput_engine(base: str, root: Path, tag: str, prefill_chunk: int | None
     from transformers import AutoModelForCausalLM
 
     from vichat.serve.config import LocalBackendConfig, ModelConfig
+    from vichat.plugins import get_registry
     from vichat.serve.engine import LocalEngine
 
     adapters = []
@@ -219,7 +221,7 @@ def throughput_engine(base: str, root: Path, tag: str, prefill_chunk: int | None
               ModelConfig(name="bare", template="chat"))
     engine = LocalEngine(LocalBackendConfig(base="tiny", path=base, models=models, seed=0, max_batch_size=16,
                                             max_batch_tokens=1 << 20, dtype="float32", device="cpu",
-                                            prefill_chunk=prefill_chunk))
+                                            prefill_chunk=prefill_chunk), registry=get_registry())
     engine.prepare()
     return engine
 

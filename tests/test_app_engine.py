@@ -7,6 +7,10 @@ import pytest
 from app_support import BATTLE_ID, running_app, test_settings, text_of, votes_in
 from gradio_client import Client
 
+from vichat.plugins import get_registry  # noqa: E402
+
+REG = get_registry()  # what the CLI and the app pass to the serve stage
+
 pytestmark = pytest.mark.slow
 
 
@@ -17,7 +21,7 @@ def engine_app(tmp_path_factory):
     serve_helpers = pytest.importorskip("serve_helpers")
     from vichat.serve import ServeConfig, build_backend
 
-    backend = build_backend(ServeConfig((serve_helpers.local_config(serve_helpers.tiny_bloom(), seed=0),)))
+    backend = build_backend(ServeConfig((serve_helpers.local_config(serve_helpers.tiny_bloom(), seed=0),)), registry=REG)
     settings = test_settings(tmp_path_factory.mktemp("engine"))
     with running_app(backend, settings) as (demo, url):
         assert demo.vichat_preparer.wait(120), "the tiny engine did not load"

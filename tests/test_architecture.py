@@ -29,7 +29,7 @@ KNOWN_BACKWARD = {
     "vichat.tiny.heldout -> vichat.serve.history",  # evaluates with the app's prompt folding
 }
 KNOWN_REGISTRY_CALLERS = {
-    "vichat.data.loading", "vichat.data.tokenize", "vichat.data.tokenizers", "vichat.serve.engine",
+    "vichat.data.loading", "vichat.data.tokenize", "vichat.data.tokenizers",
     "vichat.tiny.heldout", "vichat.tiny.stages",
 }
 
@@ -130,6 +130,8 @@ def test_the_registry_is_reached_only_at_the_edge():
     for name, path in _modules().items():
         if name == "vichat.plugins" or _is_edge(name):
             continue
-        if "get_registry" in path.read_text(encoding="utf-8"):
+        calls = [node for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                 if isinstance(node, ast.Call) and "get_registry" in ast.unparse(node.func)]
+        if calls:  # a mention in a docstring or example is not a call
             callers.append(name)
     assert set(callers) == KNOWN_REGISTRY_CALLERS

@@ -19,6 +19,10 @@ from vichat.serve.sampling import logits_processors
 from vichat.serve.text import final_text
 from vichat.specs import Decoding
 
+from vichat.plugins import get_registry  # noqa: E402
+
+REG = get_registry()  # what the CLI and the app pass to the serve stage
+
 GREEDY = Decoding(max_new_tokens=16, temperature=0)
 QUESTIONS = ["Xin chào, bạn khỏe không?", "Tôi bị đau đầu và sốt nhẹ.", "Hà Nội ở đâu?", "Kể một câu chuyện ngắn."]
 
@@ -56,7 +60,7 @@ def run_together(engine: LocalEngine, jobs: list[tuple[str, str]], dec: Decoding
 
 def test_a_full_batch_queues_requests_and_tells_each_its_place():
     config = replace(local_config(tiny_bloom()), max_batch_size=2)
-    e = LocalEngine(config)
+    e = LocalEngine(config, registry=REG)
     try:
         jobs = [("a", QUESTIONS[0]), ("b", QUESTIONS[1]), ("bare", QUESTIONS[2]), ("a", QUESTIONS[3])]
         texts, items = run_together(e, jobs, GREEDY)
@@ -76,7 +80,7 @@ def test_the_token_limit_bounds_the_batch():
     # Each request reserves its prompt + 16 new tokens: a limit below two of them runs one at a time.
     tok = tokenizer()
     one = len(encode_text(tok, fold_history(CHAT, QUESTIONS[0]))) + GREEDY.max_new_tokens
-    e = LocalEngine(replace(local_config(tiny_bloom()), max_batch_tokens=one + 1))
+    e = LocalEngine(replace(local_config(tiny_bloom()), max_batch_tokens=one + 1), registry=REG)
     try:
         texts, items = run_together(e, [("a", QUESTIONS[0]), ("a", QUESTIONS[0])], GREEDY)
         assert texts[0] == texts[1] == "".join(e.stream("a", QUESTIONS[0], decoding=GREEDY))
@@ -86,7 +90,7 @@ def test_the_token_limit_bounds_the_batch():
 
 
 def test_chunked_prefill_interleaves_with_decoding_and_changes_no_answer():
-    e = LocalEngine(replace(local_config(tiny_bloom()), prefill_chunk=8))
+    e = LocalEngine(replace(local_config(tiny_bloom()), prefill_chunk=8), registry=REG)
     try:
         loaded = e.prepare()
         passes: list = []
@@ -193,7 +197,7 @@ def test_the_engine_samples_with_the_processors_generate_builds(dec):
 def test_the_chat_tab_shows_a_waiting_visitor_its_place_then_the_answer():
     from vichat.app import generation
 
-    e = LocalEngine(replace(local_config(tiny_bloom()), max_batch_size=1))
+    e = LocalEngine(replace(local_config(tiny_bloom()), max_batch_size=1), registry=REG)
     previous = generation._backend
     generation.set_backend(e)
     try:

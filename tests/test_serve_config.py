@@ -16,6 +16,10 @@ from vichat.serve.config import (ConfigError, LocalBackendConfig, RemoteBackendC
                                  load_config, packaged_config, parse_config)
 from vichat.specs import Decoding
 
+from vichat.plugins import get_registry  # noqa: E402
+
+REG = get_registry()  # what the CLI and the app pass to the serve stage
+
 EXAMPLE = """
 # two backends: a local base with adapters, and a vLLM server
 backends:
@@ -90,14 +94,14 @@ def test_batch_limits_are_read_from_the_file():
                           "  models: [{name: a}]\n", "<t>")
     b = config.backends[0]
     assert (b.max_batch_size, b.max_batch_tokens, b.prefill_chunk) == (4, 2048, 64)
-    assert LocalEngine(b).config.max_batch_size == 4
+    assert LocalEngine(b, registry=REG).config.max_batch_size == 4
 
 
 def test_unknown_base_models_and_templates_are_config_errors():
     with pytest.raises(ConfigError, match=r"<t>:1: base: no base model named 'bloomz-7b'.*Did you mean 'bloomz-7b1-mt'"):
-        build_backend(parse_config("- base: bloomz-7b\n  models: [{name: a}]\n", "<t>"))
+        build_backend(parse_config("- base: bloomz-7b\n  models: [{name: a}]\n", "<t>"), registry=REG)
     with pytest.raises(ConfigError, match=r"<t>:3: model 'a': template: no template named 'chatt'. Did you mean 'chat'"):
-        build_backend(parse_config("- base_url: http://x/v1\n  models:\n    - {name: a, template: chatt}\n", "<t>"))
+        build_backend(parse_config("- base_url: http://x/v1\n  models:\n    - {name: a, template: chatt}\n", "<t>"), registry=REG)
 
 
 def test_model_names_must_be_unique_across_backends():
@@ -129,7 +133,7 @@ def test_offline_default_is_the_tiny_model(monkeypatch):
     assert [(m.name, m.adapter, m.template) for m in backend.models] == [
         ("tiny-chat", "tiny-chat", "chat"), ("tiny-doctor", "tiny-doctor", "doctor"), ("tiny", None, "chat")]
     assert "tiny" in cfg.notes[0]
-    b = build_backend(cfg)  # nothing is built or loaded until prepare() or the first request
+    b = build_backend(cfg, registry=REG)  # nothing is built or loaded until prepare() or the first request
     assert [m.name for m in b.models()] == ["tiny-chat", "tiny-doctor", "tiny"]
     assert not b.backends[0].loaded
 
@@ -142,15 +146,15 @@ def test_online_defaults_pick_by_gpu_and_hide_untrained_adapters(tmp_path, monke
     assert paper.model_names() == ["bloomz-chat", "bloomz-doctor", "gptj-chat", "gptj-doctor"]
     assert [b.base for b in paper.backends] == ["bloomz-7b1-mt", "gptj-6b-vi"]
     with pytest.raises(ConfigError, match="no model to serve.*bloomz-chat.*vichat train"):
-        build_backend(paper)  # none of the paper's adapters has been trained here
+        build_backend(paper, registry=REG)  # none of the paper's adapters has been trained here
     (tmp_path / "runs" / "bloomz-chat").mkdir(parents=True)
     monkeypatch.setenv("VICHAT_GPTJ_DOCTOR_ADAPTER", "someone/gptj-doctor-lora")  # a hub id: kept
-    b = build_backend(default_config(online=True, gpu=True))
+    b = build_backend(default_config(online=True, gpu=True), registry=REG)
     assert [m.name for m in b.models()] == ["bloomz-chat", "gptj-doctor"]
     assert len(b.warnings) == 2 and "bloomz-doctor" in b.warnings[0]
     cpu = default_config(online=True, gpu=False)
     assert cpu.model_names() == ["bloomz-560m", "bloomz-560m-chat", "bloomz-560m-doctor"]
-    assert [m.name for m in build_backend(cpu).models()] == ["bloomz-560m"]
+    assert [m.name for m in build_backend(cpu, registry=REG).models()] == ["bloomz-560m"]
     for name in ("paper", "cpu", "tiny"):
         packaged_config(name)
 
@@ -189,7 +193,7 @@ backends:
     models:
       - {{name: b, adapter: {bloom.adapters['b']}, template: doctor}}
 """
-    b = build_backend(parse_config(text, "<t>"))
+    b = build_backend(parse_config(text, "<t>"), registry=REG)
     assert isinstance(b, CompositeBackend) and [m.name for m in b.models()] == ["a", "bare", "b"]
     with pytest.raises(ModelError, match=r"unknown model 'c'; available: a, bare, b"):
         b.stream("c", "hi")
@@ -220,7 +224,7 @@ def test_models_commands_list_and_chat(tmp_path, monkeypatch):
     assert report["models"][0]["decoding"]["top_k"] == 20
     out = CliRunner().invoke(models, ["chat", "a", "Xin chào", "--temperature", "0", "--max-new-tokens", "6"])
     assert out.exit_code == 0, out.output
-    e = LocalEngine(parse_config(path.read_text(), "<t>").backends[0])
+    e = LocalEngine(parse_config(path.read_text(), "<t>").backends[0], registry=REG)
     assert out.stdout.strip() == "".join(e.stream("a", "Xin chào", decoding=Decoding(max_new_tokens=6, temperature=0)))
     e.close()
 
@@ -242,7 +246,7 @@ def test_offline_default_builds_the_tiny_model_and_resolves_its_adapters(monkeyp
                                                           "tiny-doctor": bloom.adapters["b"]})
 
     monkeypatch.setattr(tiny, "build_tiny", fake_build)
-    b = build_backend(default_config(online=False))
+    b = build_backend(default_config(online=False), registry=REG)
     seen = []
     b.prepare(lambda stage, fraction, message: seen.append((stage, fraction)))
     assert len(calls) == 1 and seen[-1] == ("ready", 1.0)

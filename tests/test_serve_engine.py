@@ -19,13 +19,17 @@ from vichat.serve.history import fold_history, stop_markers
 from vichat.serve.text import REPLACEMENT, final_text
 from vichat.specs import Decoding
 
+from vichat.plugins import get_registry  # noqa: E402
+
+REG = get_registry()  # what the CLI and the app pass to the serve stage
+
 GREEDY = Decoding(max_new_tokens=24, temperature=0)  # the paper's repetition penalty 1.2 stays on
 QUESTIONS = {"a": "Xin chào, bạn khỏe không?", "b": "Tôi bị đau đầu và sốt nhẹ.", "bare": "Hà Nội ở đâu?"}
 
 
 @pytest.fixture(scope="module")
 def engine():
-    e = LocalEngine(local_config(tiny_bloom()))
+    e = LocalEngine(local_config(tiny_bloom()), registry=REG)
     e.prepare()
     yield e
     e.close()
@@ -51,7 +55,7 @@ def solo(engine: LocalEngine, name: str, dec: Decoding = GREEDY) -> str:
 
 
 def test_engine_is_a_chat_backend_and_lists_models_without_loading():
-    e = LocalEngine(local_config(tiny_bloom()))
+    e = LocalEngine(local_config(tiny_bloom()), registry=REG)
     assert isinstance(e, ChatBackend)
     infos = {m.name: m for m in e.models()}
     assert set(infos) == {"a", "b", "bare"} and infos["b"].template == "doctor"
@@ -285,6 +289,6 @@ def test_a_generation_failure_is_a_short_model_error_and_the_engine_stays_up():
 def test_load_failure_is_a_model_error_naming_the_backend(tmp_path):
     from vichat.serve.config import LocalBackendConfig
 
-    e = LocalEngine(LocalBackendConfig(base="bloomz-560m", path=str(tmp_path), models=(ModelConfig(name="x"),)))
+    e = LocalEngine(LocalBackendConfig(base="bloomz-560m", path=str(tmp_path), models=(ModelConfig(name="x"),)), registry=REG)
     with pytest.raises(ModelError, match="cannot load local backend 'bloomz-560m'"):
         e.stream("x", "hi")

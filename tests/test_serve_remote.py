@@ -17,6 +17,10 @@ from vichat.serve.config import ModelConfig
 from vichat.serve.history import fold_history
 from vichat.serve.remote import RemoteBackend
 
+from vichat.plugins import get_registry  # noqa: E402
+
+REG = get_registry()  # what the CLI and the app pass to the serve stage
+
 
 class FakeOpenAI:
     """``/v1/completions`` and ``/v1/chat/completions`` with ``stream: true``, as vLLM answers them.
@@ -184,7 +188,7 @@ backends:
         description: Bloomz-Chat on vLLM (LoRA module bloomz-chat)
 """, encoding="utf-8")
     monkeypatch.setenv("VICHAT_MODELS_CONFIG", str(path))
-    b = build_backend()
+    b = build_backend(registry=REG)
     assert [m.name for m in b.models()] == ["bloomz-chat"]
     assert "".join(b.stream("bloomz-chat", "hi")) == "Xin chào bạn!"
     with pytest.raises(ModelError, match="available: bloomz-chat"):

@@ -23,6 +23,10 @@ from vichat.serve.backends import build_backend
 from vichat.serve.config import ConfigError, read_config
 from vichat.serve.history import fold_history
 
+from vichat.plugins import get_registry  # noqa: E402
+
+REG = get_registry()  # what the CLI and the app pass to the serve stage
+
 FAKE = Path(__file__).with_name("fake_vllm.py")
 
 
@@ -82,7 +86,7 @@ def test_bloom_adapters_are_refused_with_the_merge_advice_and_merged_models_are_
             - {{name: bloomz-chat, adapter: {bloom.adapters['a']}}}
         """)
     with pytest.raises(ConfigError, match=r"models\.yaml:\d+: .*no LoRA adapters for bloom .*vichat export --merge"):
-        build_backend(path)
+        build_backend(path, registry=REG)
     result = CliRunner().invoke(main, ["serve", "--print-vllm-command", "--config", str(path)])
     assert result.exit_code != 0 and "vichat export --merge" in result.output
     merged = write_config(tmp_path, """
@@ -95,7 +99,7 @@ def test_bloom_adapters_are_refused_with_the_merge_advice_and_merged_models_are_
         """)
     from vichat.serve.vllm import print_commands
 
-    [line] = print_commands(read_config(merged))
+    [line] = print_commands(read_config(merged), REG)
     assert line == (f"vllm serve {tmp_path / 'runs/bloomz-chat-merged'} --host 127.0.0.1 --port 8001 "
                     "--served-model-name bloomz-7b1-mt --dtype float16")
 
@@ -103,7 +107,7 @@ def test_bloom_adapters_are_refused_with_the_merge_advice_and_merged_models_are_
 def test_the_backend_starts_vllm_and_sends_rendered_prompts_to_each_lora_module(tmp_path, monkeypatch):
     log = tmp_path / "fake-vllm.jsonl"
     monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
-    backend = build_backend(gptj_config(tmp_path, free_port(), startup_timeout=60))
+    backend = build_backend(gptj_config(tmp_path, free_port(), startup_timeout=60), registry=REG)
     try:
         assert {m.name: m.backend for m in backend.models()} == {"gptj-chat": "vllm", "gptj-doctor": "vllm",
                                                                   "gptj-base": "vllm"}
@@ -134,7 +138,7 @@ def test_the_backend_starts_vllm_and_sends_rendered_prompts_to_each_lora_module(
 
 def test_connect_without_starting_and_a_clear_error_when_nothing_answers(tmp_path):
     port = free_port()
-    backend = build_backend(gptj_config(tmp_path, port, start="false"))
+    backend = build_backend(gptj_config(tmp_path, port, start="false"), registry=REG)
     with pytest.raises(ModelError, match=rf"no server answers at http://127.0.0.1:{port}/v1 \(start it with "
                                          r"`.*fake_vllm.py serve /models/gpt-j-6B-vi"):
         backend.prepare()

@@ -32,9 +32,10 @@ def load_backend(config: str | Path | None = None, *, fake: bool = False) -> Cha
         from .fake import CannedBackend
 
         return CannedBackend()
+    from ..plugins import get_registry
     from ..serve import build_backend
 
-    return build_backend(config)
+    return build_backend(config, registry=get_registry())
 
 
 class NoModels:

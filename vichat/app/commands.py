@@ -31,9 +31,10 @@ import click
 def serve(host, port, models_config, fake, votes_db, reports, concurrency, print_vllm_command) -> None:  # noqa: ANN001
     """Run the Gradio app: chat, arena, leaderboard and scoring (what the Space runs)."""
     if print_vllm_command:
+        from ..plugins import get_registry
         from ..serve.vllm import print_commands_for
 
-        for line in print_commands_for(models_config):
+        for line in print_commands_for(models_config, registry=get_registry()):
             click.echo(line)
         return
     from .app import app_from_env, launch

@@ -2,8 +2,9 @@
 
 The app needs only these names (all cheap to import; weights load in ``prepare``)::
 
+    from vichat.plugins import get_registry
     from vichat.serve import build_backend, ModelError
-    backend = build_backend()            # VICHAT_MODELS_CONFIG, else the machine's default
+    backend = build_backend(registry=get_registry())  # VICHAT_MODELS_CONFIG, else the machine's default
     backend.prepare(progress)            # optional, at start-up: build/load with progress
     for delta in backend.stream("tiny-chat", "Xin chào", history=[...], cancel=event): ...
         # isinstance(delta, Queued): an empty delta saying the request's place in the queue

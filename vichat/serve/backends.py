@@ -16,7 +16,7 @@ from ..specs import Decoding
 from .api import ChatBackend, ModelError, ModelInfo, Turn
 from .config import (ConfigError, LocalBackendConfig, ServeConfig, VllmBackendConfig, check_unique, load_config,
                      read_config)
-from .engine import LocalEngine, Progress, base_spec, unknown_model
+from .engine import LocalEngine, Progress, unknown_model
 from .remote import RemoteBackend
 
 
@@ -80,31 +80,31 @@ def _label(backend: Any) -> str:
     return getattr(config, "label", None) or type(backend).__name__
 
 
-def _check_names(b: Any) -> None:
+def _check_names(b: Any, registry: Any) -> None:
     """Base models and templates must be registered: say so now, with the file and line, rather than
     at a visitor's first request."""
-    from ..data.tokenize import resolve_template
     from ..records import VichatError
 
     default_template = "chat"
     if isinstance(b, (LocalBackendConfig, VllmBackendConfig)):
         try:
-            default_template = base_spec(b.base).default_template
+            default_template = registry.base_model(b.base).default_template
         except VichatError as exc:
             raise ConfigError(f"{b.where}: base: {exc}") from None
     for m in b.models:
         try:
-            resolve_template(m.template or default_template)
+            registry.template(m.template or default_template)
         except VichatError as exc:
             raise ConfigError(f"{m.where}: model {m.name!r}: template: {exc}") from None
 
 
-def build_backend(config: ServeConfig | str | os.PathLike | None = None) -> CompositeBackend:
+def build_backend(config: ServeConfig | str | os.PathLike | None = None, *, registry: Any) -> CompositeBackend:
     """The backend for ``config``: a :class:`ServeConfig`, a YAML file, or ``None`` for
     :func:`vichat.serve.config.load_config` (``VICHAT_MODELS_CONFIG``, else the machine's default).
 
     Raises :class:`ConfigError` for an invalid file, duplicate names, or when no model is left to
-    serve (e.g. none of the paper's adapters has been trained yet)."""
+    serve (e.g. none of the paper's adapters has been trained yet). ``registry``: where base models
+    and templates are found (the CLI and the app pass the plugin registry)."""
     if config is None:
         config = load_config()
     elif not isinstance(config, ServeConfig):
@@ -113,15 +113,15 @@ def build_backend(config: ServeConfig | str | os.PathLike | None = None) -> Comp
     backends: list[Any] = []
     hidden: list[str] = []
     for b in config.backends:
-        _check_names(b)
+        _check_names(b, registry)
         if isinstance(b, LocalBackendConfig):
-            backend: Any = LocalEngine(b)
+            backend: Any = LocalEngine(b, registry=registry)
         elif isinstance(b, VllmBackendConfig):
             from .vllm import VllmBackend
 
-            backend = VllmBackend(b)  # raises ConfigError when vLLM cannot serve its adapters
+            backend = VllmBackend(b, registry=registry)  # ConfigError when vLLM cannot serve its adapters
         else:
-            backend = RemoteBackend(b)
+            backend = RemoteBackend(b, registry=registry)
         if backend.models():
             backends.append(backend)
         else:

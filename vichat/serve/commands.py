@@ -16,9 +16,10 @@ import click
 
 def models_report(config: str | None = None) -> dict:
     """The models the configuration offers, where the configuration came from, and hidden models."""
+    from ..plugins import get_registry
     from . import build_backend
 
-    backend = build_backend(config)
+    backend = build_backend(config, registry=get_registry())
     return {
         "source": backend.source,
         "notes": list(backend.notes),
@@ -63,9 +64,10 @@ def chat_cmd(model: str, message: str, config: str | None, temperature: float | 
     """Stream MODEL's answer to MESSAGE (builds or loads the model first, with progress)."""
     from dataclasses import replace
 
+    from ..plugins import get_registry
     from . import build_backend
 
-    backend = build_backend(config)
+    backend = build_backend(config, registry=get_registry())
     info = {m.name: m for m in backend.models()}.get(model)
     decoding = None
     if info is not None and (temperature is not None or max_new_tokens is not None):

@@ -47,20 +47,15 @@ def unknown_model(name: str, names: Sequence[str]) -> ModelError:
     return ModelError(f"unknown model {name!r}; available: {available(names)}")
 
 
-def resolve_template_or_error(name: str) -> TemplateSpec:
+def resolve_template_or_error(name: str, registry: Any = None) -> TemplateSpec:
+    """The template ``name`` from ``registry`` (the caller's plugin registry; without one, the
+    paper's built-in templates); an unknown name is a :class:`ModelError` listing the known."""
     from ..data.tokenize import resolve_template
 
     try:
-        return resolve_template(name)
+        return registry.template(name) if registry is not None else resolve_template(name)
     except VichatError as exc:
         raise ModelError(str(exc)) from None
-
-
-def base_spec(name: str) -> BaseModelSpec:
-    """The registered base model ``name`` (a config error lists the registered ones)."""
-    from ..plugins import get_registry
-
-    return get_registry().base_model(name)
 
 
 def _describe(m: ModelConfig, base: str) -> str:
@@ -109,8 +104,9 @@ class _LockedTokenizer:
 class LocalEngine:
     """A :class:`vichat.serve.api.ChatBackend` for one base model and its adapters."""
 
-    def __init__(self, config: LocalBackendConfig, *, seed: int | None = None) -> None:
+    def __init__(self, config: LocalBackendConfig, *, registry: Any = None, seed: int | None = None) -> None:
         self.config = config
+        self.registry = registry  # where config.base and the templates are found (the caller's plugins)
         self.seed = config.seed if seed is None else seed
         self.warnings: list[str] = []
         self._models: dict[str, ModelConfig] = {}
@@ -158,7 +154,7 @@ class LocalEngine:
         if model not in loaded.keys:  # an optional adapter that failed to load
             raise unknown_model(model, list(self._models))
         mc = self._models[model]
-        tpl = resolve_template_or_error(template or mc.template or self.spec.default_template)
+        tpl = resolve_template_or_error(template or mc.template or self.spec.default_template, self.registry)
         dec = decoding or mc.decoding_over(self.spec.decoding)
         tok = loaded.tokenizer
         # Room kept for the answer: max_new_tokens, but never more than half the window (a huge
@@ -187,7 +183,10 @@ class LocalEngine:
     def spec(self) -> BaseModelSpec:
         if self._spec is None:
             try:
-                self._spec = base_spec(self.config.base)
+                if self.registry is None:
+                    raise VichatError(f"no plugin registry to find base model {self.config.base!r} in: "
+                                      "build the engine with LocalEngine(config, registry=...)")
+                self._spec = self.registry.base_model(self.config.base)
             except VichatError as exc:
                 raise ModelError(f"{self.config.label}: {exc}") from None
         return self._spec

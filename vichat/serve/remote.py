@@ -47,7 +47,8 @@ def _short(exc: BaseException, limit: int = 200) -> str:
 class RemoteBackend:
     """A :class:`vichat.serve.api.ChatBackend` for one OpenAI-compatible server."""
 
-    def __init__(self, config: RemoteBackendConfig, *, client: Any = None) -> None:
+    def __init__(self, config: RemoteBackendConfig, *, client: Any = None, registry: Any = None) -> None:
+        self.registry = registry  # where template names are found (None: the paper's built-in ones)
         self.config = config
         self._models = {m.name: m for m in config.models}
         self._client = client
@@ -84,7 +85,7 @@ class RemoteBackend:
         if model not in self._models:
             raise unknown_model(model, list(self._models))
         m = self._models[model]
-        tpl = resolve_template_or_error(template or m.template or "chat")
+        tpl = resolve_template_or_error(template or m.template or "chat", self.registry)
         dec = decoding or m.decoding_over(Decoding())
         stops = stop_markers(tpl, m.stop)
         history = list(history)

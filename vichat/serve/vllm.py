@@ -110,16 +110,14 @@ def served_name(config: VllmBackendConfig, m: ModelConfig) -> str:
     return m.name if m.adapter else config.base
 
 
-def print_commands(config: ServeConfig) -> list[str]:
+def print_commands(config: ServeConfig, registry: Any) -> list[str]:
     """Shell-quoted ``vllm serve`` commands for every vLLM backend of ``config`` (for
     ``vichat serve --print-vllm-command``); raises :class:`ConfigError` when there is none."""
-    from .engine import base_spec
-
     lines = []
     for b in config.backends:
         if isinstance(b, VllmBackendConfig):
             try:
-                spec = base_spec(b.base)
+                spec = registry.base_model(b.base)
             except VichatError as exc:
                 raise ConfigError(f"{b.where}: base: {exc}") from None
             lines.append(shlex.join(vllm_command(b, spec)))
@@ -128,7 +126,7 @@ def print_commands(config: ServeConfig) -> list[str]:
     return lines
 
 
-def print_commands_for(path: str | os.PathLike | None = None) -> list[str]:
+def print_commands_for(path: str | os.PathLike | None = None, *, registry: Any) -> list[str]:
     """:func:`print_commands` for the models file ``path`` (default: ``VICHAT_MODELS_CONFIG``, else
     the machine's default); configuration errors become a clean CLI error."""
     import click
@@ -136,7 +134,7 @@ def print_commands_for(path: str | os.PathLike | None = None) -> list[str]:
     from .config import load_config
 
     try:
-        return print_commands(load_config(path))
+        return print_commands(load_config(path), registry)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -144,12 +142,13 @@ def print_commands_for(path: str | os.PathLike | None = None) -> list[str]:
 class VllmBackend:
     """A :class:`vichat.serve.api.ChatBackend` over one ``vllm serve`` process (started or found)."""
 
-    def __init__(self, config: VllmBackendConfig, spec: BaseModelSpec | None = None) -> None:
-        from .engine import base_spec
+    def __init__(self, config: VllmBackendConfig, spec: BaseModelSpec | None = None, *, registry: Any = None) -> None:
         from .remote import RemoteBackend
 
         self.config = config
-        self.spec = spec or base_spec(config.base)
+        if spec is None and registry is None:
+            raise VichatError(f"{config.where}: no plugin registry to find base model {config.base!r} in")
+        self.spec = spec or registry.base_model(config.base)
         check_vllm(config, self.spec)
         self.warnings: list[str] = []
         decoding = asdict(self.spec.decoding)
@@ -160,7 +159,7 @@ class VllmBackend:
         self.remote = RemoteBackend(RemoteBackendConfig(base_url=config.url, models=models,
                                                         api_key_env=config.api_key_env, api="completions",
                                                         timeout=config.timeout, max_retries=config.max_retries,
-                                                        where=config.where))
+                                                        where=config.where), registry=registry)
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
         self._ready = False
