@@ -62,6 +62,19 @@ def quantization_config(load_in: str, compute_dtype: Any = None) -> Any:
     )
 
 
+def _model_kwargs(load_in: str, dtype: Any, device_map: Any) -> dict[str, Any]:
+    """``from_pretrained`` keywords: bitsandbytes quantisation, dtype and device map when given."""
+    kwargs: dict[str, Any] = {}
+    qconfig = quantization_config(load_in)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    return kwargs
+
+
 def load_base(spec: BaseModelSpec, path_or_id: str | None = None, **options: Any) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of a registered base model from ``path_or_id`` (default its hub id):
     through the plugin's own ``load`` when it has one, else :func:`load_causal_lm`."""
@@ -89,15 +102,7 @@ def load_causal_lm(
     local = Path(source).exists()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        kwargs: dict[str, Any] = {}
-        qconfig = quantization_config(load_in)
-        if qconfig is not None:
-            kwargs["quantization_config"] = qconfig
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        if device_map is not None:
-            kwargs["device_map"] = device_map
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **_model_kwargs(load_in, dtype, device_map))
     except (OSError, ValueError) as exc:
         if local:
             raise VichatError(f"{source}: cannot load model {spec.name!r} from this directory: {exc}") from exc
@@ -233,17 +238,9 @@ def _load_plain(source: str, *, load_in: str, dtype: Any, device_map: Any) -> tu
     """A model no plugin registered: transformers' Auto classes, the generic tokenizer fixes."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {}
-    qconfig = quantization_config(load_in)
-    if qconfig is not None:
-        kwargs["quantization_config"] = qconfig
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if device_map is not None:
-        kwargs["device_map"] = device_map
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **_model_kwargs(load_in, dtype, device_map))
     except (OSError, ValueError) as exc:
         where = "from this folder" if Path(source).exists() else "from the hub (pass --base-path DIR offline)"
         raise VichatError(f"{source}: cannot load a causal language model {where}: {exc}") from exc
