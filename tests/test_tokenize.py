@@ -206,7 +206,9 @@ def test_sample_texts_reads_instruction_input_output(tmp_path, monkeypatch):
     (tmp_path / "sample").mkdir()
     rows = [{"instruction": "Chào", "input": "", "output": "Xin chào"}, {"instruction": "Hỏi", "input": "Ngữ cảnh", "output": "Đáp"}]
     (tmp_path / "sample" / "general.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n")
-    monkeypatch.setattr(tokmod.resources, "files", lambda package: tmp_path)
+    import importlib.resources
+
+    monkeypatch.setattr(importlib.resources, "files", lambda package: tmp_path)
     with pytest.raises(VichatError, match="medical.jsonl is missing"):
         tokmod.sample_texts()
     (tmp_path / "sample" / "medical.jsonl").write_text('{"instruction": "Đau đầu", "output": "Nghỉ ngơi"}\n')

@@ -72,6 +72,24 @@ def read_rows(path: str | Path) -> Iterator[Row]:
             raise VichatError(f"{file}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
 
 
+def bundled_rows(name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, row)`` for every row of the JSONL file ``name`` shipped in ``vichat/data/`` (e.g.
+    ``sample/general.jsonl``). The files are part of vichat, so a missing file or a bad line is an
+    error naming ``vichat/data/<name>:<line>`` (reinstall vichat), never a skipped row."""
+    from importlib import resources
+
+    where = f"vichat/data/{name}"
+    res = resources.files("vichat.data").joinpath(name)
+    if not res.is_file():
+        raise VichatError(f"the bundled file {where} is missing; reinstall vichat")
+    for row in _read_jsonl(Path(str(res))):
+        lineno = int(row.location.rsplit(":", 1)[1])
+        if isinstance(row.data, Unreadable):
+            problem = row.data.problem.replace("invalid JSON: ", "not valid JSON: ", 1)
+            raise VichatError(f"{where}:{lineno}: {problem}")
+        yield lineno, row.data
+
+
 def _read_jsonl(file: Path) -> Iterator[Row]:
     with open(file, encoding="utf-8", errors="strict") as fh:
         lineno = 0

@@ -19,13 +19,11 @@ transformers and tokenizers are imported inside the functions: importing this mo
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
 import tempfile
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -129,21 +127,10 @@ def sample_texts() -> list[str]:
     """Texts of the bundled sample records plus the paper's templates (so the default tokenizer
     learns the ``### Instruction:`` / ``### Response:`` markers as compact tokens)."""
     texts = [render_prompt(CHAT, ""), render_prompt(DOCTOR, "")]
-    root = resources.files("vichat.data")
+    from .readers import bundled_rows
+
     for name in SAMPLE_FILES:
-        res = root.joinpath(name)
-        if not res.is_file():
-            raise VichatError(
-                f"the bundled sample file vichat/data/{name} is missing, so the default tokenizer "
-                "cannot be built: reinstall vichat, or pass a tokenizer directory or hub id"
-            )
-        for lineno, line in enumerate(res.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise VichatError(f"vichat/data/{name}:{lineno}: not valid JSON ({exc.msg})") from None
+        for _, row in bundled_rows(name):
             texts.extend(str(row[k]) for k in ("instruction", "input", "output") if row.get(k))
     return texts
 

@@ -19,13 +19,12 @@ Standard library only.
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from dataclasses import dataclass
-from importlib import resources
 from typing import Iterator, Sequence
 
+from ..data.readers import bundled_rows
 from ..records import VichatError
 
 PROSE_FILE = "prose.jsonl"
@@ -61,19 +60,7 @@ class Pair:
 
 
 def _lines(name: str) -> Iterator[tuple[int, dict]]:
-    res = resources.files("vichat.data").joinpath("sample", name)
-    if not res.is_file():
-        raise VichatError(f"the bundled file vichat/data/sample/{name} is missing; reinstall vichat")
-    for lineno, line in enumerate(res.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise VichatError(f"vichat/data/sample/{name}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise VichatError(f"vichat/data/sample/{name}:{lineno}: expected a JSON object")
-        yield lineno, row
+    return bundled_rows(f"sample/{name}")
 
 
 def read_pairs(name: str) -> list[Pair]:
