@@ -9,24 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..specs import Decoding
+from ..specs import Decoding, decoding_fields
 
-#: (minimum, maximum, step) per field; the UI and the clamp use the same ranges.
+#: (minimum, maximum, step) per field, and the sliders' labels: from :class:`Decoding`'s own field
+#: descriptions, which the CLI flags use too. The UI and the server-side clamp use the same ranges.
 RANGES: dict[str, tuple[float, float, float]] = {
-    "max_new_tokens": (1, 1024, 1),
-    "temperature": (0.0, 1.5, 0.05),
-    "top_k": (0, 100, 1),
-    "top_p": (0.05, 1.0, 0.05),
-    "repetition_penalty": (1.0, 2.0, 0.05),
+    f.name: (*f.metadata["range"], f.metadata["step"]) for f in decoding_fields()
 }
 FIELDS = tuple(RANGES)
-LABELS = {
-    "max_new_tokens": "Số token tối đa (max_new_tokens)",
-    "temperature": "Nhiệt độ (temperature)",
-    "top_k": "top_k",
-    "top_p": "top_p",
-    "repetition_penalty": "Phạt lặp từ (repetition_penalty)",
-}
+LABELS = {f.name: f.metadata["label"] for f in decoding_fields()}
+INTEGER_FIELDS = {f.name for f in decoding_fields() if f.type in (int, "int")}
 
 
 def clamp_decoding(*values: Any, default: Decoding | None = None) -> Decoding:
@@ -41,7 +33,7 @@ def clamp_decoding(*values: Any, default: Decoding | None = None) -> Decoding:
         except (TypeError, ValueError):
             number = float(getattr(base, name))
         number = min(max(number, lo), hi)
-        out[name] = int(round(number)) if name in ("max_new_tokens", "top_k") else number
+        out[name] = int(round(number)) if name in INTEGER_FIELDS else number
     return Decoding(**out)
 
 

@@ -103,7 +103,7 @@ def _engine(spec: TranslatorSpec, source: str, target: str, cache: TranslationCa
 
 def translate_texts(
     texts: Sequence[str],
-    translator: str | TranslatorSpec,
+    translator: TranslatorSpec,
     source: str = "en",
     target: str = "vi",
     *,
@@ -174,7 +174,7 @@ def _load(engine: Engine, rows: list[Any], fields: Sequence[str]) -> tuple[dict[
 
 def plan_file(
     input: str | Path,
-    translator: str | TranslatorSpec,
+    translator: TranslatorSpec,
     source: str = "en",
     target: str = "vi",
     *,
@@ -205,7 +205,7 @@ def plan_file(
 def translate_file(
     input: str | Path,
     output: str | Path,
-    translator: str | TranslatorSpec,
+    translator: TranslatorSpec,
     source: str = "en",
     target: str = "vi",
     *,

@@ -149,7 +149,7 @@ def _prepare(engine: Engine, input: str | Path, source_records: str | Path, matc
 
 
 def plan_repair(
-    input: str | Path, source_records: str | Path, translator: str | TranslatorSpec, source: str = "en",
+    input: str | Path, source_records: str | Path, translator: TranslatorSpec, source: str = "en",
     target: str = "vi", *, match: str = "auto", options: Mapping[str, Any] | None = None,
     cache: TranslationCache | str | Path | bool | None = None, batch_size: int | None = None,
     batch_chars: int | None = None, code_lines: bool = True,
@@ -174,7 +174,7 @@ def repair_file(
     input: str | Path,
     output: str | Path,
     source_records: str | Path,
-    translator: str | TranslatorSpec,
+    translator: TranslatorSpec,
     source: str = "en",
     target: str = "vi",
     *,
