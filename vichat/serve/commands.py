@@ -10,8 +10,11 @@ import json
 import sys
 import threading
 from dataclasses import asdict
+from typing import Any
 
 import click
+
+from ..clitools import decoding_options, decoding_overrides
 
 
 def models_report(config: str | None = None) -> dict:
@@ -57,10 +60,8 @@ def list_cmd(config: str | None, as_json: bool) -> None:
 @click.argument("model")
 @click.argument("message")
 @click.option("--config", type=click.Path(dir_okay=False), help="Models configuration file.")
-@click.option("--temperature", type=float, help="Override the model's temperature (0 = greedy).")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), help="Override the answer length limit.")
-def chat_cmd(model: str, message: str, config: str | None, temperature: float | None,
-             max_new_tokens: int | None) -> None:
+@decoding_options()
+def chat_cmd(model: str, message: str, config: str | None, **decoding_flags: Any) -> None:
     """Stream MODEL's answer to MESSAGE (builds or loads the model first, with progress)."""
     from dataclasses import replace
 
@@ -69,10 +70,8 @@ def chat_cmd(model: str, message: str, config: str | None, temperature: float | 
 
     backend = build_backend(config, registry=get_registry())
     info = {m.name: m for m in backend.models()}.get(model)
-    decoding = None
-    if info is not None and (temperature is not None or max_new_tokens is not None):
-        changes = {k: v for k, v in (("temperature", temperature), ("max_new_tokens", max_new_tokens)) if v is not None}
-        decoding = replace(info.decoding, **changes)
+    changes = decoding_overrides(decoding_flags)
+    decoding = replace(info.decoding, **changes) if info is not None and changes else None
 
     def progress(stage: str, fraction: float, text: str) -> None:
         click.echo(f"[{fraction:4.0%}] {text}", err=True)
