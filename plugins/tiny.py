@@ -1,7 +1,8 @@
 """The tiny offline base model: BLOOM architecture, trained from scratch by `vichat tiny build`.
 
 It needs no download: ``load`` builds it on first use (a few minutes on two CPU cores, with
-progress printed) and finds it in the cache after that. Importing this plugin imports neither torch
+progress printed) and finds it in the cache after that; ``adapters`` does the same for the
+``tiny-chat`` and ``tiny-doctor`` adapters the offline demo serves. Importing this plugin imports neither torch
 nor transformers (only :mod:`vichat.tiny.build`, which is standard-library only at import time).
 """
 
@@ -41,6 +42,18 @@ def load(spec: BaseModelSpec, path_or_id: str | None = None, **options: Any) -> 
     return load_causal_lm(spec, str(resolve_base_dir(path_or_id)), **options)
 
 
+def adapters(spec: BaseModelSpec, registry: Any, progress: Any = None) -> dict[str, str]:
+    """``{"tiny-chat": folder, "tiny-doctor": folder}`` of the cached default build, building what is
+    missing first (``progress(stage, fraction, message)`` follows it; the log gets its messages)."""
+    import logging
+
+    from vichat.tiny.build import build_tiny
+
+    build = build_tiny(progress=progress, echo=logging.getLogger("vichat.tiny").info, show_progress=False,
+                       registry=registry)
+    return {name: str(folder) for name, folder in build.adapters.items()}
+
+
 TINY = BaseModelSpec(
     name="tiny",
     description="Tiny BLOOM-architecture Vietnamese model trained from scratch offline (`vichat tiny build`).",
@@ -57,6 +70,7 @@ TINY = BaseModelSpec(
     # Same fused, per-head interleaved projection as BLOOMZ: LoRA targets it whole.
     lora_targets=("query_key_value",),
     load=load,
+    adapters=adapters,
     default_template="chat",
     # The paper's defaults, 256 new tokens included: the bundled doctor answers run to ~300 tokens of
     # this tokenizer, so 128 would cut most of them before their EOS.

@@ -67,6 +67,7 @@ def _build(root: Path) -> TinyWorld:
     from transformers import BloomConfig, BloomForCausalLM, GPTJConfig, GPTJForCausalLM
 
     from vichat.data.prepare import prepare
+    from vichat.plugins import get_registry
     from vichat.data.tokenizers import sample_texts, train_bpe_tokenizer
 
     texts = sample_texts()
@@ -85,7 +86,8 @@ def _build(root: Path) -> TinyWorld:
         folders[style] = root / f"tiny-{style}"
         model.save_pretrained(folders[style])
         tok.save_pretrained(folders[style])
-    prepare(root / "data", datasets=["vi-sample-chat"], limits={"vi-sample-chat": 64}, val_size=16, seed=1)
+    prepare(root / "data", datasets=["vi-sample-chat"], limits={"vi-sample-chat": 64}, val_size=16, seed=1,
+            registry=get_registry())
     return TinyWorld(root, folders["bloom"], folders["gptj"], root / "data")
 
 

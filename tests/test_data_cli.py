@@ -91,7 +91,7 @@ def test_show_offline_names_the_flag(runner, monkeypatch, tmp_path):
 
 def test_stats_json_on_a_real_file(runner, shared_data, tokenizer_dir):
     path = shared_data / "medical" / "chatdoctor_genmedgpt5k_en.json"
-    result = runner.invoke(main, ["data", "stats", "chatdoctor", "--path", str(path), "--tokenizer", str(tokenizer_dir),
+    result = runner.invoke(main, ["data", "stats", "chatdoctor", "--path", str(path), "--base-path", str(tokenizer_dir),
                                   "--template", "doctor", "--max-length", "512", "--json"])
     assert result.exit_code == 0, result.output
     stats = json.loads(result.stdout)
@@ -109,6 +109,7 @@ def test_stats_text_on_a_path(runner, tmp_path, tokenizer_dir):
                                          {"instruction": "What is the capital of France", "output": "Paris is the capital"}])
     result = runner.invoke(main, ["data", "stats", str(path), "--tokenizer", str(tokenizer_dir)])
     assert result.exit_code == 0, result.output
+    assert "--tokenizer is renamed --base-model NAME or --base-path DIR" in result.stderr  # the old flag still works
     assert "Samples" in result.stdout and "Avg. tokens/sample" in result.stdout
     assert "looks untranslated           1 (50.0%)" in result.stdout
 

@@ -9,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from vichat.data.loading import MAX_EXAMPLES, load, load_items, looks_like_path
+from vichat.data import loading
+from vichat.data.loading import MAX_EXAMPLES, load_items, looks_like_path
+from vichat.plugins import get_registry
 from vichat.records import InvalidRecordError, VichatError, is_nfc
 from vichat.specs import Row
+
+
+def load(ref, **kw):
+    """The loader with the plugin registry, as the CLI calls it (names are looked up there)."""
+    return loading.load(ref, **{"registry": get_registry(), **kw})
+
 
 ROWS = [
     {"instruction": "Thủ đô của Việt Nam là gì?", "input": "", "output": "Hà Nội."},

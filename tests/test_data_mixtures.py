@@ -8,15 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from vichat.data.mixtures import (
-    MIXTURES,
-    adhoc_mixture,
-    build_mixture,
-    parse_assignments,
-    parse_limits,
-)
-from vichat.data.prepare import parse_val_size, prepare, read_manifest, validation_count
+from vichat.data import mixtures
+from vichat.data import prepare as preparing
+from vichat.data.mixtures import MIXTURES, adhoc_mixture, parse_assignments, parse_limits
+from vichat.data.prepare import parse_val_size, read_manifest, validation_count
+from vichat.plugins import get_registry
 from vichat.records import Record, VichatError
+
+
+def build_mixture(mixture, **kw):
+    """As the CLI calls it: dataset names are looked up in the plugin registry."""
+    return mixtures.build_mixture(mixture, **{"registry": get_registry(), **kw})
+
+
+def prepare(out, **kw):
+    return preparing.prepare(out, **{"registry": get_registry(), **kw})
 
 
 def _write(path: Path, rows: list[dict]) -> Path:

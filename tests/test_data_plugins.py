@@ -11,11 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from vichat.data import fetch
-from vichat.data.loading import load
+from vichat.data import fetch, loading
 from vichat.plugins import get_registry
 from vichat.records import VichatError
 from vichat_plugins import chatdoctor
+
+
+def load(ref, **kw):
+    """The loader with the plugin registry, as the CLI calls it (names are looked up there)."""
+    return loading.load(ref, **{"registry": get_registry(), **kw})
+
 
 BUILTIN = {"alpaca", "vi-alpaca", "gpt4all", "chatdoctor", "vi-sample-chat", "vi-sample-doctor"}
 

@@ -8,9 +8,16 @@ import unicodedata
 import pytest
 
 from vichat.data.language import detect_language, has_vietnamese, looks_untranslated, record_looks_untranslated
-from vichat.data.loading import load
+from vichat.data import loading
+from vichat.plugins import get_registry
 from vichat.data.stats import compute_stats, format_stats, percentile, token_lengths
 from vichat.specs import TemplateSpec
+
+
+def load(ref, **kw):
+    """The loader with the plugin registry, as the CLI calls it (names are looked up there)."""
+    return loading.load(ref, **{"registry": get_registry(), **kw})
+
 
 BARE = TemplateSpec(name="bare", description="Two marker words around the instruction.", prompt="Q: {instruction}\nA: ")
 

@@ -241,7 +241,8 @@ def test_offline_default_builds_the_tiny_model_and_resolves_its_adapters(monkeyp
     def fake_build(progress=None, **kwargs):
         calls.append(kwargs)
         for f in (0.0, 0.5, 1.0):
-            progress("base", f, "building")
+            if progress is not None:
+                progress("base", f, "building")
         return SimpleNamespace(base=bloom.base, adapters={"tiny-chat": bloom.adapters["a"],
                                                           "tiny-doctor": bloom.adapters["b"]})
 
@@ -249,7 +250,10 @@ def test_offline_default_builds_the_tiny_model_and_resolves_its_adapters(monkeyp
     b = build_backend(default_config(online=False), registry=REG)
     seen = []
     b.prepare(lambda stage, fraction, message: seen.append((stage, fraction)))
-    assert len(calls) == 1 and seen[-1] == ("ready", 1.0)
+    # Once for the adapters (the engine passes its registry: the adapters' trainer needs it), once
+    # for the base alone, which the plugin's loader finds built.
+    assert len(calls) == 2 and calls[0]["registry"] is REG and calls[1] == {"adapters": False}
+    assert seen[-1] == ("ready", 1.0)
     fractions = [f for _, f in seen]
     assert fractions == sorted(fractions) and ("base", 0.9) in seen  # one bar, never going back
     engine = b.backends[0]

@@ -12,6 +12,7 @@ from vichat.data.tokenize import resolve_template
 from vichat.hookspecs import hookimpl
 from vichat.plugins import build_registry
 from vichat.specs import SpecError, TemplateSpec
+from vichat.records import VichatError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "templates.md"
 
@@ -109,9 +110,52 @@ def test_a_plugin_can_add_a_template(monkeypatch):
 
     reg = build_registry(extra=[("story-plugin", StoryPlugin())], entry_points=False, strict=True)
     monkeypatch.setattr(plugins, "get_registry", lambda: reg)
-    assert resolve_template("story") is story
-    assert resolve_template("chat") is CHAT  # the paper's two resolve without loading plugins
-    assert render_prompt(resolve_template("story"), "Con mèo").endswith("Con mèo\n### Response:\n")
+    assert resolve_template("story", reg) is story
+    assert resolve_template("chat") is CHAT  # without a registry: the paper's two, for library use
+    assert render_prompt(resolve_template("story", reg), "Con mèo").endswith("Con mèo\n### Response:\n")
+    with pytest.raises(VichatError, match="registry=vichat.plugins.get_registry()"):
+        resolve_template("story")  # a plugin's name needs the registry it is in: never looked up behind the caller
+
+
+def test_a_plugin_can_replace_the_chat_template_everywhere(monkeypatch, tmp_path):
+    """`chat` goes through the registry like any template: with the built-in `templates` plugin
+    blocked, a plugin's own `chat` is what `vichat data stats` (and training) render with."""
+    import json
+
+    from click.testing import CliRunner
+
+    from vichat import plugins
+    from vichat.cli import main
+
+    terse = TemplateSpec(name="chat", description="A terse chat template.", prompt="Q: {instruction}\nA: ")
+
+    class Terse:
+        @hookimpl
+        def register_templates(self, register):
+            register(terse)
+
+    monkeypatch.setenv("VICHAT_DISABLE_PLUGINS", "templates")
+    reg = build_registry(extra=[("terse", Terse())], strict=True)
+    assert reg.template("chat") is terse and reg.owner("templates", "chat") == "terse"
+    monkeypatch.setattr(plugins, "get_registry", lambda: reg)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"instruction": "Xin chào", "output": "Chào bạn"}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    runner = CliRunner()
+    out = {}
+    for name in ("chat", "doctor"):
+        r = runner.invoke(main, ["data", "stats", str(data), "--template", name, "--json"])
+        out[name] = r
+    assert out["chat"].exit_code == 0, out["chat"].output
+    assert out["doctor"].exit_code != 0 and "doctor" in out["doctor"].output  # blocked with the built-in plugin
+    terse_tokens = json.loads(out["chat"].stdout)["total_tokens"]
+    from vichat.data.stats import token_lengths
+    from vichat.data.tokenizers import default_tokenizer
+    from vichat.records import Record
+
+    record = Record(id="1", instruction="Xin chào", input="", output="Chào bạn", source="t")
+    assert terse_tokens == token_lengths([record], default_tokenizer(), terse)[0]
+    assert terse_tokens < token_lengths([record], default_tokenizer(), CHAT)[0]
 
 
 def test_docs_show_both_templates_verbatim():

@@ -22,7 +22,9 @@ import pytest
 from click.testing import CliRunner
 
 from vichat.cli import main
+from vichat.data.templates import CHAT
 from vichat.records import VichatError
+from vichat.plugins import get_registry
 from vichat.tiny import build as tiny
 from vichat.tiny.pretrain import Document, read_documents, split_documents
 from vichat.tiny.build import TinyConfig, build_tiny
@@ -39,7 +41,7 @@ def _build(**kw):
     kw.setdefault("config", SMALL)
     kw.setdefault("adapters", False)
     kw.setdefault("threads", 1)  # a 32-wide model gains nothing from a second thread, and CI shares cores
-    return build_tiny(echo=None, show_progress=False, **kw)
+    return build_tiny(echo=None, show_progress=False, **{"registry": get_registry(), **kw})
 
 
 def _weights(base: Path) -> dict:
@@ -200,8 +202,6 @@ def test_stage_rename_is_atomic_on_failure(tmp_path):
 def test_plugin_tiny_resolves_and_loads(built):
     import torch
 
-    from vichat.plugins import get_registry
-
     spec = get_registry().base_model("tiny")
     assert spec.lora_targets == ("query_key_value",) and spec.default_template == "chat"
     assert spec.architecture.family == "bloom"
@@ -218,8 +218,6 @@ def test_plugin_tiny_resolves_and_loads(built):
 
 
 def test_plugin_load_without_path_uses_the_default_build(built, monkeypatch):
-    from vichat.plugins import get_registry
-
     monkeypatch.setattr(tiny, "DEFAULT_CONFIG", SMALL)  # the default build, at test size
     model, _ = load_base(get_registry().base_model("tiny"))
     assert model.config.hidden_size == SMALL.hidden_size
@@ -302,7 +300,8 @@ def test_adapters_are_trained_with_the_trainer(built):
             raise
         pytest.skip("the LoRA trainer (vichat.train.trainer) is not part of this checkout yet")
     events = []
-    build = build_tiny(config=SMALL, echo=None, show_progress=False, progress=lambda *e: events.append(e))
+    build = build_tiny(config=SMALL, echo=None, show_progress=False, progress=lambda *e: events.append(e),
+                       registry=get_registry())
     assert not build.cached
     assert set(build.adapters) == {"tiny-chat", "tiny-doctor"}
     for name, path in build.adapters.items():
@@ -315,8 +314,6 @@ def test_adapters_are_trained_with_the_trainer(built):
     assert not any(s == "base" and "step" in m for s, _, m in events)  # the base was reused, not retrained
 
     from peft import PeftModel
-
-    from vichat.plugins import get_registry
 
     model, tok = load_base(get_registry().base_model("tiny"), str(build.base))
     peft_model = PeftModel.from_pretrained(model, str(build.adapters["tiny-doctor"]))
@@ -387,7 +384,7 @@ def test_load_tokenizer_by_name_uses_the_tiny_build(built, monkeypatch):
 
     monkeypatch.setattr(tiny, "DEFAULT_CONFIG", SMALL)  # the default build, at test size
     build, _ = built
-    tok = load_tokenizer("tiny")
+    tok = load_tokenizer("tiny", registry=get_registry())
     assert tok.get_vocab() == AutoTokenizer.from_pretrained(build.base).get_vocab()
 
 
@@ -416,7 +413,7 @@ def splits(tmp_path_factory):
     out = {"pretrain": corpus.train + corpus.heldout, "removed": corpus.n_removed}
     root = tmp_path_factory.mktemp("tiny-data")
     for name in ADAPTER_DATA:
-        prepare_adapter_data(root / name, name, seed=0)
+        prepare_adapter_data(root / name, name, seed=0, registry=get_registry())
         for part, file in (("train", TRAIN_FILE), ("val", VALIDATION_FILE)):
             rows = [json.loads(line) for line in (root / name / file).read_text(encoding="utf-8").splitlines()]
             out[f"{name}:{part}"] = [Pair(r["id"], r["instruction"], r.get("input", ""), r["output"], file) for r in rows]
@@ -484,15 +481,14 @@ def test_decontaminate_drops_documents_holding_protected_text(tmp_path):
 
 
 def test_batched_greedy_answers_match_one_at_a_time(built):
-    from vichat.plugins import get_registry
     from vichat.specs import Decoding
     from vichat.tiny.heldout import generate_answers
 
     model, tok = load_base(get_registry().base_model("tiny"), str(built[0].base))
     questions = ["Xin chào", "Hà Nội có những món ăn nổi tiếng nào, và nên ăn ở đâu?", "Tôi bị ho."]
     greedy = Decoding(max_new_tokens=12, temperature=0.0)
-    together = generate_answers(model, tok, questions, "chat", greedy, batch_size=3)
-    alone = [generate_answers(model, tok, [q], "chat", greedy)[0] for q in questions]
+    together = generate_answers(model, tok, questions, CHAT, greedy, batch_size=3)
+    alone = [generate_answers(model, tok, [q], CHAT, greedy)[0] for q in questions]
     assert [a["ids"] for a in together] == [a["ids"] for a in alone]
     for a in together:
         assert len(a["ids"]) + a["eos"] <= 12

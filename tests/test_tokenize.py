@@ -26,7 +26,8 @@ from vichat.data.tokenize import (
     packed_attention_mask,
     tokenize_record,
 )
-from vichat.data.tokenizers import apply_tokenizer_fixes, default_tokenizer, load_tokenizer, train_bpe_tokenizer
+from vichat.data.tokenizers import default_tokenizer, load_tokenizer, train_bpe_tokenizer
+from vichat.models import apply_tokenizer_fixes
 from vichat.records import Record, VichatError
 from vichat.specs import Architecture, BaseModelSpec
 
@@ -276,8 +277,8 @@ def test_load_tokenizer_by_base_model_name_applies_fixes(gptj_tok, tmp_path, mon
         pad_token="eos",
         padding_side="left",
     )
-    _registry_with(monkeypatch, spec)
-    t = load_tokenizer("tiny-gptj")
+    reg = _registry_with(monkeypatch, spec)
+    t = load_tokenizer("tiny-gptj", registry=reg)
     assert t.pad_token == t.eos_token == "<|endoftext|>"
     assert t.pad_token_id == t.eos_token_id
     assert t.padding_side == "left"

@@ -44,3 +44,25 @@ def decoding_overrides(values: dict[str, Any]) -> dict[str, Any]:
     from .specs import decoding_fields
 
     return {f.name: values[f.name] for f in decoding_fields() if values.get(f.name) is not None}
+
+
+#: What every command calls the folder holding a base model's weights (and tokenizer).
+BASE_PATH_HELP = ("Local folder with the base model's weights and tokenizer, instead of its hub id (or of the "
+                  "path an adapter recorded). The same flag on every command; `base_path:` in a models YAML.")
+
+
+def base_path_option(command: Callable) -> Callable:
+    """``--base-path DIR``: the one way, on every command, to say where a base model's files are."""
+    return click.option("--base-path", "base_path", type=click.Path(file_okay=False), default=None,
+                        help=BASE_PATH_HELP)(command)
+
+
+def renamed_option(old: str, new: str, dest: str, **kwargs: Any) -> Callable[[Callable], Callable]:
+    """A hidden ``old`` flag that still works for a while: it fills ``dest`` and warns to use ``new``."""
+
+    def moved(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            click.echo(f"warning: {old} is renamed {new}; use {new} (the old name will go)", err=True)
+        return value
+
+    return click.option(old, dest, hidden=True, default=None, callback=moved, expose_value=True, **kwargs)

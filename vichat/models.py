@@ -32,13 +32,20 @@ LOAD_IN = ("8bit", "4bit", "none")
 
 
 def apply_tokenizer_fixes(tokenizer: Any, spec: BaseModelSpec | None) -> Any:
-    """Pad token and padding side from the spec (GPT-J has no pad token: EOS stands in)."""
-    if spec is not None:
-        if spec.pad_token == "eos" or (tokenizer.pad_token is None and tokenizer.eos_token is not None):
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = spec.padding_side
-    elif tokenizer.pad_token is None and tokenizer.eos_token is not None:
+    """Pad token and padding side from the spec (idempotent; returns ``tokenizer``).
+
+    ``spec.pad_token == "eos"``: the model has no pad token (GPT-J), so EOS pads; labels must then
+    be masked by position (see :class:`vichat.data.tokenize.DataCollatorForSFT`). Any other non-empty
+    ``pad_token`` names the token to pad with. A tokenizer left without a pad token pads with EOS.
+    ``padding_side`` comes from the spec."""
+    if spec is not None and spec.pad_token == "eos" and tokenizer.eos_token is None:
+        raise VichatError(f"base model {spec.name!r}: pad_token='eos' but its tokenizer has no EOS token")
+    if spec is not None and spec.pad_token and spec.pad_token != "eos":
+        tokenizer.pad_token = spec.pad_token
+    elif (spec is not None and spec.pad_token == "eos") or (tokenizer.pad_token is None and tokenizer.eos_token is not None):
         tokenizer.pad_token = tokenizer.eos_token
+    if spec is not None:
+        tokenizer.padding_side = spec.padding_side
     return tokenizer
 
 

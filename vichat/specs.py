@@ -194,6 +194,12 @@ class BaseModelSpec:
     Load through :func:`vichat.models.load_base` (or :func:`vichat.models.load`), which picks the one
     that applies; a spec is plain data and loads nothing itself. ``pad_token="eos"`` means the tokenizer has no pad token and EOS is used
     (labels are then masked by position, never by pad id).
+
+    ``adapters(spec, registry, progress=None) -> {name: folder}``: LoRA adapters the plugin provides
+    for this base by name, made ready on demand (the ``tiny`` model builds ``tiny-chat`` and
+    ``tiny-doctor``); a models YAML may then name them in ``adapter:``. The serving engine calls it
+    when the base's files come from the plugin (no ``base_path``), with its plugin registry and a
+    ``progress(stage, fraction, message)`` callback.
     """
 
     name: str
@@ -202,6 +208,7 @@ class BaseModelSpec:
     architecture: Architecture
     lora_targets: Sequence[str]
     load: Callable[..., Any] | None = None
+    adapters: Callable[..., Mapping[str, str]] | None = None
     default_template: str = "chat"
     templates: Sequence[str] = ("chat", "doctor")
     decoding: Decoding = field(default_factory=Decoding)
@@ -212,6 +219,7 @@ class BaseModelSpec:
     def validate(self) -> None:
         _check_common(self)
         _check_callable(self, "load", required=False)
+        _check_callable(self, "adapters", required=False)
         _check_str_tuple(self, "lora_targets")
         _check_str_tuple(self, "templates")
         if not isinstance(self.hub_id, str):

@@ -8,9 +8,12 @@ prints its counts; nothing is dropped without being reported.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
+
+from ..clitools import base_path_option, renamed_option
 
 SUBSET_HELP = "Subset of a registered dataset (also written NAME:SUBSET)."
 PATH_HELP = "Local file or folder with the dataset's data, instead of downloading its public source."
@@ -82,9 +85,10 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--skip-invalid", is_flag=True, help=SKIP_HELP)
 def show_cmd(name_or_path: str, count: int, path: str | None, subset: str | None, skip_invalid: bool) -> None:
     """Print the first records of a dataset (JSON lines) and its load counts (on stderr)."""
+    from ..plugins import get_registry
     from .loading import load
 
-    result = load(name_or_path, path=path, subset=subset, skip_invalid=skip_invalid)
+    result = load(name_or_path, path=path, subset=subset, skip_invalid=skip_invalid, registry=get_registry())
     for record in result.records[:count]:
         click.echo(record.to_json())
     click.echo(result.summary(), err=True)
@@ -94,25 +98,34 @@ def show_cmd(name_or_path: str, count: int, path: str | None, subset: str | None
 @click.argument("name_or_path")
 @click.option("--path", "path", type=click.Path(), default=None, help=PATH_HELP)
 @click.option("--subset", default=None, help=SUBSET_HELP)
-@click.option("--tokenizer", default=None,
-              help="Tokenizer directory, hub id or registered base-model name (default: vichat's default tokenizer).")
+@click.option("--base-model", default=None,
+              help="Registered base-model name or hub id whose tokenizer counts the tokens (default: vichat's default "
+                   "tokenizer).")
+@base_path_option
+@renamed_option("--tokenizer", "--base-model NAME or --base-path DIR", "tokenizer")
 @click.option("--template", default="chat", show_default=True, help="Prompt template the samples are rendered with.")
 @click.option("--max-length", type=click.IntRange(min=1), default=512, show_default=True,
               help="Training sequence length; longer samples count as truncated.")
 @click.option("--skip-invalid", is_flag=True, help=SKIP_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def stats_cmd(name_or_path: str, path: str | None, subset: str | None, tokenizer: str | None, template: str,
-              max_length: int, skip_invalid: bool, as_json: bool) -> None:
+def stats_cmd(name_or_path: str, path: str | None, subset: str | None, base_model: str | None,
+              base_path: str | None, tokenizer: str | None, template: str, max_length: int, skip_invalid: bool,
+              as_json: bool) -> None:
     """Samples, tokens per sample (avg, p95), total tokens, truncation, non-NFC, untranslated and
     broken-code counts (records whose code machine translation turned Vietnamese)."""
     from .loading import load
     from .stats import compute_stats, format_stats
     from .tokenizers import load_tokenizer
 
-    result = load(name_or_path, path=path, subset=subset, skip_invalid=skip_invalid)
-    tok = load_tokenizer(tokenizer)
-    stats = compute_stats(result, tok, template=template, max_length=max_length,
-                          tokenizer_name=tokenizer or "default")
+    from ..plugins import get_registry
+
+    registry = get_registry()
+    result = load(name_or_path, path=path, subset=subset, skip_invalid=skip_invalid, registry=registry)
+    if tokenizer is not None and base_model is None and base_path is None:  # the old flag: a folder or a name
+        base_path, base_model = (tokenizer, None) if Path(tokenizer).expanduser().is_dir() else (None, tokenizer)
+    tok = load_tokenizer(base_model, registry=registry, base_path=base_path)
+    stats = compute_stats(result, tok, template=registry.template(template), max_length=max_length,
+                          tokenizer_name=base_path or base_model or "default")
     if as_json:
         _echo_json({**stats.to_dict(), "skipped": result.skipped.to_dict()})
         return
@@ -145,6 +158,7 @@ def prepare_cmd(mixture: str | None, datasets: tuple[str, ...], out: str, val_si
     Records whose code the translation broke (Python, JavaScript, SQL, HTML, CSS with Vietnamese
     words in place of keywords) are dropped and written with their reason to OUT/skipped.jsonl.
     """
+    from ..plugins import get_registry
     from .mixtures import parse_assignments, parse_limits
     from .prepare import prepare, summarise
 
@@ -160,6 +174,7 @@ def prepare_cmd(mixture: str | None, datasets: tuple[str, ...], out: str, val_si
         template=template,
         keep_corrupted_code=keep_corrupted_code,
         drop_untranslated=drop_untranslated,
+        registry=get_registry(),
     )
     if as_json:
         _echo_json(manifest)

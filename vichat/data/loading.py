@@ -131,12 +131,13 @@ class LoadResult:
 # --------------------------------------------------------------------------- resolving references
 
 
-def _registry(registry: Any = None) -> Any:
-    if registry is not None:
-        return registry
-    from ..plugins import get_registry
-
-    return get_registry()
+def _registry(registry: Any, ref: str) -> Any:
+    """The caller's plugin registry: names become specs at the edge (the CLI and the app pass
+    theirs), so this layer never builds one."""
+    if registry is None:
+        raise VichatError(f"{ref!r} is a dataset name, and names are looked up in a plugin registry: pass "
+                          "registry=vichat.plugins.get_registry() (or a path to a data file)")
+    return registry
 
 
 def looks_like_path(ref: str) -> bool:
@@ -153,7 +154,7 @@ def resolve(ref: str, registry: Any = None) -> tuple[DatasetSpec | None, Path | 
     the file); anything that looks like a path (a separator, a data-file suffix) is a path.
     """
     name, _, subset = ref.partition(":")
-    reg = None if looks_like_path(ref) else _registry(registry)
+    reg = None if looks_like_path(ref) else _registry(registry, ref)
     if reg is not None and name in reg.names("datasets"):
         spec = reg.dataset(name)
         check_subset(spec, subset or None)
@@ -169,7 +170,7 @@ def resolve(ref: str, registry: Any = None) -> tuple[DatasetSpec | None, Path | 
 
 def is_dataset_name(ref: str, registry: Any = None) -> bool:
     """True when ``ref`` (``NAME`` or ``NAME:SUBSET``) names a registered dataset, not a path."""
-    return not looks_like_path(ref) and ref.partition(":")[0] in _registry(registry).names("datasets")
+    return not looks_like_path(ref) and ref.partition(":")[0] in _registry(registry, ref).names("datasets")
 
 
 def check_subset(spec: DatasetSpec, subset: str | None) -> None:

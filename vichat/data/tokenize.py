@@ -30,7 +30,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..records import Record, nfc
+from ..records import Record, VichatError, nfc
 from ..specs import TemplateSpec
 from .templates import CHAT, DOCTOR, render_instruction, render_prompt
 
@@ -43,15 +43,18 @@ IGNORE_INDEX = -100  # the label value torch's cross-entropy (and transformers' 
 _BUILTIN_TEMPLATES = {CHAT.name: CHAT, DOCTOR.name: DOCTOR}
 
 
-def resolve_template(template: TemplateSpec | str) -> TemplateSpec:
-    """A template spec, or one looked up by name (the paper's two first, then the plugins')."""
+def resolve_template(template: TemplateSpec | str, registry: Any = None) -> TemplateSpec:
+    """A template spec: ``template`` itself, or the one named so in ``registry`` (the caller's
+    plugin registry, where a plugin may replace even ``chat`` and ``doctor``). Without a registry a
+    name can only be one of the paper's two built-in templates (for library use and tests)."""
     if isinstance(template, TemplateSpec):
         return template
+    if registry is not None:
+        return registry.template(template)
     if template in _BUILTIN_TEMPLATES:
         return _BUILTIN_TEMPLATES[template]
-    from ..plugins import get_registry
-
-    return get_registry().template(template)
+    raise VichatError(f"template {template!r}: a plugin's template is looked up in the plugin registry; pass "
+                      "registry=vichat.plugins.get_registry() or the TemplateSpec itself")
 
 
 def encode_text(tokenizer: "PreTrainedTokenizerBase", text: str) -> list[int]:

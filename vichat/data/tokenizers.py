@@ -175,23 +175,6 @@ def default_tokenizer(
     return tok
 
 
-def apply_tokenizer_fixes(tokenizer: "PreTrainedTokenizerBase", spec: "BaseModelSpec") -> "PreTrainedTokenizerBase":
-    """Apply a base model's tokenizer fixes in place (and return the tokenizer).
-
-    ``spec.pad_token == "eos"``: the model has no pad token (GPT-J), so EOS pads; labels must
-    then be masked by position (see :class:`vichat.data.tokenize.DataCollatorForSFT`). Any other
-    non-empty ``pad_token`` names the token to pad with. ``padding_side`` comes from the spec.
-    """
-    if spec.pad_token == "eos":
-        if tokenizer.eos_token is None:
-            raise VichatError(f"base model {spec.name!r}: pad_token='eos' but its tokenizer has no EOS token")
-        tokenizer.pad_token = tokenizer.eos_token
-    elif spec.pad_token:
-        tokenizer.pad_token = spec.pad_token
-    tokenizer.padding_side = spec.padding_side
-    return tokenizer
-
-
 def _from_pretrained(name_or_path: str, what: str) -> "PreTrainedTokenizerBase":
     from transformers import AutoTokenizer
 
@@ -211,32 +194,40 @@ def _from_pretrained(name_or_path: str, what: str) -> "PreTrainedTokenizerBase":
         ) from exc
 
 
-def load_tokenizer(name_or_path: str | None = None) -> "PreTrainedTokenizerBase":
+def load_tokenizer(name_or_path: str | None = None, *, registry: Any = None,
+                   base_path: str | Path | None = None) -> "PreTrainedTokenizerBase":
     """Load a tokenizer by what ``name_or_path`` is.
 
-    - ``None``: the project's default tokenizer (:func:`default_tokenizer`, cached on disk);
+    - ``None``: the project's default tokenizer (:func:`default_tokenizer`, cached on disk), or the
+      one in ``base_path``;
     - an existing local directory: ``AutoTokenizer.from_pretrained(path)``;
-    - a registered base-model name: the tokenizer its own loader returns when the spec has one
-      (``tiny``: the cached build's), else its spec's ``hub_id`` (the default tokenizer when the
-      spec has no hub id), with :func:`apply_tokenizer_fixes` applied;
+    - a base-model name registered in ``registry`` (the caller's plugin registry): the tokenizer of
+      its weights in ``base_path`` when given, else the one its own loader returns when the spec has
+      one (``tiny``: the cached build's), else its spec's ``hub_id`` (the default tokenizer when the
+      spec has no hub id), with :func:`vichat.models.apply_tokenizer_fixes` applied;
     - anything else: a hub id. Offline, this raises :class:`VichatError` saying to pass a local
       directory.
     """
+    from ..models import apply_tokenizer_fixes
+
+    folder = Path(base_path).expanduser() if base_path is not None else None
+    if folder is not None and not folder.is_dir():
+        raise VichatError(f"--base-path {base_path}: no such folder")
     if name_or_path is None:
-        return default_tokenizer()
+        return _from_pretrained(str(folder), "") if folder is not None else default_tokenizer()
     if Path(name_or_path).expanduser().is_dir():
         return _from_pretrained(str(Path(name_or_path).expanduser()), "")
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         # A hub id is "name" or "owner/name"; this can only have been meant as a path.
         raise VichatError(f"{name_or_path}: no such tokenizer directory")
-
-    from ..plugins import UnknownNameError, get_registry
-
-    try:
-        spec = get_registry().base_model(name_or_path)
-    except UnknownNameError:
-        return _from_pretrained(name_or_path, "")
-    if spec.load is not None:
+    spec = None
+    if registry is not None and name_or_path in registry.names("base_models"):
+        spec = registry.base_model(name_or_path)
+    if spec is None:
+        return _from_pretrained(str(folder) if folder is not None else name_or_path, "")
+    if folder is not None:
+        tok = _from_pretrained(str(folder), f"of base model {spec.name!r}, ")
+    elif spec.load is not None:
         # A custom loader knows where its files are (the tiny model's live in the build cache);
         # its hub_id may be a placeholder that no hub serves.
         from ..models import load_base

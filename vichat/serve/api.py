@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol, Sequence, runtime_checkable
 
+from ..data.templates import Turn
 from ..records import VichatError
 from ..specs import Decoding
 
@@ -50,7 +51,6 @@ class Queued(str):
 
 
 #: One earlier turn: (user message, assistant answer).
-Turn = tuple[str, str]
 
 
 @runtime_checkable

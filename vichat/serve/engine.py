@@ -8,9 +8,10 @@ request in one forward pass per step, whatever adapter each uses (continuous bat
 :mod:`vichat.serve.scheduler`); ``max_batch_size`` and ``max_batch_tokens`` in the configuration
 bound the batch, and the requests beyond it wait in a queue and are told their place.
 
-``base: tiny`` without a ``path`` is the tiny offline model: :func:`vichat.tiny.build.build_tiny`
-builds it on first start (minutes, progress reported) or finds it in the cache, and adapter values
-naming one of its adapters (``tiny-chat``, ``tiny-doctor``) resolve to the build's folders.
+A base model whose plugin provides named adapters (:attr:`vichat.specs.BaseModelSpec.adapters`;
+the ``tiny`` offline model builds ``tiny-chat`` and ``tiny-doctor`` on first start, minutes with
+progress reported, or finds them in its cache) gets them made ready first when no ``base_path`` is
+given, and adapter values naming one of them resolve to its folders.
 """
 
 from __future__ import annotations
@@ -33,10 +34,8 @@ from .text import TokenTextStream
 
 log = logging.getLogger("vichat.serve")
 
-#: ``progress(stage, fraction, message)``, the same shape as :func:`vichat.tiny.build.build_tiny`'s.
+#: ``progress(stage, fraction, message)`` (fraction of the whole start-up, 0 -> 1).
 Progress = Callable[[str, float, str], None]
-
-TINY = "tiny"
 
 
 def available(names: Sequence[str]) -> str:
@@ -230,15 +229,12 @@ class LocalEngine:
 
         cfg, spec = self.config, self.spec
         path, named, start = cfg.path, {}, 0.0
-        if cfg.base == TINY and path is None:
-            from ..tiny.build import build_tiny
-
-            # The build is most of the wait: it gets 90% of the bar, loading the rest (one bar that
-            # never goes back).
+        if path is None and spec.adapters is not None and any(m.adapter for m in self._models.values()):
+            # Making the plugin's adapters ready (the tiny model's build) is most of the wait: it gets
+            # 90% of the bar, loading the rest (one bar that never goes back).
             start = 0.9
-            build = build_tiny(progress=lambda stage, f, msg: progress(stage, start * f, msg), echo=log.info,
-                               show_progress=False)
-            path, named = str(build.base), {k: str(v) for k, v in build.adapters.items()}
+            named = dict(spec.adapters(spec, self.registry,
+                                       progress=lambda stage, f, msg: progress(stage, start * f, msg)))
 
         def loading(fraction: float, message: str) -> None:
             progress("load", start + (1 - start) * fraction, message)

@@ -1,30 +1,7 @@
-"""Multi-turn chat in a single-turn template: earlier turns become earlier instruction/response blocks.
+"""Multi-turn chat in a single-turn template, fitted to the model's context window.
 
-The paper's models were trained on one ``### Instruction:`` / ``### Response:`` pair per sample, so
-a conversation is written the way such a model would have continued it. For the chat template
-(``P`` = its preamble ``"Hãy viết một phản hồi thích hợp cho chỉ dẫn dưới đây.\\n"``)::
-
-    P
-    ### Instruction:
-    {user 1}
-    ### Response:
-    {answer 1}
-    ### Instruction:
-    {user 2}
-    ### Response:
-    {answer 2}
-    ### Instruction:
-    {message}
-    ### Response:
-    <- the model continues here
-
-Precisely: the template's prompt is split at ``{instruction}`` into ``head`` and ``tail``. When
-``head`` contains one of the template's stop markers, the text before the last such marker is the
-preamble, written once, and the rest (``"### Instruction:\\n"``) opens every turn; a template
-without a marker repeats its whole head per turn. Each earlier turn is
-``turn_head + user + tail + answer + "\\n"``; the prompt ends with ``turn_head + message + tail``,
-exactly :func:`vichat.data.templates.render_prompt` for a single turn. Messages and answers are
-NFC-normalised and stripped. With no history the prompt is the training prompt, byte for byte.
+How a conversation is folded into the template is :func:`vichat.data.templates.fold_history` (the
+data stage owns the templates; serving, evaluation and the tiny model's evaluation all use it).
 
 Too long for the context window (``prompt tokens + max_new_tokens > context``): whole turns are
 dropped, oldest first; if the message alone still does not fit, it is cut from its end, the way
@@ -36,54 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ..data.templates import render_instruction
+from ..data.templates import TemplateParts, turn_text, fold_history, stop_markers, template_parts
 from ..records import nfc
 from ..specs import TemplateSpec
 from .api import ModelError, Turn
 
-
-@dataclass(frozen=True)
-class TemplateParts:
-    """A template split for multi-turn use (see the module docstring)."""
-
-    preamble: str
-    turn_head: str
-    tail: str
-
-
-def template_parts(template: TemplateSpec) -> TemplateParts:
-    head, tail = template.prompt.split("{instruction}", 1)
-    cut = max((head.rfind(s) for s in template.stop if s), default=-1)
-    if cut < 0:
-        return TemplateParts("", head, tail)
-    return TemplateParts(head[:cut], head[cut:], tail)
-
-
-def stop_markers(template: TemplateSpec, extra: Sequence[str] = ()) -> tuple[str, ...]:
-    """Where an answer ends: the template's stop markers (``"### Instruction:"``), its response
-    marker (``"### Response:"``: a model that writes one has started a dialogue of its own) and
-    ``extra``, without duplicates."""
-    marker = template_parts(template).tail.strip()
-    out: list[str] = []
-    for s in (*template.stop, marker, *extra):
-        if s and s not in out:
-            out.append(s)
-    return tuple(out)
-
-
-def _turn(parts: TemplateParts, template: TemplateSpec, user: str) -> str:
-    # render_instruction: no str.format, so braces in user text stay as typed.
-    return parts.turn_head + render_instruction(template, nfc(user).strip()) + parts.tail
-
-
-def fold_history(template: TemplateSpec, message: str, history: Sequence[Turn] = ()) -> str:
-    """The prompt for ``message`` after the earlier ``history`` turns (format in the module docstring)."""
-    parts = template_parts(template)
-    out = [parts.preamble]
-    for user, answer in history:
-        out.append(_turn(parts, template, user) + nfc(answer or "").strip() + "\n")
-    out.append(_turn(parts, template, message))
-    return "".join(out)
+__all__ = ["FittedPrompt", "TemplateParts", "context_window", "fit_prompt", "fold_history", "stop_markers",
+           "template_parts"]
 
 
 @dataclass(frozen=True)
@@ -121,8 +57,8 @@ def fit_prompt(
     # client-sent history cost turns x size). Token counts of pieces need not add up exactly to
     # the count of their concatenation, so the choice is then checked on the real prompt and
     # moved by a turn at a time until it is the smallest drop that fits.
-    blocks = [_turn(parts, template, user) + nfc(answer or "").strip() + "\n" for user, answer in history]
-    room = budget - len(prefix) - len(encode(parts.preamble + _turn(parts, template, message)))
+    blocks = [turn_text(parts, template, user) + nfc(answer or "").strip() + "\n" for user, answer in history]
+    room = budget - len(prefix) - len(encode(parts.preamble + turn_text(parts, template, message)))
     dropped = len(history)
     for k in range(len(blocks) - 1, -1, -1):
         room -= len(encode(blocks[k]))
@@ -131,7 +67,7 @@ def fit_prompt(
         dropped = k
 
     def attempt(n: int) -> tuple[list[int], str] | None:
-        text = parts.preamble + "".join(blocks[n:]) + _turn(parts, template, message)
+        text = parts.preamble + "".join(blocks[n:]) + turn_text(parts, template, message)
         ids = list(prefix) + encode(text)
         return (ids, text) if len(ids) <= budget else None
 

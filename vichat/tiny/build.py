@@ -209,6 +209,7 @@ def build_tiny(
     progress: Progress | None = None,
     echo: Callable[[str], None] | None = _stderr,
     show_progress: bool = True,
+    registry: Any = None,
 ) -> TinyBuild:
     """Build (or find in the cache) the tiny base model and its adapters; see the module docstring.
 
@@ -220,6 +221,9 @@ def build_tiny(
     :param threads: torch threads (default: up to 2; results are reproducible for a given count).
     :param progress: ``progress(stage, fraction_of_whole_build, message)``, for the demo's start-up.
     :param echo: where the plan and stage messages go (``None``: silent).
+    :param registry: the caller's plugin registry, where the adapters' trainer finds the ``tiny``
+        base model and the templates; needed only when an adapter is built or evaluated (a cached
+        build, or ``adapters=False``, needs none).
     """
     say = echo or (lambda _m: None)
     cfg = config or DEFAULT_CONFIG
@@ -250,12 +254,12 @@ def build_tiny(
         if force:  # stage folders are replaced only once their new version is complete
             paths.report.unlink(missing_ok=True)
             shutil.rmtree(paths.work, ignore_errors=True)
-        return _build(paths, sources, seed, cfg, wanted, force, threads, progress, say, show_progress)
+        return _build(paths, sources, seed, cfg, wanted, force, threads, progress, say, show_progress, registry)
 
 
 def _build(paths: TinyPaths, sources: list[str], seed: int, cfg: TinyConfig, wanted: tuple[str, ...],
            force: bool, threads: int | None, progress: Progress | None, say: Callable[[str], None],
-           show: bool) -> TinyBuild:
+           show: bool, registry: Any) -> TinyBuild:
     import torch
 
     from .pretrain import load_corpus
@@ -279,6 +283,9 @@ def _build(paths: TinyPaths, sources: list[str], seed: int, cfg: TinyConfig, wan
         stages[f"adapter:{a}"] = todo(paths.adapter(a), "adapter_config.json")
     if wanted:
         stages["heldout-eval"] = any(stages.values()) or not paths.eval.exists()
+    if registry is None and any(stages[k] for k in stages if k.startswith(("adapter:", "heldout-eval"))):
+        raise VichatError("building the tiny adapters needs the plugin registry (where the trainer finds the "
+                          "`tiny` base model and the templates): pass registry=vichat.plugins.get_registry()")
     est = estimate_seconds(cfg, sum(map(len, corpus.train)), wanted)
     est = {k: (v if stages[k] else 0.0) for k, v in est.items()}
     n_threads = threads or min(2, os.cpu_count() or 1)
@@ -307,13 +314,13 @@ def _build(paths: TinyPaths, sources: list[str], seed: int, cfg: TinyConfig, wan
         for name in wanted:
             stage = f"adapter:{name}"
             if stages[stage]:
-                build_adapter(paths, name, seed, cfg, report_progress, say, show)
+                build_adapter(paths, name, seed, cfg, registry, report_progress, say, show)
             report_progress.finish(stage, f"adapter {name} ready")
             done(stage, stages[stage], paths.adapter(name))
         if wanted:
             if stages["heldout-eval"]:
                 report_progress("heldout-eval", 0.0, "evaluating the adapters on held-out pairs")
-                evaluate_heldout(paths, say)
+                evaluate_heldout(paths, registry, say)
             report_progress.finish("heldout-eval", "held-out evaluation done")
     finally:
         torch.set_num_threads(old_threads)

@@ -92,6 +92,7 @@ def build_cmd(corpus: tuple[str, ...], seed: int, steps: int | None, minutes: fl
       vichat tiny build --corpus ../shared/data/corpus/viwiki_sample.jsonl --minutes 4
       vichat tiny build --no-adapters --steps 300 --out /tmp/tiny
     """
+    from ..plugins import get_registry
     from ..records import VichatError
     from .build import build_tiny
 
@@ -99,7 +100,7 @@ def build_cmd(corpus: tuple[str, ...], seed: int, steps: int | None, minutes: fl
         raise VichatError("give --steps or --minutes, not both")
     try:
         result = build_tiny(list(corpus) or None, seed, steps=steps, minutes=minutes, force=force, out=out,
-                            adapters=not no_adapters, threads=threads)
+                            adapters=not no_adapters, threads=threads, registry=get_registry())
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished stages (and the base checkpoint) are kept; run the same command "
                    "again to resume", err=True)
@@ -127,12 +128,14 @@ def eval_cmd(build_dir: str | None, force: bool, as_json: bool) -> None:
     tiny-doctor answer differently. The default build is built first if absent (`vichat tiny
     build`), and its numbers are read from its eval.json unless --force.
     """
+    from ..plugins import get_registry
     from ..records import VichatError
     from .build import TinyPaths, build_tiny
     from .heldout import format_eval
 
+    registry = get_registry()
     if build_dir is None:
-        paths = build_tiny().paths
+        paths = build_tiny(registry=registry).paths
     else:
         paths = TinyPaths(Path(build_dir).expanduser().resolve())
         if not (paths.base / "config.json").exists():
@@ -140,7 +143,7 @@ def eval_cmd(build_dir: str | None, force: bool, as_json: bool) -> None:
                               "`vichat tiny info` lists the builds")
     result = None if force else _read_json(paths.eval)
     if result is None:
-        result = eval_build(paths)
+        result = eval_build(paths, registry)
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False, indent=2))
         return
@@ -156,8 +159,9 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def eval_build(paths: Any) -> dict[str, Any]:
-    """Measure ``paths``' adapters against its base; write eval.json and update report.json."""
+def eval_build(paths: Any, registry: Any) -> dict[str, Any]:
+    """Measure ``paths``' adapters against its base; write eval.json and update report.json.
+    ``registry``: the plugin registry (the ``tiny`` base model's spec and the templates)."""
     from ..records import VichatError
     from .build import _write_json, read_report
     from .stages import evaluate_heldout
@@ -165,7 +169,7 @@ def eval_build(paths: Any) -> dict[str, Any]:
     if not any((p / "adapter_config.json").exists() for p in paths.adapters.values()):
         raise VichatError(f"{paths.root}: the build has no adapters to evaluate; `vichat tiny build` (without "
                           "--no-adapters) trains them")
-    result = evaluate_heldout(paths, lambda m: click.echo(m, err=True))
+    result = evaluate_heldout(paths, registry, lambda m: click.echo(m, err=True))
     report = read_report(paths)
     if report is not None:
         report["heldout_eval"] = result

@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Any, Callable, Sequence
 
+from ..specs import TemplateSpec
 from .parts import ADAPTER_DATA, Pair, heldout_pairs, normalize
 
 #: The goals the numbers are checked against (the report says which are met).
@@ -32,7 +33,7 @@ BASE = "tiny"
 SERVED_TEMPLATE = {BASE: "chat", **{name: v[2] for name, v in ADAPTER_DATA.items()}}
 
 
-def response_loss(model: Any, tokenizer: Any, pairs: Sequence[Pair], template: str) -> tuple[float, int]:
+def response_loss(model: Any, tokenizer: Any, pairs: Sequence[Pair], template: TemplateSpec) -> tuple[float, int]:
     """Summed response-token NLL and token count of ``pairs`` (tokenised as for training, untruncated)."""
     import torch
 
@@ -52,16 +53,16 @@ def response_loss(model: Any, tokenizer: Any, pairs: Sequence[Pair], template: s
     return total, n
 
 
-def generate_answers(model: Any, tokenizer: Any, messages: Sequence[str], template: str, decoding: Any,
+def generate_answers(model: Any, tokenizer: Any, messages: Sequence[str], template: TemplateSpec, decoding: Any,
                      batch_size: int = 16) -> list[dict[str, Any]]:
     """Greedy answers to ``messages`` as the app would prompt them: ``{"ids", "eos", "raw", "text"}``
     (``raw``: the decoded output before EOS; ``text``: what the app shows, cut at a stop marker)."""
     import torch
 
-    from ..data.tokenize import encode_text, resolve_template
-    from ..serve.history import fold_history, stop_markers
+    from ..data.templates import fold_history, stop_markers
+    from ..data.tokenize import encode_text
 
-    tpl = resolve_template(template)
+    tpl = template
     markers = stop_markers(tpl)
     prefix = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", False) else []
     eos = tokenizer.eos_token_id
@@ -94,24 +95,26 @@ def _share(flags: Sequence[bool]) -> float:
     return round(sum(map(bool, flags)) / len(flags), 4) if flags else float("nan")
 
 
-def evaluate_models(model: Any, tokenizer: Any, decoding: Any, adapters: Sequence[str], *,
+def evaluate_models(model: Any, tokenizer: Any, decoding: Any, adapters: Sequence[str], *, registry: Any,
                     limit: int | None = None, echo: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """The evaluation on ``model``: a PeftModel holding ``adapters`` (named after them), whose
-    ``disable_adapter()`` gives the bare base. ``decoding``: the app's decoding (made greedy here)."""
+    ``disable_adapter()`` gives the bare base. ``decoding``: the app's decoding (made greedy here);
+    ``registry``: the plugin registry the served templates are looked up in."""
     t0 = time.perf_counter()
     greedy = replace(decoding, temperature=0.0)
     held = {name: heldout_pairs(name)[:limit] if limit else heldout_pairs(name) for name in adapters}
+    templates = {name: registry.template(t) for name, t in SERVED_TEMPLATE.items()}
     model.eval()
 
     loss: dict[str, Any] = {}
     for name in adapters:
-        template = SERVED_TEMPLATE[name]
+        template = templates[name]
         model.set_adapter(name)
         a_sum, n = response_loss(model, tokenizer, held[name], template)
         with model.disable_adapter():
             b_sum, _ = response_loss(model, tokenizer, held[name], template)
         base, adapted = b_sum / n, a_sum / n
-        loss[name] = {"records": len(held[name]), "template": template, "response_tokens": n,
+        loss[name] = {"records": len(held[name]), "template": template.name, "response_tokens": n,
                       "base": round(base, 4), "adapter": round(adapted, 4),
                       "reduction": round(1 - adapted / base, 4),
                       "base_perplexity": round(math.exp(base), 2), "adapter_perplexity": round(math.exp(adapted), 2)}
@@ -122,10 +125,10 @@ def evaluate_models(model: Any, tokenizer: Any, decoding: Any, adapters: Sequenc
     messages = [p.message for p in questions]
     answers: dict[str, list[dict[str, Any]]] = {}
     with model.disable_adapter():
-        answers[BASE] = generate_answers(model, tokenizer, messages, SERVED_TEMPLATE[BASE], greedy)
+        answers[BASE] = generate_answers(model, tokenizer, messages, templates[BASE], greedy)
     for name in adapters:
         model.set_adapter(name)
-        answers[name] = generate_answers(model, tokenizer, messages, SERVED_TEMPLATE[name], greedy)
+        answers[name] = generate_answers(model, tokenizer, messages, templates[name], greedy)
     generation = {}
     for name, ans in answers.items():
         generation[name] = {"template": SERVED_TEMPLATE[name], "questions": len(ans),
@@ -170,16 +173,15 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def evaluate_build(base_dir: Any, adapter_dirs: dict[str, Any], *, limit: int | None = None,
+def evaluate_build(base_dir: Any, adapter_dirs: dict[str, Any], *, registry: Any, limit: int | None = None,
                    echo: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Load a build's base and adapters and run :func:`evaluate_models` with the ``tiny`` model's
-    decoding defaults (what the app serves it with)."""
+    decoding defaults (what the app serves it with); ``registry``: the caller's plugin registry."""
     from peft import PeftModel
 
-    from ..plugins import get_registry
-
-    spec = get_registry().base_model(BASE)
     from ..models import load_base
+
+    spec = registry.base_model(BASE)
 
     model, tokenizer = load_base(spec, str(base_dir))
     names = [n for n in ADAPTER_DATA if n in adapter_dirs]
@@ -188,7 +190,7 @@ def evaluate_build(base_dir: Any, adapter_dirs: dict[str, Any], *, limit: int | 
     peft_model = PeftModel.from_pretrained(model, str(adapter_dirs[names[0]]), adapter_name=names[0])
     for name in names[1:]:
         peft_model.load_adapter(str(adapter_dirs[name]), adapter_name=name)
-    return evaluate_models(peft_model, tokenizer, spec.decoding, names, limit=limit, echo=echo)
+    return evaluate_models(peft_model, tokenizer, spec.decoding, names, registry=registry, limit=limit, echo=echo)
 
 
 def format_eval(result: dict[str, Any]) -> list[str]:

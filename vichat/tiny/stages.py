@@ -112,7 +112,7 @@ def _deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(before)
 
 
-def prepare_adapter_data(out: Path, name: str, seed: int) -> dict[str, Any]:
+def prepare_adapter_data(out: Path, name: str, seed: int, registry: Any) -> dict[str, Any]:
     """Prepare adapter ``name``'s data (its preset's dataset and template) into ``out``: train.jsonl
     and validation.jsonl, as :func:`vichat.data.prepare.prepare` writes them."""
     from ..data.prepare import prepare
@@ -120,11 +120,11 @@ def prepare_adapter_data(out: Path, name: str, seed: int) -> dict[str, Any]:
 
     preset = get_preset(name)
     return prepare(out, datasets=[preset.values["data"]], template=preset.values["template"], val_size=VAL_SIZE,
-                   seed=seed)
+                   seed=seed, registry=registry)
 
 
-def build_adapter(paths: TinyPaths, name: str, seed: int, cfg: TinyConfig, report_progress: _Reporter,
-                   say: Callable[[str], None], show: bool) -> dict[str, Any]:
+def build_adapter(paths: TinyPaths, name: str, seed: int, cfg: TinyConfig, registry: Any,
+                  report_progress: _Reporter, say: Callable[[str], None], show: bool) -> dict[str, Any]:
     """Train adapter ``name`` with the trainer on the bundled sample, prepared into a data dir."""
     started = time.perf_counter()
     try:
@@ -135,7 +135,6 @@ def build_adapter(paths: TinyPaths, name: str, seed: int, cfg: TinyConfig, repor
                               "adapters cannot be built; run `vichat tiny build --no-adapters` for the base "
                               "model alone") from None
         raise
-    from ..plugins import get_registry
     from ..train.config import build_config
     from ..train.plan import plan
     from ..train.presets import get_preset
@@ -143,12 +142,11 @@ def build_adapter(paths: TinyPaths, name: str, seed: int, cfg: TinyConfig, repor
     preset = get_preset(name)
     data_dir = paths.work / f"data-{name}"
     if not (data_dir / "manifest.json").exists():
-        prepare_adapter_data(data_dir, name, seed)
+        prepare_adapter_data(data_dir, name, seed, registry)
     work = paths.work / f"adapter-{name}"
     overrides = {"data": str(data_dir), "model_path": str(paths.base), "output_dir": str(work), "seed": seed,
                  "device": "cpu", "resume": "auto", **dict(cfg.adapter_overrides)}
     train_cfg = build_config(name, overrides=overrides)
-    registry = get_registry()
     total = plan(train_cfg, registry.base_model(train_cfg.base_model)).total_steps or 1
     stage = f"adapter:{name}"
     report_progress(stage, 0.0, f"training adapter {name}")
@@ -199,13 +197,13 @@ def _watch_log(log: Path, total: int, stage: str, name: str, report_progress: _R
         thread.join()
 
 
-def evaluate_heldout(paths: TinyPaths, say: Callable[[str], None]) -> dict[str, Any]:
+def evaluate_heldout(paths: TinyPaths, registry: Any, say: Callable[[str], None]) -> dict[str, Any]:
     """Measure the adapters against the base on the held-out pairs and write ``eval.json``."""
     from .heldout import evaluate_build
 
     started = time.perf_counter()
     adapters = {name: p for name, p in paths.adapters.items() if (p / "adapter_config.json").exists()}
-    result = evaluate_build(paths.base, adapters, echo=say)
+    result = evaluate_build(paths.base, adapters, registry=registry, echo=say)
     result["seconds"] = round(time.perf_counter() - started, 2)
     _write_json(paths.eval, result)
     return result

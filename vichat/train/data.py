@@ -72,12 +72,13 @@ def is_prepared_dir(path: str | Path) -> bool:
     return p.is_dir() and (p / TRAIN_FILE).is_file()
 
 
-def ensure_prepared(data: str, output_dir: Path, *, seed: int, template: str) -> Path:
+def ensure_prepared(data: str, output_dir: Path, *, seed: int, template: str, registry: Any) -> Path:
     """The prepared folder for ``data``: itself when it is one, else ``output_dir/data`` built from
     a mixture name (``sample-chat``), a registered dataset (``vi-sample-chat``) or a file.
 
     Building is idempotent: the folder is reused when its manifest says it was built from the same
-    reference and seed (a resumed run must see the same records)."""
+    reference and seed (a resumed run must see the same records). ``registry``: where a dataset
+    name is looked up (the caller's)."""
     if is_prepared_dir(data):
         return Path(data).expanduser()
     from ..data.mixtures import MIXTURES
@@ -88,9 +89,9 @@ def ensure_prepared(data: str, output_dir: Path, *, seed: int, template: str) ->
         if built == {"data": data, "seed": seed}:
             return target
     if data in MIXTURES:
-        manifest = prepare(target, mixture=data, seed=seed, template=template)
+        manifest = prepare(target, mixture=data, seed=seed, template=template, registry=registry)
     else:
-        manifest = prepare(target, datasets=[data], seed=seed, template=template)
+        manifest = prepare(target, datasets=[data], seed=seed, template=template, registry=registry)
     # Remember what the folder was built from, so a later run with other data rebuilds it.
     manifest["vichat_train_ref"] = {"data": data, "seed": seed}
     from ..data.prepare import write_json_atomic

@@ -110,6 +110,7 @@ class TrainingRun:
 
         self.wall_start = time.perf_counter()
         self.wall_before = 0.0  # wall time of earlier sessions (set on resume)
+        self.registry = registry
         self.spec = registry.base_model(cfg.base_model)
         self.rank, self.world = _world()
         cfg = resolve(cfg, self.spec, cuda=torch.cuda.is_available())
@@ -259,10 +260,12 @@ class TrainingRun:
         # One process builds the prepared folder (when --data names a mixture or dataset); the
         # others wait and read it.
         if self.is_main:
-            folder = ensure_prepared(self.cfg.data, self.out, seed=self.cfg.seed, template=self.cfg.template)
+            folder = ensure_prepared(self.cfg.data, self.out, seed=self.cfg.seed, template=self.cfg.template,
+                                     registry=self.registry)
         self.barrier()
         if not self.is_main:
-            folder = ensure_prepared(self.cfg.data, self.out, seed=self.cfg.seed, template=self.cfg.template)
+            folder = ensure_prepared(self.cfg.data, self.out, seed=self.cfg.seed, template=self.cfg.template,
+                                     registry=self.registry)
         return load_prepared(folder)
 
     def _plan_values(self) -> dict[str, Any]:
