@@ -16,6 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from vichat.app.app import build_app, launch  # noqa: E402
 from vichat.app.settings import AppSettings, Rate  # noqa: E402
+from vichat.serve.api import Queued  # noqa: E402
 
 BATTLE_ID = re.compile(r"mã trận ([0-9a-f]{16})")
 
@@ -69,8 +70,9 @@ def text_of(chatbot_value) -> list[str]:
 
 
 class ScriptedBackend:
-    """A canned backend with two test triggers in the message: ``#chậm`` streams slowly (queue
-    tests) and ``#html`` answers with :attr:`payload` (sanitiser tests)."""
+    """A canned backend with three test triggers in the message: ``#chậm`` streams slowly (queue
+    tests), ``#html`` answers with :attr:`payload` (sanitiser tests) and ``#chờ`` first waits in a
+    pretend engine queue, places 2 then 1, :attr:`slow_s` each (how the page shows a wait)."""
 
     def __init__(self, inner, slow_s: float = 0.2, payload: str = "") -> None:
         self.inner = inner
@@ -86,6 +88,11 @@ class ScriptedBackend:
             self.calls.append({"model": model, "message": message, "history": list(history)})
             yield self.payload
             return
+        if "#chờ" in message:
+            for place in (2, 1):
+                yield Queued(place)
+                time.sleep(self.slow_s)
+            yield Queued(0)
         for delta in self.inner.stream(model, message, history, **kwargs):
             if "#chậm" in message:
                 time.sleep(self.slow_s)

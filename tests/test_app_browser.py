@@ -40,7 +40,7 @@ def page(tmp_path_factory):
     hits: list[str] = []
     outside = _image_server(hits)  # stands in for a site an answer would make readers' browsers fetch
     host = f"http://127.0.0.1:{outside.server_address[1]}"
-    backend = ScriptedBackend(CannedBackend(delay_s=0.04), payload=PAYLOAD.replace("OUTSIDE", host))
+    backend = ScriptedBackend(CannedBackend(delay_s=0.04), slow_s=0.5, payload=PAYLOAD.replace("OUTSIDE", host))
     with running_app(backend, settings, seed=1) as (demo, url):
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -111,16 +111,21 @@ def test_battle_vote_reveals_the_names(page):
     pg, settings = page
     ARTIFACTS.mkdir(exist_ok=True)
     pg.get_by_role("tab", name="⚔️ Đấu trường").click()
-    pg.fill("#battle-input textarea", "Kể tên ba món ăn nổi tiếng của Việt Nam.")
+    pg.fill("#battle-input textarea", "Kể tên ba món ăn nổi tiếng của Việt Nam. #chờ")
     pg.click("#battle-send")
+    # Both sides wait in the (scripted) engine queue first: each shows its place, then its answer.
+    pg.wait_for_function("['#battle-a', '#battle-b'].every(s => document.querySelector(s).innerText"
+                         ".includes('Đang chờ đến lượt: vị trí'))")
     pg.wait_for_function("document.querySelector('#battle-status').innerText.includes('Câu trả lời nào tốt hơn')")
     assert "Mô hình A" in pg.locator("#battle-a").inner_text()
+    assert "Đang chờ" not in pg.locator("#battle-a").inner_text() + pg.locator("#battle-b").inner_text()
     assert pg.locator("#battle-vote-a").is_enabled()
     pg.click("#battle-vote-a")
     pg.wait_for_function("document.querySelector('#battle-status').innerText.includes('Đã ghi nhận phiếu')")
     [row] = votes_in(settings.votes_db)
     status = pg.locator("#battle-status").inner_text()
     assert row["model_a"] in status and row["model_b"] in status and row["vote"] == "a"
+    assert row["answer_a"] and row["answer_b"] and "Đang chờ" not in row["answer_a"] + row["answer_b"]
     pg.wait_for_function(f"document.querySelector('#battle-a').innerText.includes('A · {row['model_a']}')")
     assert not pg.locator("#battle-vote-b").is_enabled()  # one vote per battle
     pg.screenshot(path=str(ARTIFACTS / "app-arena.png"), full_page=True)

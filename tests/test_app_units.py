@@ -83,6 +83,30 @@ def test_stop_event_ends_the_merge():
     assert time.monotonic() - t0 < 2
 
 
+def test_a_waiting_side_shows_its_place_apart_from_its_text():
+    from vichat.app.generation import shown, waiting_text
+    from vichat.app.streams import SideState
+    from vichat.serve.api import Queued
+
+    states = [SideState()]
+    for item in [Queued(2), Queued(1), Queued(0), "Xin", Queued(1), " chào"]:
+        states.append(states[-1].add(item))
+    assert [shown(s) for s in states[1:]] == [waiting_text(2), waiting_text(1), "", "Xin", "Xin", "Xin chào"]
+    assert all("⏳" not in s.text for s in states)  # the place is shown, never part of the answer
+
+    def waits(cancel):
+        yield Queued(1)
+        while not cancel.is_set():
+            time.sleep(0.01)
+            yield Queued(1)
+
+    stop = threading.Event()
+    for a, b in merge_streams([waits, ticking(["ok"], 0.01)], stop=stop):
+        if a.position and b.done:
+            stop.set()  # stopped while queued: the side ends with no text
+    assert (a.text, a.position, shown(a), b.text) == ("", 1, waiting_text(1), "ok")
+
+
 # --------------------------------------------------------------------------- limits and secrets
 
 

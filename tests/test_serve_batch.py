@@ -212,3 +212,98 @@ def test_the_chat_tab_shows_a_waiting_visitor_its_place_then_the_answer():
     assert shown[0] == generation.waiting_text(1)
     assert "" in shown and shown[-1] == alone and alone  # the place is cleared, then the answer streams
     assert all(not s.startswith("⏳") for s in shown[shown.index(""):])
+
+
+def test_each_side_of_a_battle_shows_its_place_in_the_queue_and_keeps_only_its_answer(tmp_path):
+    """A blind battle sent while a long request fills the batch (one place): each side shows its own
+    place, then its answer. The place is never kept: a battle stopped while both sides wait keeps
+    no turn, and the answered turn, the history of the next turn and the stored vote hold only
+    the answers, each equal to the model's answer alone."""
+    import json
+    import random
+
+    from app_support import test_settings, votes_in
+
+    from vichat.app import generation
+    from vichat.app.arena import ArenaHandlers
+    from vichat.app.context import AppContext
+    from vichat.app.messages import shown_text
+
+    cfg = local_config(tiny_bloom())
+    models = tuple(replace(m, decoding={"max_new_tokens": 16, "temperature": 0}) for m in cfg.models if m.name != "bare")
+    e = LocalEngine(replace(cfg, models=models, max_batch_size=1), registry=REG)
+    previous = generation._backend
+    generation.set_backend(e)
+    ctx = AppContext.create(e, test_settings(tmp_path))
+    h = ArenaHandlers(ctx, "anonymous", random.Random(0))
+    show = shown_text()
+    places = {show(generation.waiting_text(p)): p for p in (1, 2, 3)}
+
+    def sides_of(view) -> tuple[str, str]:
+        """The last answer each side shows ("" before it has one)."""
+        out = []
+        for update in view[1:3]:
+            messages = update["value"]
+            out.append(messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else "")
+        return tuple(out)
+
+    def battle_behind_a_full_batch(message: str, battle_id: str, once_both_wait) -> list[tuple[str, str]]:
+        """Send ``message`` while a request that runs until released holds the only place in the
+        batch; call ``once_both_wait(release)`` when both sides first show a place in the queue."""
+        release = threading.Event()
+        busy = e.stream("a", QUESTIONS[0], decoding=Decoding(max_new_tokens=1000, temperature=0), cancel=release)
+        next(d for d in busy if not isinstance(d, Queued))  # running: the batch is full
+        seen, called = [], False
+        try:
+            for view in h.send_anonymous(message, battle_id):
+                seen.append((view[0], *sides_of(view)))
+                if not called and all(s in places for s in seen[-1][1:]):
+                    called = True
+                    once_both_wait(release)
+        finally:
+            release.set()
+            busy.close()
+        assert called, f"both sides should have shown their place in the queue: {seen}"
+        return seen
+
+    try:
+        # Stopped while both sides wait: they end empty and the battle keeps no turn.
+        stopped = battle_behind_a_full_batch("Hà Nội ở đâu?", "", lambda release: h.stop())
+        battle_id = stopped[-1][0]
+        battle = ctx.battles.get(battle_id, ctx.session(None))
+        assert battle.turns == [] and stopped[-1][1:] == ("", "")
+
+        # The same battle again: each side shows its place, then its answer once the batch frees.
+        views = battle_behind_a_full_batch("Hà Nội ở đâu?", battle_id, lambda release: release.set())
+        first = next(v[1:] for v in views if all(s in places for s in v[1:]))
+        assert sorted(places[s] for s in first) == [1, 2]  # one queue, one place each
+        alone = tuple("".join(e.stream(m, "Hà Nội ở đâu?", decoding=ctx.model(m).decoding)) for m in battle.models)
+        assert all(alone) and battle.turns == [("Hà Nội ở đâu?", *alone)]
+        for k in (1, 2):
+            shown = [v[k] for v in views]
+            start = next(i for i, s in enumerate(shown) if s and s not in places)
+            waited = [places[s] for s in shown[:start] if s in places]
+            assert waited and waited == sorted(waited, reverse=True)  # the place only improves
+            assert not any(s in places for s in shown[start:]) and shown[-1] == show(alone[k - 1])
+
+        # The next turn's history is the answers alone; the stored vote too.
+        sides = []
+        real_stream = e.stream
+
+        def recording(model, message, history=(), **kw):
+            sides.append(tuple(history))
+            return real_stream(model, message, history, **kw)
+
+        e.stream = recording
+        try:
+            list(h.send_anonymous("Còn Huế?", battle_id))
+        finally:
+            del e.stream
+        assert sorted(sides) == sorted([(("Hà Nội ở đâu?", answer),) for answer in alone])
+        assert "Đã ghi nhận" in h.vote("tie", battle_id)[2]
+        [row] = votes_in(ctx.settings.votes_db)
+        assert json.loads(row["turns"]) == [{"prompt": "Hà Nội ở đâu?", "answer_a": alone[0], "answer_b": alone[1]}]
+        assert "⏳" not in row["answer_a"] + row["answer_b"] and row["answer_a"] and row["answer_b"]
+    finally:
+        generation._backend = previous
+        e.close()

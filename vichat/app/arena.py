@@ -19,7 +19,7 @@ import gradio as gr
 from ..records import VichatError
 from ..arena.battles import Battle, BattleError
 from .context import AppContext
-from .generation import STOPS, SideRequest, stream_pair
+from .generation import STOPS, SideRequest, shown, stream_pair
 from .messages import to_messages
 from .safety import LimitError, check_message, check_turns, describe_error, refuse
 from ..arena.votes import DuplicateVoteError, Vote, now
@@ -172,11 +172,13 @@ class ArenaHandlers:
         try:
             for states in stream_pair(sides, key):  # type: ignore[arg-type]
                 for k, state in enumerate(states):
-                    answers[k] = state.text
+                    answers[k] = state.text  # what is kept: never the waiting text
                     done[k] = state.done
                     if state.error is not None and errors[k] is None:
                         errors[k] = describe_error(state.error)
-                yield self._view(battle, (text, *answers), "⏳ Hai mô hình đang trả lời…")
+                # A side waiting for a place in its engine's batch shows its own place in the queue.
+                # That names no model: it says no more than the visible delay before the side starts.
+                yield self._view(battle, (text, *(shown(s) for s in states)), "⏳ Hai mô hình đang trả lời…")
         except Exception as exc:  # noqa: BLE001 - the page shows it; the app stays up
             errors[0] = errors[0] or describe_error(exc)
         finally:

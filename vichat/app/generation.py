@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from ..serve.api import ChatBackend, Queued, Turn
+from ..serve.api import ChatBackend, Turn
 from ..specs import Decoding
 from .gpu import gpu
 from .streams import SideState, merge_streams
@@ -89,29 +89,32 @@ def waiting_text(position: int) -> str:
     return f"⏳ Đang chờ đến lượt: vị trí {position} trong hàng đợi…"
 
 
+def shown(state: SideState) -> str:
+    """What one answer shows the visitor: its text so far or, while it waits for a place in the
+    engine's batch with nothing answered yet, its place in the queue. Only for display: the answer
+    kept (history, battles, votes) is ``state.text``, which never holds the waiting text."""
+    return waiting_text(state.position) if state.position and not state.text else state.text
+
+
 @gpu
 def stream_answer(
     model: str, message: str, history: Sequence[Turn], template: str | None, decoding: Decoding,
     stop_key: str | None = None,
 ) -> Iterator[str]:
     """Yield the answer so far (accumulated text) each time the model adds to it; while the request
-    waits for a place in the engine's batch, the answer shows its place in the queue instead."""
+    waits for a place in the engine's batch, the answer shows its place in the queue instead
+    (:func:`shown`), and a request stopped while queued ends with an empty answer."""
     cancel = STOPS.get(stop_key) or threading.Event()
-    text, waiting = "", False
+    state = SideState()
     stream = get_backend().stream(model, message, tuple(history), template=template, decoding=decoding, cancel=cancel)
     try:
         for delta in stream:
-            if isinstance(delta, Queued):
-                if not text:
-                    waiting = delta.position > 0
-                    yield waiting_text(delta.position) if waiting else ""
-                continue
-            text += delta
-            waiting = False
-            yield text
+            before, state = state, state.add(delta)
+            if state != before:
+                yield shown(state)
             if cancel.is_set():
                 break
-        if waiting:  # stopped while queued: the place in the queue is no answer
+        if state.position:  # stopped while queued: the place in the queue is no answer
             yield ""
     finally:
         cancel.set()  # also when the consumer closed us: the backend stops generating
@@ -122,7 +125,8 @@ def stream_answer(
 
 @gpu
 def stream_pair(sides: tuple[SideRequest, SideRequest], stop_key: str | None = None) -> Iterator[tuple[SideState, ...]]:
-    """Both sides at once: yield both states whenever either side progresses."""
+    """Both sides at once: yield both states whenever either side progresses. A side waiting for a
+    place in the engine's batch has its place in ``position`` (show it with :func:`shown`)."""
     backend = get_backend()
 
     def factory(side: SideRequest):

@@ -3,6 +3,8 @@
 The arena's two sides must stream at the same time, not one after the other (FastChat's fault):
 each side's ``backend.stream`` runs in its own thread and pushes deltas onto one queue; the merged
 generator drains the queue and yields every side's text so far whenever any side progresses.
+A side that waits for a place in a local engine's batch carries its place in the queue
+(:class:`vichat.serve.api.Queued` items) in its state, apart from its text.
 """
 
 from __future__ import annotations
@@ -12,17 +14,29 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
+from ..serve.api import Queued
+
 #: Starts one side's stream; it must stop soon after the event is set.
 StreamFactory = Callable[[threading.Event], Iterator[str]]
 
 
 @dataclass(frozen=True)
 class SideState:
-    """One side's progress: the text so far, whether it finished, and its error if it failed."""
+    """One side's progress: the text so far, whether it finished, its error if it failed, and its
+    place in the engine's queue while it waits with no text yet (``position`` 0: not waiting)."""
 
     text: str = ""
     done: bool = False
     error: BaseException | None = None
+    position: int = 0
+
+    def add(self, delta: str) -> "SideState":
+        """This state after one stream item: a text delta appended (the wait is over), or, for a
+        :class:`Queued` item before any text, the new place in the queue. The place is never part
+        of ``text``, so it cannot end up in an answer."""
+        if isinstance(delta, Queued):
+            return self if self.text else replace(self, position=delta.position)
+        return replace(self, text=self.text + delta, position=0)
 
 
 _END = object()
@@ -79,7 +93,7 @@ def merge_streams(
                 elif isinstance(item, BaseException):
                     states[index] = replace(state, error=item)
                 elif not state.done:
-                    states[index] = replace(state, text=state.text + item)
+                    states[index] = state.add(item)
             yield tuple(states)
             if stop is not None and stop.is_set():
                 break
