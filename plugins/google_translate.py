@@ -48,7 +48,7 @@ def _error_detail(resp) -> tuple[str, str]:
         return resp.text[:200], ""
 
 
-def translate(texts: list[str], source: str, target: str, *, timeout: float = 60.0, model: str | None = None) -> list[str]:
+def translate(texts: list[str], source: str, target: str, *, timeout: float, model: str | None) -> list[str]:
     """Translate one batch; raises RetryableError on 429/5xx/timeouts/garbled answers."""
     import httpx
 
@@ -99,5 +99,6 @@ def register_translators(register):
             max_batch_size=128,
             max_batch_chars=5_000,
             cost_per_million_chars=20.0,
+            options={"timeout": 60.0, "model": None},  # model: "nmt" or "base" (Google's default when None)
         )
     )

@@ -3,8 +3,8 @@
 from vichat.plugin import hookimpl, TranslatorSpec
 
 
-def translate(texts: list[str], source: str, target: str, **options: object) -> list[str]:
-    """Return ``texts`` as they are (options are accepted and ignored)."""
+def translate(texts: list[str], source: str, target: str) -> list[str]:
+    """Return ``texts`` as they are (it takes no options)."""
     return list(texts)
 
 

@@ -1,8 +1,8 @@
 """The ``local`` judge: a model loaded in-process through a base-model plugin judges the answers.
 
-``vichat eval judge --judge local --judge-model NAME [--option path=DIR]``: ``NAME`` is a
-registered base model (``vichat plugins``); ``path`` a local weights directory (default: the
-model's hub id). The chat messages go through the tokenizer's chat template when it has one and a
+``vichat eval judge --judge local --judge-model NAME [--option base_path=DIR]``: ``NAME`` is a
+registered base model (``vichat plugins``); ``base_path`` a local folder with its weights (default:
+the model's hub id), as ``--base-path`` everywhere else. The chat messages go through the tokenizer's chat template when it has one and a
 plain "System/User/Assistant" layout otherwise. Decoding is greedy unless ``temperature`` > 0.
 No key, no network, no cost; one model stays loaded per process and generation is serialised
 (one model cannot run two ``generate`` calls at once safely), so ``--concurrency`` does not help.
@@ -20,15 +20,17 @@ _load_lock = threading.Lock()
 _generate_lock = threading.Lock()
 
 
-def load(model: str, path: str | None):
-    """``(model, tokenizer)`` for base model ``model`` from ``path``, loaded once per process."""
-    from vichat.plugin import load_base
-    from vichat.plugins import get_registry
+def load(model: str, path: str | None, registry):  # noqa: ANN001
+    """``(model, tokenizer)`` for base model ``model`` (registered in ``registry``) from ``path``,
+    loaded once per process."""
+    from vichat.plugin import FatalJudgeError, load_base
 
     key = (model, path)
     with _load_lock:
         if key not in _models:
-            spec = get_registry().base_model(model)
+            if registry is None:
+                raise FatalJudgeError("the local judge looks its model up in the plugin registry, and none was given")
+            spec = registry.base_model(model)
             lm, tokenizer = load_base(spec, path)
             lm.eval()
             _models[key] = (lm, tokenizer)
@@ -43,13 +45,13 @@ def render_chat(tokenizer, messages: list[dict]) -> str:  # noqa: ANN001
     return "\n\n".join(parts) + "\n\nAssistant:"
 
 
-def make_sender(model: str, path: str | None, *, temperature: float, max_tokens: int):
+def make_sender(model: str, path: str | None, *, temperature: float, max_tokens: int, registry=None):  # noqa: ANN001
     """A ``send(messages) -> Reply`` that generates with the local model."""
     from vichat.plugin import FatalJudgeError, Reply
 
     if not model:
         raise FatalJudgeError("the local judge needs --judge-model NAME (a base model listed by `vichat plugins`)")
-    lm, tokenizer = load(model, path)
+    lm, tokenizer = load(model, path, registry)
 
     def send(messages: list[dict]) -> Reply:
         import torch
@@ -76,13 +78,13 @@ def make_sender(model: str, path: str | None, *, temperature: float, max_tokens:
 
 
 def judge(
-    question: str, answer1: str, answer2: str, prompt, *, model: str = "", path: str | None = None,  # noqa: ANN001
-    temperature: float = 0.0, max_tokens: int = 1024, aspects: bool = False, policy=None,  # noqa: ANN001
+    question: str, answer1: str, answer2: str, prompt, *, model: str, temperature: float,  # noqa: ANN001
+    max_tokens: int, aspects: bool, policy, registry, base_path: str | None,  # noqa: ANN001
 ):
-    """Judge one pair of answers with a local model."""
+    """Judge one pair of answers with a local model (vichat passes every keyword: see JudgeSpec)."""
     from vichat.plugin import converse
 
-    send = make_sender(str(model), path, temperature=temperature, max_tokens=max_tokens)
+    send = make_sender(str(model), base_path, temperature=temperature, max_tokens=max_tokens, registry=registry)
     return converse(send, question, answer1, answer2, prompt, policy=policy, aspects=bool(aspects))
 
 
@@ -91,8 +93,11 @@ def register_judges(register):
     register(
         JudgeSpec(
             name="local",
-            description="A base model loaded in-process judges (--judge-model NAME, --option path=DIR); no key, no cost.",
+            description="A base model loaded in-process judges (--judge-model NAME, --option base_path=DIR); no key, "
+                        "no cost.",
             judge=judge,
             price=(0.0, 0.0),
+            options={"base_path": None},
+            uses_policy=True,  # converse() counts each request (generation is local: no limits apply)
         )
     )

@@ -2,11 +2,10 @@
 official client (the paper's judge: GPT-4 with the FastChat prompts).
 
 Environment: ``OPENAI_API_KEY`` (required; any value for a local server without keys) and
-``OPENAI_BASE_URL`` (optional: vLLM, llama.cpp server, Ollama, TGI, a proxy). Options (from
-``vichat eval judge``): ``model`` (default gpt-4), ``temperature`` (0.2, FastChat's reviewer
-setting), ``max_tokens`` (1024), ``base_url`` (overrides ``OPENAI_BASE_URL``), ``timeout``
-(seconds per request, 120), ``aspects`` (also ask for the four aspect scores as JSON) and
-``policy`` (the run's rate limiter, cost cap and retries). The limits the server announces in its
+``OPENAI_BASE_URL`` (optional: vLLM, llama.cpp server, Ollama, TGI, a proxy). Besides what every
+judge gets (``model``, default gpt-4; ``temperature``, ``max_tokens``, ``aspects`` and ``policy``,
+the run's rate limiter, cost cap and retries), its options are ``base_url`` (overrides
+``OPENAI_BASE_URL``) and ``timeout`` (seconds per request, 120). The limits the server announces in its
 ``x-ratelimit-limit-*`` headers go back to the run's limiter with each answer. The key is read from
 the environment only and never logged.
 """
@@ -106,11 +105,11 @@ def make_sender(model: str, *, temperature: float, max_tokens: int, base_url: st
 
 
 def judge(
-    question: str, answer1: str, answer2: str, prompt, *, model: str = DEFAULT_MODEL,  # noqa: ANN001
-    temperature: float = 0.2, max_tokens: int = 1024, base_url: str | None = None, timeout: float = 120.0,
-    aspects: bool = False, policy=None,  # noqa: ANN001
+    question: str, answer1: str, answer2: str, prompt, *, model: str, temperature: float,  # noqa: ANN001
+    max_tokens: int, aspects: bool, policy, registry, base_url: str | None, timeout: float,  # noqa: ANN001
 ):
-    """Judge one pair of answers with ``prompt`` (a :class:`vichat.evaluate.prompts.JudgePrompt`)."""
+    """Judge one pair of answers with ``prompt`` (a :class:`vichat.evaluate.prompts.JudgePrompt`);
+    vichat passes every keyword (see :class:`vichat.specs.JudgeSpec`)."""
     from vichat.plugin import converse
 
     send = make_sender(str(model), temperature=temperature, max_tokens=max_tokens, base_url=base_url, timeout=timeout)
@@ -126,5 +125,8 @@ def register_judges(register):
             judge=judge,
             env_vars=(KEY_VAR,),
             default_model=DEFAULT_MODEL,
+            # --base-url and --timeout of `vichat eval judge` fill these (transport: not in the cache key).
+            options={"base_url": None, "timeout": 120.0},
+            uses_policy=True,  # each request goes through converse(): limits, retries and cost per request
         )
     )

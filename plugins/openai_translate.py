@@ -95,10 +95,7 @@ def parse_items(content: str, n: int) -> list[str]:
     return texts
 
 
-def translate(
-    texts: list[str], source: str, target: str, *, model: str = "gpt-4o-mini", temperature: float = 0.0,
-    timeout: float = 120.0,
-) -> list[str]:
+def translate(texts: list[str], source: str, target: str, *, model: str, temperature: float, timeout: float) -> list[str]:
     """Translate one batch through the chat completions API."""
     import openai
 
@@ -154,5 +151,6 @@ def register_translators(register):
             max_batch_size=20,
             max_batch_chars=6_000,
             cost_per_million_chars=0.30,
+            options={"model": "gpt-4o-mini", "temperature": 0.0, "timeout": 120.0},
         )
     )

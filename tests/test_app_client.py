@@ -30,14 +30,14 @@ class JudgesPlugin:
 
     @hookimpl
     def register_judges(self, register):
-        def judge(question, answer1, answer2, prompt, *, model="", aspects=False):
+        def judge(question, answer1, answer2, prompt, *, model, aspects, **_):  # vichat passes every keyword
             aspect = {"helpfulness": (8.0, 6.0), "accuracy": (7.0, 7.0)} if aspects else {}
             return JudgeResult(8.0, 6.0, f"8 6\nTrợ lý 1 trả lời đúng trọng tâm hơn ({model or 'default'}).", aspect)
 
-        def broken(question, answer1, answer2, prompt):
+        def broken(question, answer1, answer2, prompt, **_):
             raise RuntimeError("upstream 500 with key sk-test-abcdef123456")
 
-        def echo_auth(question, answer1, answer2, prompt):
+        def echo_auth(question, answer1, answer2, prompt, **_):
             # A judge endpoint that echoes the request it got, headers included.
             key = os.environ["OPENAI_API_KEY"]
             return JudgeResult(7.0, 7.0, f"7 7\nrequest: Authorization: Bearer {key}", {})

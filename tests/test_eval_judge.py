@@ -286,7 +286,7 @@ def test_third_party_judge_without_policy_is_counted_and_a_free_one_costs_nothin
 
     calls = []
 
-    def judge(question, answer1, answer2, prompt, *, model="", temperature=0.0, max_tokens=512):
+    def judge(question, answer1, answer2, prompt, *, model, temperature, max_tokens, aspects, policy, registry):
         calls.append(question)
         return JudgeResult(7.0, 5.0, "7 5\nĐánh giá ngắn.")
 
@@ -305,6 +305,13 @@ def test_third_party_judge_without_policy_is_counted_and_a_free_one_costs_nothin
         assert len(rows) == len(calls) == 8  # swap protocol: both orders of 4 questions
         assert all(row["usage"]["requests"] == 1 for row in rows)
         assert "requests 8 answered, 8 attempts" in r.output and "cost $0.0000" in r.output
+        # The judge declares no options: one passed is refused before anything is sent (dry run too).
+        for extra in (["--dry-run"], []):
+            r = cli(files, "--judge", "free-judge", "-o", "path=/models/x", *extra)
+            assert r.exit_code != 0 and "takes no option 'path'; its options: none" in r.output
+            r = cli(files, "--judge", "free-judge", "--base-url", "http://127.0.0.1:9/v1", *extra)
+            assert r.exit_code != 0 and "takes no base_url" in r.output
+        assert len(calls) == 8
     finally:
         plugins_module.reset_registry()
 

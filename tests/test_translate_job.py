@@ -118,16 +118,19 @@ def test_cache_key_separates_translator_options_and_languages(tmp_path):
 
 
 def test_options_that_change_output_are_in_the_key_timeout_is_not(tmp_path):
-    def tr(texts, source, target, *, model="m1", timeout=5):
+    def tr(texts, source, target, *, model, timeout):  # called with every declared option
         calls.append(model)
         return [f"{model}:{t}" for t in texts]
 
     calls: list = []
-    s = TranslatorSpec(name="opt", description="d", translate=tr)
+    s = TranslatorSpec(name="opt", description="d", translate=tr, options={"model": "m1", "timeout": 5})
     db = tmp_path / "c.sqlite"
     assert translate_texts(["Hi"], s, cache=db).translations == ["m1:Hi"]
     assert translate_texts(["Hi"], s, cache=db, options={"model": "m1", "timeout": "9"}).translations == ["m1:Hi"]
     assert translate_texts(["Hi"], s, cache=db, options={"model": "m2"}).translations == ["m2:Hi"]
+    assert calls == ["m1", "m2"]
+    with pytest.raises(VichatError, match=r"takes no option 'temprature'; its options: model \(default 'm1'\), timeout"):
+        translate_texts(["Hi"], s, cache=db, options={"temprature": "0"})  # a typo is refused, not ignored
     assert calls == ["m1", "m2"]
 
 

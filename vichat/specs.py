@@ -44,6 +44,22 @@ def _check_callable(spec: Any, attr: str, required: bool = True) -> None:
         raise SpecError(f"{type(spec).__name__} {spec.name!r}: {attr} must be callable, got {value!r}")
 
 
+#: Options that change how a request travels, not what comes back: never part of a cache key.
+TRANSPORT_OPTIONS = frozenset({"base_url", "timeout", "api_key", "max_retries"})
+
+
+def _check_options(spec: Any, reserved: Sequence[str]) -> None:
+    """``options``: a mapping of option names (``--option NAME=VALUE``) to their defaults."""
+    options = spec.options
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) and k for k in options):
+        raise SpecError(f"{type(spec).__name__} {spec.name!r}: options must map option names to their defaults, "
+                        f"got {options!r}")
+    clash = sorted(set(options) & set(reserved))
+    if clash:
+        raise SpecError(f"{type(spec).__name__} {spec.name!r}: options may not redefine {', '.join(clash)} "
+                        f"(vichat always passes {', '.join(reserved)})")
+
+
 def _check_str_tuple(spec: Any, attr: str) -> None:
     value = getattr(spec, attr)
     if isinstance(value, str) or not all(isinstance(v, str) for v in value):
@@ -253,8 +269,14 @@ class TranslatorSpec:
     length and order out. Raise :class:`vichat.retry.RetryableError` (optionally with
     ``retry_after``) for 429/5xx/timeouts so the job retries with backoff,
     :class:`vichat.translate.errors.FatalTranslatorError` (bad key, no quota) to stop the whole run
-    cleanly; any other exception marks the batch failed. Keyword defaults of ``translate`` (such as
-    ``model``) are part of the cache key. ``env_vars`` lists the environment variables it reads.
+    cleanly; any other exception marks the batch failed. ``env_vars`` lists the environment
+    variables it reads.
+
+    ``options`` is the contract for ``--option NAME=VALUE``: every option ``translate`` takes, with
+    its default. ``translate`` is always called with all of them (the user's values over the
+    defaults); an option not listed is refused before anything is sent. All but the transport ones
+    (:data:`TRANSPORT_OPTIONS`) are part of the cache key, defaults included, so a plugin's default
+    model is part of what a cached translation means.
     """
 
     name: str
@@ -264,10 +286,12 @@ class TranslatorSpec:
     max_batch_size: int = 64
     max_batch_chars: int = 20_000
     cost_per_million_chars: float = 0.0
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         _check_common(self)
         _check_callable(self, "translate")
+        _check_options(self, ("texts", "source", "target"))
         _check_str_tuple(self, "env_vars")
         if self.max_batch_size < 1 or self.max_batch_chars < 1:
             raise SpecError(f"TranslatorSpec {self.name!r}: batch limits must be positive")
@@ -291,9 +315,27 @@ class JudgeResult:
         return self.score1 is not None and self.score2 is not None
 
 
+#: The judge's sampling temperature and longest review unless the user says otherwise (FastChat's
+#: reviewer settings, which the paper used): the CLI, the app and the job read them from here.
+JUDGE_TEMPERATURE = 0.2
+JUDGE_MAX_TOKENS = 1024
+#: The keywords every judge is called with (besides its own ``options``).
+JUDGE_KEYWORDS = ("model", "temperature", "max_tokens", "aspects", "policy", "registry")
+
+
 @dataclass(frozen=True)
 class JudgeSpec:
-    """A pairwise judge: ``judge(question, answer1, answer2, prompt, **options) -> JudgeResult``.
+    """A pairwise judge: ``judge(question, answer1, answer2, prompt, *, model, temperature, max_tokens,
+    aspects, policy, registry, **options) -> JudgeResult``.
+
+    vichat always passes the six named keywords (``model``: the user's ``--judge-model``, else
+    ``default_model``; ``registry``: the plugin registry of the run, where a judge that runs a
+    registered base model finds it) and every option in ``options`` (the contract for ``--option NAME=VALUE``:
+    each option the judge takes, with its default; one not listed is refused before anything is
+    sent). ``uses_policy``: ``True`` when ``judge`` sends each request through
+    ``converse(send, ..., policy=policy)``, so rate limits, retries and cost apply per request;
+    ``False`` (the default), ``policy`` is ``None`` and vichat rate-limits, retries and counts the
+    whole call as one request.
 
     ``price`` is ``(input, output)`` US dollars per million tokens: ``(0, 0)`` for a judge that costs
     nothing per request (a model run locally), ``None`` to look the judge model up in the known
@@ -306,10 +348,15 @@ class JudgeSpec:
     env_vars: Sequence[str] = ()
     default_model: str = ""
     price: tuple[float, float] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    uses_policy: bool = False
 
     def validate(self) -> None:
         _check_common(self)
         _check_callable(self, "judge")
+        _check_options(self, JUDGE_KEYWORDS)
+        if not isinstance(self.uses_policy, bool):
+            raise SpecError(f"JudgeSpec {self.name!r}: uses_policy must be True or False")
         _check_str_tuple(self, "env_vars")
         if self.price is not None and (
             len(tuple(self.price)) != 2 or not all(isinstance(x, (int, float)) and x >= 0 for x in self.price)

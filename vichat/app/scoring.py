@@ -15,13 +15,14 @@ environment: a missing one is reported by name, never by value. Endpoints: ``sco
 
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
+from ..evaluate.judge import JudgeSettings
+from ..evaluate.runner import judge_keywords
 from ..records import VichatError
 from .context import AppContext
 from .reports import find_reports, load_report
@@ -116,9 +117,10 @@ class ScoringHandlers:
         except VichatError as exc:
             raise refuse(exc, "score") from None
         # A fixed judge model (VICHAT_APP_JUDGE_MODEL) wins over whatever the client sent.
-        options = _options(spec.judge, self.ctx.settings.judge_model or judge_model, aspects)
+        model = (self.ctx.settings.judge_model or judge_model or "").strip()
+        options = judge_keywords(spec, JudgeSettings(judge=judge, model=model, aspects=bool(aspects)), _registry())
         try:
-            result = spec.judge(question, answer1, answer2, prompt, **options)
+            result = spec.judge(question, answer1, answer2, prompt, policy=None, **options)
         except Exception as exc:  # noqa: BLE001 - shown inline; the app stays up
             message = f"Giám khảo {judge} gặp lỗi: {describe_error(exc)}"
             gr.Warning(message)
@@ -161,22 +163,6 @@ class ScoringHandlers:
         # Keep the report's category order (the plot would sort the labels alphabetically).
         chart = gr.update(value=view.chart, sort=list(view.chart["category"]))
         return view.table, chart, image, view.markdown
-
-
-def _options(judge_fn: Any, judge_model: str, aspects: bool) -> dict[str, Any]:
-    """Only the options the judge accepts (a third-party judge may take neither)."""
-    wanted: dict[str, Any] = {}
-    if judge_model and judge_model.strip():
-        wanted["model"] = judge_model.strip()
-    if aspects:
-        wanted["aspects"] = True
-    try:
-        params = inspect.signature(judge_fn).parameters
-    except (TypeError, ValueError):
-        return wanted
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return wanted
-    return {k: v for k, v in wanted.items() if k in params}
 
 
 def _fmt(x: float | None) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from ..clitools import decoding_options, decoding_overrides, parse_key_values, sigterm_as_interrupt
+from ..specs import JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE
 
 SET_NAMES = ("vicuna80-vi", "vicuna80-en", "icliniq100-vi")
 
@@ -105,8 +106,9 @@ LIMIT = _Limit()
 @click.option("--prompt-set", default="vicuna", show_default=True, help="Judge prompt set (see `vichat eval prompts`).")
 @click.option("--prompts", "prompt_paths", multiple=True, type=click.Path(exists=True), help="Extra judge prompt .jsonl file or dir.")
 @click.option("--aspects", is_flag=True, help="Also ask for helpfulness/relevance/accuracy/detail scores as JSON (one more request each).")
-@click.option("--temperature", default=0.2, show_default=True, type=click.FloatRange(0), help="Judge sampling temperature.")
-@click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(1), help="Longest review.")
+@click.option("--temperature", default=JUDGE_TEMPERATURE, show_default=True, type=click.FloatRange(0),
+              help="Judge sampling temperature.")
+@click.option("--max-tokens", default=JUDGE_MAX_TOKENS, show_default=True, type=click.IntRange(1), help="Longest review.")
 @click.option("--concurrency", "-j", default=16, show_default=True, type=click.IntRange(1, 512), help="Requests in flight.")
 @click.option("--rpm", default="auto", show_default=True, type=LIMIT,
               help="Requests per minute; auto: start at 500 (gpt-4, lowest paid tier), then what the server's "
@@ -124,7 +126,7 @@ LIMIT = _Limit()
 @click.option("--limit", type=click.IntRange(1), help="Only the first N questions.")
 @click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(0.1), help="Seconds per request.")
 @click.option("--max-retries", default=6, show_default=True, type=click.IntRange(0), help="Retries on 429/5xx/timeouts.")
-@click.option("--option", "-o", "option_values", multiple=True, metavar="KEY=VALUE", help="Judge plugin option (e.g. path=DIR for local).")
+@click.option("--option", "-o", "option_values", multiple=True, metavar="KEY=VALUE", help="Judge plugin option (e.g. base_path=DIR for the local judge); one the judge does not take is refused, listing its options.")
 def judge_cmd(set_name, questions, answers, baseline, out, judge_name, judge_model, base_url, protocol, prompt_set,  # noqa: ANN001
               prompt_paths, aspects, temperature, max_tokens, concurrency, rpm, tpm, max_cost, price_in, price_out,
               dry_run, cache_path, no_cache, retry_failed, skip_missing, limit, timeout, max_retries, option_values) -> None:
@@ -139,15 +141,19 @@ def judge_cmd(set_name, questions, answers, baseline, out, judge_name, judge_mod
 
     qpath, _ = _questions(set_name, questions)
     options: dict = parse_key_values(option_values)
-    if judge_name == "openai":
+    registry = get_registry()
+    spec = registry.judge(judge_name)
+    # --timeout and --base-url fill the judge's options of those names, where it declares them.
+    if "timeout" in spec.options:
         options.setdefault("timeout", timeout)
-        if base_url:
-            options["base_url"] = base_url
+    if base_url:
+        if "base_url" not in spec.options:
+            raise click.UsageError(f"--base-url: judge {judge_name!r} sends no HTTP requests (it takes no base_url)")
+        options["base_url"] = base_url
     if (price_in is None) != (price_out is None):
         raise click.UsageError("pass both --price-in and --price-out, or neither")
-    registry = get_registry()
     job = JudgeJob(
-        judge=registry.judge(judge_name), prompt_sets=registry.all("judge_prompts"),
+        judge=spec, prompt_sets=registry.all("judge_prompts"), registry=registry,
         questions=qpath, answers=answers, baseline=baseline, out=out, protocol=protocol, prompt_set=prompt_set,
         prompt_paths=prompt_paths, cache=cache_path, use_cache=not no_cache, skip_missing=skip_missing, limit=limit,
         settings=JudgeSettings(judge=judge_name, model=judge_model, temperature=temperature, max_tokens=max_tokens,

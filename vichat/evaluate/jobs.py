@@ -11,7 +11,7 @@ from ..records import VichatError
 from .cost import TYPICAL_COMPLETION_TOKENS, estimate_messages, price_for
 from .files import default_category, load_answers, load_questions, write_jsonl
 from .judge import JudgeSettings, Task, plan_tasks
-from .runner import RunOptions, RunSummary, run_tasks
+from .runner import RunOptions, RunSummary, judge_keywords, run_tasks
 from .prompts import load_prompts
 
 
@@ -34,6 +34,7 @@ class JudgeJob:
     limit: int | None = None
     judge: Any = None  # the JudgeSpec named by settings.judge (the CLI resolves it from the registry)
     prompt_sets: Sequence[Any] | None = None  # JudgePromptsSpec objects; None: the sets shipped with vichat
+    registry: Any = None  # the plugin registry, passed to the judge (a local judge finds its base model there)
 
     def spec(self) -> Any:
         if self.judge is None or getattr(self.judge, "name", None) != self.settings.judge:
@@ -78,6 +79,7 @@ def _prepare(job: JudgeJob, spec: Any) -> tuple[list[Task], list[Any], JudgeSett
     settings = job.settings
     if not settings.model and spec.default_model:
         settings = replace(settings, model=spec.default_model)
+    judge_keywords(spec, settings)  # an option the judge does not take stops here, dry run included
     questions = load_questions(job.questions, default_category(job.questions))
     if job.limit is not None:
         questions = dict(list(questions.items())[: job.limit])
@@ -134,7 +136,7 @@ def judge_job(job: JudgeJob) -> JudgeOutcome:
     opts = replace(job.run, price=_price(job, spec, settings))
     cache = _open_cache(job)
     try:
-        summary = run_tasks(spec, settings, tasks, cache, opts)
+        summary = run_tasks(spec, settings, tasks, cache, opts, registry=job.registry)
     finally:
         if cache is not None:
             cache.close()

@@ -12,15 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..records import VichatError
-from ..specs import JudgeResult
+from ..specs import JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE, TRANSPORT_OPTIONS, JudgeResult
 from .cache import judgment_key
 from .files import Answer, Question
 from .prompts import JudgePrompt, PromptBook
 
 PROTOCOLS = ("paper", "swap")
 BASELINE_FIRST, MODEL_FIRST = "baseline-first", "model-first"
-#: Options that change how a request travels, not what the judge says: not in the cache key.
-TRANSPORT_OPTIONS = frozenset({"base_url", "timeout", "policy", "api_key"})
 
 
 @dataclass(frozen=True)
@@ -29,8 +27,8 @@ class JudgeSettings:
 
     judge: str = "openai"
     model: str = ""
-    temperature: float = 0.2
-    max_tokens: int = 1024
+    temperature: float = JUDGE_TEMPERATURE
+    max_tokens: int = JUDGE_MAX_TOKENS
     aspects: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
 

@@ -8,7 +8,6 @@ gives in-flight answers a grace period to land in the cache, then re-raises.
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 from dataclasses import dataclass, field
@@ -57,25 +56,31 @@ class RunSummary:
     limits_announced: bool = False  # ... as the server's headers said (not the start values)
 
 
-def judge_caller(spec: JudgeSpec, settings: JudgeSettings, policy: RequestPolicy) -> Callable[[Task], JudgeResult]:
-    """A function judging one task with ``spec``, passing the options its ``judge`` accepts."""
-    params = inspect.signature(spec.judge).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    options: dict[str, Any] = {"temperature": settings.temperature, "max_tokens": settings.max_tokens, **settings.options}
-    if settings.model:
-        options["model"] = settings.model
-    if settings.aspects:
-        options["aspects"] = True
-    unknown = [k for k in options if not takes_any and k not in params]
+def judge_keywords(spec: JudgeSpec, settings: JudgeSettings, registry: Any = None) -> dict[str, Any]:
+    """The keywords ``spec.judge`` is called with, as :class:`vichat.specs.JudgeSpec` promises: the
+    standard ones and the judge's declared options (the user's values over its defaults); ``policy``
+    is added by the caller. An option the judge does not declare is refused here, before any request."""
+    unknown = sorted(set(settings.options) - set(spec.options))
     if unknown:
-        raise VichatError(f"judge {settings.judge!r} takes no option {', '.join(map(repr, unknown))}")
-    if takes_any or "policy" in params:
+        takes = ", ".join(f"{k} (default {v!r})" for k, v in spec.options.items()) or "none"
+        raise VichatError(f"judge {spec.name!r} takes no option {', '.join(map(repr, unknown))}; its options: {takes}")
+    return {"model": settings.model or spec.default_model, "temperature": settings.temperature,
+            "max_tokens": settings.max_tokens, "aspects": settings.aspects, "registry": registry,
+            **spec.options, **settings.options}
+
+
+def judge_caller(spec: JudgeSpec, settings: JudgeSettings, policy: RequestPolicy,
+                 registry: Any = None) -> Callable[[Task], JudgeResult]:
+    """A function judging one task with ``spec`` (see :func:`judge_keywords`); a judge that does not
+    send its requests through the policy is retried and counted as a whole."""
+    options = judge_keywords(spec, settings, registry)
+    if spec.uses_policy:
         return lambda t: spec.judge(t.question.text, t.answer1.text, t.answer2.text, t.prompt, policy=policy, **options)
 
-    # A judge that does not take the policy: rate-limit, retry and count the whole call instead.
+    # A judge that sends no requests of its own through the policy: vichat retries and counts the whole call.
     def call(t: Task) -> JudgeResult:
         result = call_with_retries(
-            lambda: spec.judge(t.question.text, t.answer1.text, t.answer2.text, t.prompt, **options),
+            lambda: spec.judge(t.question.text, t.answer1.text, t.answer2.text, t.prompt, policy=None, **options),
             policy.backoff, policy.stop, on_attempt=policy.count_attempt,
         )
         if policy.budget is not None:
@@ -91,7 +96,7 @@ def judge_caller(spec: JudgeSpec, settings: JudgeSettings, policy: RequestPolicy
 
 def run_tasks(
     spec: JudgeSpec, settings: JudgeSettings, tasks: list[Task], cache: JudgmentCache | None,
-    opts: RunOptions, on_result: Callable[[Task, dict], None] = lambda t, p: None,
+    opts: RunOptions, on_result: Callable[[Task, dict], None] = lambda t, p: None, *, registry: Any = None,
 ) -> RunSummary:
     """Judge ``tasks`` (see the module docstring); identical tasks are judged once."""
     start = time.monotonic()
@@ -109,7 +114,7 @@ def run_tasks(
         budget=budget, backoff=opts.backoff, stop=threading.Event(), max_tokens=settings.max_tokens,
     )
     if todo:
-        _Pool(judge_caller(spec, settings, policy), opts, policy.stop, summary, cache, settings, on_result).run(todo)
+        _Pool(judge_caller(spec, settings, policy, registry), opts, policy.stop, summary, cache, settings, on_result).run(todo)
     summary.attempts = policy.attempts
     if policy.limiter is not None:
         summary.limits = policy.limiter.limits

@@ -10,7 +10,6 @@ finished segments to the caller, in completion order.
 
 from __future__ import annotations
 
-import inspect
 import os
 import threading
 import time
@@ -20,14 +19,13 @@ from typing import Any, Callable, Mapping, Sequence
 from ..records import VichatError, nfc
 from ..jobs import CANCELLED, FAILED, FATAL, HALT, ItemFailed, Outcome, run_pool
 from ..retry import Backoff, Cancelled, RetryableError, call_with_retries
-from ..specs import TranslatorSpec
+from ..specs import TRANSPORT_OPTIONS, TranslatorSpec
 from .cache import TranslationCache, cache_key
 from .errors import FatalTranslatorError, ProtectionError
 from .protect import Protected, canonical_markers, check_markers, protect
 from .split import join_parts, split_text
 
 #: Options that change how a request is made, not what comes back: left out of the cache key.
-NON_OUTPUT_OPTIONS = frozenset({"timeout", "api_key", "base_url", "max_retries"})
 
 
 @dataclass
@@ -91,19 +89,22 @@ class _Batch:
     texts: list[str]
 
 
+def call_options(spec: TranslatorSpec, options: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``spec.translate`` is called with: every option the spec declares, ``options`` over its
+    defaults (see :class:`vichat.specs.TranslatorSpec`). An undeclared option is refused here,
+    before anything is sent."""
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        takes = ", ".join(f"{k} (default {v!r})" for k, v in spec.options.items()) or "none"
+        raise VichatError(f"translator {spec.name!r} takes no option {', '.join(map(repr, unknown))}; "
+                          f"its options: {takes}")
+    return {**spec.options, **options}
+
+
 def output_options(spec: TranslatorSpec, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options that select the output (for the cache key): the translate function's keyword
-    defaults (so a plugin's default model is part of the key), overridden by ``options``."""
-    merged: dict[str, Any] = {}
-    try:
-        params = inspect.signature(spec.translate).parameters.values()
-    except (TypeError, ValueError):
-        params = []
-    for p in params:
-        if p.default is not inspect.Parameter.empty and p.name not in ("texts", "source", "target"):
-            merged[p.name] = p.default
-    merged.update(options)
-    return {k: v for k, v in merged.items() if k not in NON_OUTPUT_OPTIONS}
+    """The options that select the output (for the cache key): all the translator is called with,
+    its declared defaults included (so a plugin's default model is part of the key), but transport."""
+    return {k: v for k, v in call_options(spec, options).items() if k not in TRANSPORT_OPTIONS}
 
 
 class Engine:
@@ -128,7 +129,7 @@ class Engine:
         if concurrency < 1:
             raise VichatError("--concurrency must be at least 1")
         self.spec, self.source, self.target, self.cache = spec, source, target, cache
-        self.options = dict(options or {})
+        self.options = call_options(spec, options or {})
         self.key_options = output_options(spec, self.options)
         self.concurrency = concurrency
         self.backoff = backoff or Backoff()
