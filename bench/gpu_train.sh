@@ -42,7 +42,7 @@ write_jsonl_atomic(work / "data" / "train.jsonl", records[:320])
 write_jsonl_atomic(work / "data" / "validation.jsonl", records[320:])
 PYEOF
 # 320 records / (micro 4 x accumulation 4) = 20 steps.
-FLAGS=(--base-model bloomz-7b1-mt --model-path "$WORK/base" --data "$WORK/data" --output-dir "$WORK/run"
+FLAGS=(--base-model bloomz-7b1-mt --base-path "$WORK/base" --data "$WORK/data" --output-dir "$WORK/run"
        --load-in 8bit --compute-dtype fp16 --zero-stage 2 --total-batch-size 16 --micro-batch-size 4 --epochs 1
        --warmup-steps 2 --logging-steps 1 --eval-steps 20 --save-steps 20 --gpus 1 --group-by-length)
 $PY -m vichat.cli train "${FLAGS[@]}" --dry-run | tee "$OUT/int8_plan.txt"

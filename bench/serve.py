@@ -112,10 +112,10 @@ def child(mode: str, spec: dict, tokens: int) -> None:
     t0 = time.perf_counter()
     if mode == "shared":
         models = tuple(ModelConfig(name=f"m{i}", adapter=a) for i, a in enumerate(spec["adapters"]))
-        engines.append(LocalEngine(LocalBackendConfig(base="bloomz-560m", path=spec["base"], models=models), registry=get_registry()))
+        engines.append(LocalEngine(LocalBackendConfig(base="bloomz-560m", base_path=spec["base"], models=models), registry=get_registry()))
     else:
         for i, a in enumerate(spec["adapters"]):
-            cfg = LocalBackendConfig(base="bloomz-560m", path=spec["base"], models=(ModelConfig(name=f"m{i}", adapter=a),))
+            cfg = LocalBackendConfig(base="bloomz-560m", base_path=spec["base"], models=(ModelConfig(name=f"m{i}", adapter=a),))
             engines.append(LocalEngine(cfg, registry=get_registry()))
     param_bytes = 0
     for e in engines:
@@ -219,7 +219,7 @@ def throughput_engine(base: str, root: Path, tag: str, prefill_chunk: int | None
     models = (ModelConfig(name="chat", adapter=adapters[0], template="chat"),
               ModelConfig(name="doctor", adapter=adapters[1], template="doctor"),
               ModelConfig(name="bare", template="chat"))
-    engine = LocalEngine(LocalBackendConfig(base="tiny", path=base, models=models, seed=0, max_batch_size=16,
+    engine = LocalEngine(LocalBackendConfig(base="tiny", base_path=base, models=models, seed=0, max_batch_size=16,
                                             max_batch_tokens=1 << 20, dtype="float32", device="cpu",
                                             prefill_chunk=prefill_chunk), registry=get_registry())
     engine.prepare()

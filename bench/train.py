@@ -190,7 +190,7 @@ def vichat_loop(spec: dict) -> dict:
     from vichat.train.trainer import TrainingRun
 
     torch.set_num_threads(spec["threads"])
-    cfg = bench_config(argparse.Namespace(**spec["args"]), base_model="bloomz-560m", model_path=spec["base"],
+    cfg = bench_config(argparse.Namespace(**spec["args"]), base_model="bloomz-560m", base_path=spec["base"],
                        data=spec["data"], output_dir=spec["out"], device="cpu", load_in="none", compute_dtype="fp32",
                        gradient_checkpointing=False, micro_batch_size=spec["micro"], loss=spec["loss"])
     run = TrainingRun(cfg, registry=_registry(), show_progress=False)

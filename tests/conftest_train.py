@@ -6,7 +6,7 @@ cache keyed by the session's temp folder), however many modules import the fixtu
 
 The models are real transformers architectures with random weights, saved with
 ``save_pretrained`` and loaded through the registered specs ``bloomz-560m`` / ``gptj-6b-vi`` with
-``model_path`` pointing at the tiny folder, so the LoRA targets (query_key_value; q_proj, v_proj)
+``base_path`` pointing at the tiny folder, so the LoRA targets (query_key_value; q_proj, v_proj)
 and the tokenizer fixes (GPT-J: pad = EOS) are the real ones.
 """
 
@@ -40,7 +40,7 @@ class TinyWorld:
 
         base = {"bloom": ("bloomz-560m", self.bloom), "gptj": ("gptj-6b-vi", self.gptj)}[family]
         cfg = TrainConfig(
-            base_model=base[0], model_path=str(base[1]), data=str(self.data), output_dir=str(out), device="cpu",
+            base_model=base[0], base_path=str(base[1]), data=str(self.data), output_dir=str(out), device="cpu",
             load_in="none", compute_dtype="fp32", max_length=96, total_batch_size=8, micro_batch_size=2, epochs=2,
             learning_rate=1e-2, warmup_steps=2, logging_steps=1, eval_steps=3, save_steps=3, save_total_limit=10,
             group_by_length=True, gradient_checkpointing=False, zero_stage=2,
@@ -50,7 +50,7 @@ class TinyWorld:
     def cli_args(self, out: Path, **overrides: Any) -> list[str]:
         """The same settings as flags for ``python -m vichat.train.launch`` (BLOOM)."""
         values = {
-            "base-model": "bloomz-560m", "model-path": str(self.bloom), "data": str(self.data), "output-dir": str(out),
+            "base-model": "bloomz-560m", "base-path": str(self.bloom), "data": str(self.data), "output-dir": str(out),
             "device": "cpu", "load-in": "none", "compute-dtype": "fp32", "max-length": 96, "total-batch-size": 8,
             "micro-batch-size": 2, "epochs": 2, "learning-rate": 1e-2, "warmup-steps": 2, "logging-steps": 1,
             "eval-steps": 3, "save-steps": 3, "save-total-limit": 10, "zero-stage": 2,

@@ -76,7 +76,7 @@ def local_config(bloom: TinyBloom, seed: int | None = None):
 
     return LocalBackendConfig(
         base="bloomz-560m",  # any registered BLOOM spec: the weights come from ``path``
-        path=str(bloom.base),
+        base_path=str(bloom.base),
         models=(ModelConfig(name="a", adapter=str(bloom.adapters["a"]), template="chat"),
                 ModelConfig(name="b", adapter=str(bloom.adapters["b"]), template="doctor"),
                 ModelConfig(name="bare", adapter=None, template="chat")),

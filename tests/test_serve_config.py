@@ -24,7 +24,7 @@ EXAMPLE = """
 # two backends: a local base with adapters, and a vLLM server
 backends:
   - base: bloomz-7b1-mt
-    path: ./weights/bloomz
+    base_path: ./weights/bloomz
     load_in: 8bit
     models:
       - name: bloomz-chat
@@ -49,7 +49,7 @@ def test_example_file_parses_with_paths_env_and_overrides(tmp_path, monkeypatch)
     local, remote = cfg.backends
     assert isinstance(local, LocalBackendConfig) and isinstance(remote, RemoteBackendConfig)
     assert local.base == "bloomz-7b1-mt" and local.load_in == "8bit"
-    assert local.path == str(tmp_path / "weights" / "bloomz")  # "./" is always a path, relative to the file
+    assert local.base_path == str(tmp_path / "weights" / "bloomz")  # "./" is always a path, relative to the file
     chat, bare = local.models
     assert chat.adapter == str(tmp_path / "adapters" / "bloomz-chat") and bare.adapter is None
     assert chat.decoding_over(Decoding()) == Decoding(max_new_tokens=128, temperature=0.7)
@@ -87,6 +87,14 @@ def test_example_file_parses_with_paths_env_and_overrides(tmp_path, monkeypatch)
 def test_errors_name_the_file_line_and_field(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(text, "<t>")
+
+
+def test_the_old_path_key_still_reads_as_base_path_with_a_warning(tmp_path):
+    with pytest.warns(FutureWarning, match=r"m.yaml:2: 'path' is renamed 'base_path'"):
+        cfg = parse_config("- base: bloomz-560m\n  path: ./w\n  models:\n    - name: x\n", "m.yaml", tmp_path)
+    assert cfg.backends[0].base_path == str(tmp_path / "w")
+    with pytest.raises(ConfigError, match="give base_path only"):
+        parse_config("- base: bloomz-560m\n  path: ./w\n  base_path: ./w\n  models:\n    - name: x\n", "m.yaml", tmp_path)
 
 
 def test_batch_limits_are_read_from_the_file():
@@ -129,7 +137,7 @@ def test_offline_default_is_the_tiny_model(monkeypatch):
     cfg = load_config()
     assert time.perf_counter() - t0 < 1.0  # no network wait when told offline
     (backend,) = cfg.backends
-    assert backend.base == "tiny" and backend.path is None
+    assert backend.base == "tiny" and backend.base_path is None
     assert [(m.name, m.adapter, m.template) for m in backend.models] == [
         ("tiny-chat", "tiny-chat", "chat"), ("tiny-doctor", "tiny-doctor", "doctor"), ("tiny", None, "chat")]
     assert "tiny" in cfg.notes[0]
@@ -184,12 +192,12 @@ def test_composite_routes_by_name_and_rejects_duplicates():
     text = f"""
 backends:
   - base: bloomz-560m
-    path: {bloom.base}
+    base_path: {bloom.base}
     models:
       - {{name: a, adapter: {bloom.adapters['a']}}}
       - {{name: bare}}
   - base: bloomz-560m
-    path: {bloom.base}
+    base_path: {bloom.base}
     models:
       - {{name: b, adapter: {bloom.adapters['b']}, template: doctor}}
 """
@@ -276,4 +284,4 @@ def test_a_base_without_weights_is_one_clear_error_not_a_traceback(tmp_path, mon
     r = CliRunner().invoke(main, ["models", "chat", "m1", "Xin chào", "--config", str(cfg)])
     assert r.exit_code == 2
     assert "Traceback" not in r.output and "{source}" not in r.output
-    assert f"{cfg}:1" in r.output and "`path:` in a models YAML" in r.output
+    assert f"{cfg}:1" in r.output and "`base_path:` in a models YAML" in r.output

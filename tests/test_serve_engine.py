@@ -289,6 +289,6 @@ def test_a_generation_failure_is_a_short_model_error_and_the_engine_stays_up():
 def test_load_failure_is_a_model_error_naming_the_backend(tmp_path):
     from vichat.serve.config import LocalBackendConfig
 
-    e = LocalEngine(LocalBackendConfig(base="bloomz-560m", path=str(tmp_path), models=(ModelConfig(name="x"),)), registry=REG)
+    e = LocalEngine(LocalBackendConfig(base="bloomz-560m", base_path=str(tmp_path), models=(ModelConfig(name="x"),)), registry=REG)
     with pytest.raises(ModelError, match="cannot load local backend 'bloomz-560m'"):
         e.stream("x", "hi")

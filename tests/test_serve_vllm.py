@@ -49,7 +49,7 @@ def gptj_config(tmp_path: Path, port: int, **extra: str) -> Path:
         backends:
           - type: vllm
             base: gptj-6b-vi
-            path: /models/gpt-j-6B-vi
+            base_path: /models/gpt-j-6B-vi
             port: {port}
             command: [{json.dumps(sys.executable)}, {json.dumps(str(FAKE))}]
             args: [--gpu-memory-utilization, "0.9"]{more}
@@ -92,7 +92,7 @@ def test_bloom_adapters_are_refused_with_the_merge_advice_and_merged_models_are_
     merged = write_config(tmp_path, """
         - type: vllm
           base: bloomz-7b1-mt
-          path: ./runs/bloomz-chat-merged
+          base_path: ./runs/bloomz-chat-merged
           port: 8001
           dtype: float16
           models: [{name: bloomz-chat, template: chat}]

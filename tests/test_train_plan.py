@@ -5,6 +5,7 @@ Pure Python: no weights, no torch, no network.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from dataclasses import replace
@@ -16,7 +17,7 @@ from vichat.cli import main
 from vichat.records import VichatError
 from vichat.specs import Architecture, BaseModelSpec
 from vichat.train.batch import Batch, solve_batch, steps_per_epoch, total_steps
-from vichat.train.config import TrainConfig, build_config, hf_training_kwargs, resolve
+from vichat.train.config import TrainConfig, build_config, resolve, training_arguments
 from vichat.train.ds_config import DEFAULT_DS_CONFIG, REPO_ROOT, fill_deepspeed_config
 from vichat.train.launcher import config_to_args, launch_command
 from vichat.train.memory import GIB, estimate_memory
@@ -189,11 +190,16 @@ def test_yaml_bad_value(tmp_path):
         build_config("bloomz-chat", f)
 
 
-def test_hf_training_kwargs_names():
+def test_training_arguments_are_transformers_5_names():
+    from transformers import TrainingArguments
+
     cfg = resolve(_paper("gptj-chat", group_by_length=True), GPTJ_6B_VI)
-    kw = hf_training_kwargs(cfg, 8, 4)
-    assert kw["train_sampling_strategy"] == "group_by_length" and "group_by_length" not in kw
+    kw = training_arguments(cfg, 8, 4, output_dir="runs/x")
+    # Length grouping is vichat's own batch sampler, never Trainer's (transformers 5 has no group_by_length).
+    assert "group_by_length" not in kw and "train_sampling_strategy" not in kw
     assert kw["fp16"] and not kw["bf16"] and kw["per_device_train_batch_size"] == 8
+    names = set(inspect.signature(TrainingArguments).parameters)
+    assert set(kw) <= names, set(kw) - names  # every keyword is one transformers 5 accepts
 
 
 # --------------------------------------------------------------------------- DeepSpeed
@@ -394,7 +400,7 @@ def test_filled_deepspeed_config_equals_what_the_trainer_fills():
     cfg = build_config("bloomz-chat")
     p = plan(cfg, BLOOMZ_7B1_MT)
     ours = fill_deepspeed_config(REPO_ROOT / "train_ds.json", plan(cfg, BLOOMZ_7B1_MT), BLOOMZ_7B1_MT)
-    kw = hf_training_kwargs(p.config, p.batch.micro, p.batch.accumulation)
+    kw = training_arguments(p.config, p.batch.micro, p.batch.accumulation, output_dir="runs/x", world=4)
     args = types.SimpleNamespace(
         world_size=4, save_on_each_node=False, fp16_full_eval=False, bf16_full_eval=False,
         get_warmup_steps=lambda n: kw["warmup_steps"],
@@ -457,3 +463,22 @@ def test_quantized_zero3_is_refused_in_multi_process_cpu_runs_too(load_in):
         validate_config(cfg, BLOOMZ_7B1_MT, world=2)
     with pytest.raises(VichatError, match="bf16 is refused"):
         validate_config(replace(cfg, load_in="8bit", zero_stage=2, compute_dtype="bf16"), BLOOMZ_7B1_MT, world=2)
+
+
+def test_base_path_is_the_one_name_and_the_old_model_path_still_works(tmp_path):
+    """`--base-path` as on every command; `--model-path` / `model_path:` are read with a warning."""
+    assert build_config("tiny-chat", overrides={"base_path": "/models/tiny"}).base_path == "/models/tiny"
+    with pytest.warns(FutureWarning, match="'model_path' is renamed 'base_path'"):
+        assert build_config("tiny-chat", overrides={"model_path": "/models/old"}).base_path == "/models/old"
+    f = tmp_path / "run.yaml"
+    f.write_text("model_path: /models/yaml\n", encoding="utf-8")
+    with pytest.warns(FutureWarning, match=r"run.yaml: 'model_path' is renamed"):
+        assert build_config("tiny-chat", f).base_path == "/models/yaml"
+    from click.testing import CliRunner
+
+    from vichat.cli import main
+
+    with pytest.warns(FutureWarning, match=r"'model_path' is renamed 'base_path' \(--base-path\)"):
+        r = CliRunner().invoke(main, ["train", "tiny-chat", "--model-path", "/models/flag", "--dry-run", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["config"]["base_path"] == "/models/flag"

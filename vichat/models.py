@@ -115,7 +115,7 @@ def load_causal_lm(
             raise VichatError(f"{source}: cannot load model {spec.name!r} from this directory: {exc}") from exc
         raise VichatError(
             f"cannot load base model {spec.name!r} from the hub ({source}): {exc}. Without network, download it "
-            f"elsewhere (e.g. `hf download {source}`) and pass the local folder (--base-path, or `path:` in "
+            f"elsewhere (e.g. `hf download {source}`) and pass the local folder (--base-path, or `base_path:` in "
             "a models YAML)."
         ) from exc
     apply_tokenizer_fixes(tokenizer, spec)

@@ -4,7 +4,8 @@ The format (docs/serving.md has complete examples)::
 
     backends:                      # or the list itself at the top level
       - base: bloomz-7b1-mt        # local: a registered base-model name (`vichat plugins`)
-        path: /models/bloomz       # optional: local dir or hub id (default: the spec's hub id)
+        base_path: /models/bloomz  # optional: the base's local folder (default: its hub id, or the
+                                   #   path the adapters recorded); the same --base-path as every command
         load_in: 8bit              # none | 8bit | 4bit
         dtype: auto                # auto | float32 | float16 | bfloat16
         device: auto               # auto | cpu | cuda | cuda:1
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -87,7 +89,7 @@ class LocalBackendConfig:
 
     base: str
     models: tuple[ModelConfig, ...]
-    path: str | None = None
+    base_path: str | None = None  # the base model's local folder (or hub id); default: the spec's hub id
     load_in: str = "none"
     dtype: str = "auto"
     device: str = "auto"
@@ -127,7 +129,7 @@ class VllmBackendConfig:
 
     base: str
     models: tuple[ModelConfig, ...]
-    path: str | None = None  # the model vLLM loads (default: the base spec's hub id)
+    base_path: str | None = None  # the model vLLM loads (default: the base spec's hub id)
     host: str = "127.0.0.1"
     port: int = 8000
     base_url: str | None = None  # default: http://{host}:{port}/v1
@@ -169,10 +171,10 @@ class ServeConfig:
 
 
 _MODEL_KEYS = ("name", "adapter", "template", "description", "decoding", "model", "stop", "optional")
-_LOCAL_KEYS = ("type", "base", "path", "load_in", "dtype", "device", "context", "seed", "max_batch_size",
+_LOCAL_KEYS = ("type", "base", "base_path", "path", "load_in", "dtype", "device", "context", "seed", "max_batch_size",
                "max_batch_tokens", "prefill_chunk", "models")
 _REMOTE_KEYS = ("type", "base_url", "api_key_env", "api", "timeout", "max_retries", "models")
-_VLLM_KEYS = ("type", "base", "path", "host", "port", "base_url", "start", "lora", "max_lora_rank", "dtype", "context",
+_VLLM_KEYS = ("type", "base", "base_path", "path", "host", "port", "base_url", "start", "lora", "max_lora_rank", "dtype", "context",
               "api_key_env", "command", "args", "startup_timeout", "timeout", "max_retries", "models")
 _DECODING_KEYS = tuple(f.name for f in fields(Decoding))
 
@@ -237,6 +239,19 @@ def _models(r: Reader, value: Any, path: tuple, local: bool) -> tuple[ModelConfi
     return tuple(_model(r, m, path + (i,), local) for i, m in enumerate(value))
 
 
+def _base_path(r: Reader, raw: dict, path: tuple) -> str | None:
+    """``base_path:`` (a file-relative folder or a hub id); the old key ``path:`` still works, with a warning."""
+    if raw.get("path") is not None:
+        if raw.get("base_path") is not None:
+            raise r.fail(path + ("path",), "give base_path only ('path' is its old name)")
+        warnings.warn(f"{r.where(path + ('path',))}: 'path' is renamed 'base_path' (as --base-path on every "
+                      "command); the old name will go", FutureWarning, stacklevel=2)
+        return r.location(r.string(raw["path"], path + ("path",)))
+    if raw.get("base_path") is None:
+        return None
+    return r.location(r.string(raw["base_path"], path + ("base_path",)))
+
+
 def _backend(r: Reader, value: Any, path: tuple) -> BackendConfig:
     if not isinstance(value, dict):
         raise r.fail(path, "expected a mapping: a local backend (with 'base') or a remote one (with 'base_url')")
@@ -248,7 +263,7 @@ def _backend(r: Reader, value: Any, path: tuple) -> BackendConfig:
         return LocalBackendConfig(
             base=r.string(raw["base"], path + ("base",)),
             models=_models(r, raw["models"], path + ("models",), local=True),
-            path=r.location(r.string(raw["path"], path + ("path",))) if raw.get("path") is not None else None,
+            base_path=_base_path(r, raw, path),
             load_in=r.string(raw.get("load_in") or "none", path + ("load_in",), LOAD_IN),
             dtype=r.string(raw.get("dtype", "auto"), path + ("dtype",), DTYPES),
             device=r.string(raw.get("device", "auto"), path + ("device",)),
@@ -308,7 +323,7 @@ def _vllm_backend(r: Reader, value: Any, path: tuple) -> VllmBackendConfig:
     return VllmBackendConfig(
         base=r.string(raw["base"], path + ("base",)),
         models=models,
-        path=r.location(r.string(raw["path"], path + ("path",))) if raw.get("path") is not None else None,
+        base_path=_base_path(r, raw, path),
         host=r.string(raw.get("host", "127.0.0.1"), path + ("host",)),
         port=r.number(raw.get("port", 8000), path + ("port",), int, 1),
         base_url=url,

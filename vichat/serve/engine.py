@@ -228,7 +228,7 @@ class LocalEngine:
         import torch
 
         cfg, spec = self.config, self.spec
-        path, named, start = cfg.path, {}, 0.0
+        path, named, start = cfg.base_path, {}, 0.0
         if path is None and spec.adapters is not None and any(m.adapter for m in self._models.values()):
             # Making the plugin's adapters ready (the tiny model's build) is most of the wait: it gets
             # 90% of the bar, loading the rest (one bar that never goes back).

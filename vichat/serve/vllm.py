@@ -84,7 +84,7 @@ def vllm_command(config: VllmBackendConfig, spec: BaseModelSpec) -> list[str]:
     """The exact ``vllm serve`` command line for ``config`` (raises :class:`ConfigError` if vLLM
     cannot serve it)."""
     check_vllm(config, spec)
-    cmd = [*config.command, "serve", config.path or spec.hub_id, "--host", config.host, "--port", str(config.port),
+    cmd = [*config.command, "serve", config.base_path or spec.hub_id, "--host", config.host, "--port", str(config.port),
            "--served-model-name", config.base]
     if config.dtype != "auto":
         cmd += ["--dtype", config.dtype]

@@ -144,7 +144,7 @@ def build_adapter(paths: TinyPaths, name: str, seed: int, cfg: TinyConfig, regis
     if not (data_dir / "manifest.json").exists():
         prepare_adapter_data(data_dir, name, seed, registry)
     work = paths.work / f"adapter-{name}"
-    overrides = {"data": str(data_dir), "model_path": str(paths.base), "output_dir": str(work), "seed": seed,
+    overrides = {"data": str(data_dir), "base_path": str(paths.base), "output_dir": str(work), "seed": seed,
                  "device": "cpu", "resume": "auto", **dict(cfg.adapter_overrides)}
     train_cfg = build_config(name, overrides=overrides)
     total = plan(train_cfg, registry.base_model(train_cfg.base_model)).total_steps or 1

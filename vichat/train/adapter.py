@@ -42,9 +42,9 @@ def expected_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def base_reference(model_path: str | None, hub_id: str) -> str:
+def base_reference(base_path: str | None, hub_id: str) -> str:
     """What ``adapter_config.json`` records as the base: the local folder (absolute) or hub id used."""
-    ref = model_path or hub_id
+    ref = base_path or hub_id
     p = Path(ref).expanduser()
     return str(p.resolve()) if p.exists() else ref
 

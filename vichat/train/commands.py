@@ -128,6 +128,7 @@ def _cuda_available() -> bool:
 @click.option("--records", "n_records", type=int, help="Training records, for the plan (default: from --data).")
 @click.option("--avg-tokens", type=float, help="Mean tokens per record, for the plan (default: from --data).")
 @click.option("--launched", is_flag=True, hidden=True, help="Set by the launcher in each worker process.")
+@click.option("--model-path", "model_path", hidden=True, help="Renamed --base-path (still works, with a warning).")
 @_field_options
 def train(preset, config_file, dry_run, as_json, print_command, n_records, avg_tokens, launched, **overrides) -> None:
     """Fine-tune a base model with LoRA, from PRESET (bloomz-chat, bloomz-doctor, gptj-chat,

@@ -8,6 +8,7 @@ the field names (``lora_r`` or ``lora-r``). ``"auto"`` values are settled by :fu
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,7 +34,8 @@ class TrainConfig:
 
     preset: str | None = _f(None, "Preset the run started from (informational; the positional PRESET).", flag=False)
     base_model: str = _f("tiny", "Registered base-model name (`vichat plugins` lists them).")
-    model_path: str | None = _f(None, "Local directory or hub id to load instead of the spec's hub id.")
+    base_path: str | None = _f(None, "Local folder with the base model's weights and tokenizer, instead of its hub "
+                                     "id (the same --base-path as every command).")
     template: str = _f("chat", "Prompt template name (chat, doctor, ...).")
     data: str = _f("chat", "Prepared data dir (DIR/train.jsonl + validation.jsonl), or a mixture/dataset name.")
     output_dir: str | None = _f(None, "Where the adapter and checkpoints go (default runs/<preset>).")
@@ -107,6 +109,20 @@ def field_default(name: str) -> Any:
     return f.default if f.default is not MISSING else None
 
 
+#: Settings that were renamed: the old name still works for a while, with a warning.
+RENAMED = {"model_path": "base_path"}
+
+
+def _current_name(key: str, where: str) -> str:
+    name = str(key).replace("-", "_")
+    if name in RENAMED:
+        new = RENAMED[name]
+        warnings.warn(f"{where}: {key!r} is renamed {new!r} (--{new.replace('_', '-')}); the old name will go",
+                      FutureWarning, stacklevel=3)
+        return new
+    return name
+
+
 def unknown_key_error(key: str, where: str) -> VichatError:
     """An error naming an unknown setting, where it was found, and the closest known one."""
     close = difflib.get_close_matches(key.replace("-", "_"), list(FIELDS), n=1, cutoff=0.6)
@@ -154,7 +170,7 @@ def apply(cfg: TrainConfig, values: Mapping[str, Any], where: str) -> TrainConfi
     """A copy of ``cfg`` with ``values`` (keys with ``-`` or ``_``) checked, coerced and applied."""
     changes: dict[str, Any] = {}
     for key, value in values.items():
-        name = str(key).replace("-", "_")
+        name = _current_name(key, where)
         if name not in FIELDS:
             raise unknown_key_error(str(key), where)
         changes[name] = coerce(name, value, f"{where} ({key})")
@@ -181,7 +197,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise VichatError(f"{path}: expected a mapping of setting: value, got {type(data).__name__}")
     lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
     for key in data:
-        if str(key).replace("-", "_") not in FIELDS:
+        if str(key).replace("-", "_") not in FIELDS and str(key).replace("-", "_") not in RENAMED:
             raise unknown_key_error(str(key), f"{path}:{lines.get(key, 1)}")
     return data
 
@@ -220,40 +236,24 @@ def resolve(cfg: TrainConfig, spec: Any = None, cuda: bool | None = None) -> Tra
     return replace(cfg, device=device, load_in=load_in, compute_dtype=dtype, lora_targets=targets, output_dir=out)
 
 
-def hf_training_kwargs(cfg: TrainConfig, micro_batch: int, accumulation: int, deepspeed: Any = None) -> dict[str, Any]:
-    """Keyword arguments for transformers 5 ``TrainingArguments`` (a resolved config).
+def training_arguments(cfg: TrainConfig, micro_batch: int, accumulation: int, *, output_dir: str,
+                       world: int = 1, deepspeed: Any = None) -> dict[str, Any]:
+    """The keywords of transformers 5 ``TrainingArguments`` for a resolved config: what the trainer
+    runs with (and what a test compares a filled DeepSpeed config against).
 
-    transformers 5 has no ``group_by_length``: it is ``train_sampling_strategy="group_by_length"``.
-    """
-    kwargs: dict[str, Any] = {
-        "output_dir": cfg.output_dir,
-        "per_device_train_batch_size": micro_batch,
-        "per_device_eval_batch_size": micro_batch,
-        "gradient_accumulation_steps": accumulation,
-        "num_train_epochs": cfg.epochs,
-        "learning_rate": cfg.learning_rate,
-        "optim": cfg.optimizer,
-        "lr_scheduler_type": cfg.lr_scheduler,
-        "weight_decay": cfg.weight_decay,
-        "adam_beta1": cfg.adam_beta1,
-        "adam_beta2": cfg.adam_beta2,
-        "adam_epsilon": cfg.adam_epsilon,
-        "max_grad_norm": cfg.max_grad_norm,
-        "warmup_steps": cfg.warmup_steps,
-        "fp16": cfg.compute_dtype == "fp16",
-        "bf16": cfg.compute_dtype == "bf16",
-        "gradient_checkpointing": cfg.gradient_checkpointing,
-        "logging_steps": cfg.logging_steps,
-        "eval_strategy": "steps",
-        "eval_steps": cfg.eval_steps,
-        "save_strategy": "steps",
-        "save_steps": cfg.save_steps,
-        "save_total_limit": cfg.save_total_limit,
-        "seed": cfg.seed,
-        "train_sampling_strategy": "group_by_length" if cfg.group_by_length else "random",
-        "use_cpu": cfg.device == "cpu",
-        "report_to": [],
+    Logging, evaluation and saving are vichat's callback's (per step), and length grouping is
+    vichat's own batch sampler, so Trainer's versions of them are off."""
+    return {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": micro_batch, "per_device_eval_batch_size": micro_batch,
+        "gradient_accumulation_steps": accumulation, "num_train_epochs": cfg.epochs,
+        "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "adam_beta1": cfg.adam_beta1,
+        "adam_beta2": cfg.adam_beta2, "adam_epsilon": cfg.adam_epsilon, "max_grad_norm": cfg.max_grad_norm,
+        "warmup_steps": cfg.warmup_steps, "lr_scheduler_type": cfg.lr_scheduler,
+        "fp16": cfg.compute_dtype == "fp16" and cfg.device == "cuda", "bf16": cfg.compute_dtype == "bf16",
+        "logging_strategy": "no", "eval_strategy": "no", "save_strategy": "no",  # the callback decides, per step
+        "save_total_limit": cfg.save_total_limit, "seed": cfg.seed, "data_seed": cfg.seed,
+        "use_cpu": cfg.device == "cpu", "report_to": "none", "disable_tqdm": True, "remove_unused_columns": False,
+        "dataloader_num_workers": 0, "average_tokens_across_devices": True, "deepspeed": deepspeed,
+        "ddp_backend": "gloo" if cfg.device == "cpu" and world > 1 else None, "save_only_model": False,
     }
-    if deepspeed is not None:
-        kwargs["deepspeed"] = deepspeed
-    return kwargs

@@ -39,7 +39,7 @@ def load_base(cfg: "TrainConfig", spec: "BaseModelSpec", device: str) -> tuple[A
     if device.startswith("cuda"):
         # bitsandbytes places quantised weights at load time: each process loads onto its own GPU.
         options["device_map"] = {"": device}
-    model, tokenizer = load_registered(spec, cfg.model_path, **options)
+    model, tokenizer = load_registered(spec, cfg.base_path, **options)
     apply_tokenizer_fixes(tokenizer, spec)  # idempotent; a plugin's own loader may not apply them
     if tokenizer.eos_token_id is None:
         raise VichatError(f"base model {spec.name!r}: its tokenizer has no EOS token, which SFT needs to teach "

@@ -213,7 +213,7 @@ def plan(
         ds_path = f"{found or cfg.deepspeed_config + ' (built-in copy)'} with ZeRO-{cfg.zero_stage}"
     return Plan(
         config=replace(cfg, micro_batch_size=batch.micro, gradient_accumulation=batch.accumulation),
-        base_model=spec.name, hub_id=raw.model_path or spec.hub_id,
+        base_model=spec.name, hub_id=raw.base_path or spec.hub_id,
         architecture={"family": arch.family, "n_layers": arch.n_layers, "hidden_size": arch.hidden_size,
                       "n_heads": arch.n_heads, "vocab_size": arch.vocab_size,
                       "intermediate_size": arch.intermediate_size, "max_positions": arch.max_positions},

@@ -27,7 +27,7 @@ from . import checkpoint as ckpt
 from .adapter import base_reference, expected_shapes, save_adapter
 from .batch import Batch, solve_batch
 from .card import LOSS_CURVE, model_card, plot_loss_curve
-from .config import TrainConfig, resolve
+from .config import TrainConfig, resolve, training_arguments
 from .data import (TrainingData, ensure_prepared, eval_batches, load_prepared, make_units, plan_fingerprint,
                    steps_per_epoch, tokenize_all)
 from .loss import resolve_loss
@@ -121,7 +121,7 @@ class TrainingRun:
         self.out = Path(cfg.output_dir)
         self.show_progress = show_progress
         self.show_bar = show_progress if show_progress is not None else os.isatty(2)
-        self.base_ref = base_reference(cfg.model_path, self.spec.hub_id)
+        self.base_ref = base_reference(cfg.base_path, self.spec.hub_id)
         self.template = registry.template(cfg.template)
         self.mode = self._batching_mode()
 
@@ -225,21 +225,9 @@ class TrainingRun:
     def _training_arguments(self) -> Any:
         from transformers import TrainingArguments
 
-        c = self.cfg
-        ds = self._deepspeed()
-        return TrainingArguments(
-            output_dir=str(ckpt.checkpoints_dir(self.out)),
-            per_device_train_batch_size=self.batch.micro, per_device_eval_batch_size=self.batch.micro,
-            gradient_accumulation_steps=self.batch.accumulation, num_train_epochs=c.epochs,
-            learning_rate=c.learning_rate, weight_decay=c.weight_decay, adam_epsilon=c.adam_epsilon,
-            max_grad_norm=c.max_grad_norm, warmup_steps=c.warmup_steps, lr_scheduler_type=c.lr_scheduler,
-            fp16=c.compute_dtype == "fp16" and c.device == "cuda", bf16=c.compute_dtype == "bf16",
-            logging_strategy="no", eval_strategy="no", save_strategy="no",  # VichatCallback decides, per step
-            save_total_limit=c.save_total_limit, seed=c.seed, data_seed=c.seed, use_cpu=c.device == "cpu",
-            report_to="none", disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-            average_tokens_across_devices=True, deepspeed=ds, ddp_backend="gloo" if c.device == "cpu" and self.world > 1 else None,
-            save_only_model=False,
-        )
+        return TrainingArguments(**training_arguments(
+            self.cfg, self.batch.micro, self.batch.accumulation, output_dir=str(ckpt.checkpoints_dir(self.out)),
+            world=self.world, deepspeed=self._deepspeed()))
 
     def _find_resume(self) -> Path | None:
         found = ckpt.find_resume_checkpoint(self.cfg.resume, self.out)
