@@ -285,3 +285,38 @@ def test_a_base_without_weights_is_one_clear_error_not_a_traceback(tmp_path, mon
     assert r.exit_code == 2
     assert "Traceback" not in r.output and "{source}" not in r.output
     assert f"{cfg}:1" in r.output and "`base_path:` in a models YAML" in r.output
+
+
+def test_without_base_path_the_base_the_adapters_recorded_is_served(tmp_path, monkeypatch):
+    """As `vichat eval generate` does: no `base_path:`, and the adapters' adapter_config.json names a
+    local base folder -> that folder is loaded (never the spec's hub id, unreachable offline)."""
+    import shutil
+
+    from vichat.serve.config import LocalBackendConfig, ModelConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bloom = tiny_bloom()
+    models = tuple(ModelConfig(name=n, adapter=str(bloom.adapters[n]), template="chat") for n in ("a", "b"))
+    greedy = Decoding(max_new_tokens=6, temperature=0)
+    recorded = LocalEngine(LocalBackendConfig(base="bloomz-560m", models=models), registry=REG)
+    given = LocalEngine(LocalBackendConfig(base="bloomz-560m", base_path=str(bloom.base), models=models), registry=REG)
+    try:
+        for name in ("a", "b"):
+            assert "".join(recorded.stream(name, "Xin chào", decoding=greedy)) == \
+                "".join(given.stream(name, "Xin chào", decoding=greedy))
+    finally:
+        recorded.close()
+        given.close()
+
+    # Two adapters trained on two different folders: one clear error naming both, not a guess.
+    other_base = tmp_path / "base-copy"
+    shutil.copytree(bloom.base, other_base)
+    moved = tmp_path / "adapter-moved"
+    shutil.copytree(bloom.adapters["b"], moved)
+    config = json.loads((moved / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(other_base)
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+    mixed = LocalEngine(LocalBackendConfig(base="bloomz-560m", models=(
+        models[0], ModelConfig(name="moved", adapter=str(moved), template="chat"))), registry=REG)
+    with pytest.raises(ModelError, match=r"trained on different base folders .*set base_path"):
+        mixed.prepare()

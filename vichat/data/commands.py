@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from ..clitools import base_path_option, renamed_option
+from .tokenize import MAX_LENGTH
 
 SUBSET_HELP = "Subset of a registered dataset (also written NAME:SUBSET)."
 PATH_HELP = "Local file or folder with the dataset's data, instead of downloading its public source."
@@ -104,7 +105,7 @@ def show_cmd(name_or_path: str, count: int, path: str | None, subset: str | None
 @base_path_option
 @renamed_option("--tokenizer", "--base-model NAME or --base-path DIR", "tokenizer")
 @click.option("--template", default="chat", show_default=True, help="Prompt template the samples are rendered with.")
-@click.option("--max-length", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--max-length", type=click.IntRange(min=1), default=MAX_LENGTH, show_default=True,
               help="Training sequence length; longer samples count as truncated.")
 @click.option("--skip-invalid", is_flag=True, help=SKIP_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

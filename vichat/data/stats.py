@@ -22,7 +22,7 @@ from .language import record_looks_untranslated
 from .loading import LoadResult
 from .quality import record_code_problems
 from .templates import render_prompt
-from .tokenize import resolve_template
+from .tokenize import MAX_LENGTH, resolve_template
 
 BATCH_SIZE = 1000  # fast tokenizers encode a list in parallel; 1000 keeps memory flat
 
@@ -93,7 +93,7 @@ def compute_stats(
     tokenizer: Any,
     *,
     template: TemplateSpec | str = "chat",
-    max_length: int = 512,
+    max_length: int = MAX_LENGTH,
     tokenizer_name: str = "",
 ) -> DatasetStats:
     """Statistics of a loaded dataset (see the module docstring for what each number means)."""

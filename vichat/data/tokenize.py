@@ -39,6 +39,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy (and transformers' loss) skips
+#: The paper's training sequence length (prompt + response + EOS): the default of training, of
+#: tokenisation and of `vichat data stats`' truncation count.
+MAX_LENGTH = 512
 
 _BUILTIN_TEMPLATES = {CHAT.name: CHAT, DOCTOR.name: DOCTOR}
 
@@ -112,7 +115,7 @@ def tokenize_record(
     record_or_fields: Record | Mapping[str, Any],
     tokenizer: "PreTrainedTokenizerBase",
     template: TemplateSpec | str = CHAT,
-    max_length: int = 512,
+    max_length: int = MAX_LENGTH,
     *,
     add_bos: bool | None = None,
     min_prompt_tokens: int | None = None,
@@ -179,7 +182,7 @@ def tokenize_records(
     records: Sequence[Record | Mapping[str, Any]],
     tokenizer: "PreTrainedTokenizerBase",
     template: TemplateSpec | str = CHAT,
-    max_length: int = 512,
+    max_length: int = MAX_LENGTH,
     *,
     batch_size: int = 1024,
 ) -> list[dict[str, Any]]:

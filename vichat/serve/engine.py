@@ -29,7 +29,7 @@ from .api import ModelError, ModelInfo, Turn
 from .config import LocalBackendConfig, ModelConfig
 from .history import context_window, fit_prompt, stop_markers
 from .sampling import Sampler, request_seed
-from .scheduler import Request, Scheduler, consume
+from .scheduler import PREFILL_CHUNK, Request, Scheduler, consume
 from .text import TokenTextStream
 
 log = logging.getLogger("vichat.serve")
@@ -235,6 +235,8 @@ class LocalEngine:
             start = 0.9
             named = dict(spec.adapters(spec, self.registry,
                                        progress=lambda stage, f, msg: progress(stage, start * f, msg)))
+        elif path is None:
+            path = self._recorded_base()
 
         def loading(fraction: float, message: str) -> None:
             progress("load", start + (1 - start) * fraction, message)
@@ -288,6 +290,35 @@ class LocalEngine:
         progress("ready", 1.0, f"{cfg.base}: {len(keys)} model(s) ready ({', '.join(keys)})")
         return loaded
 
+    def _recorded_base(self) -> str | None:
+        """The local base folder the configured adapters were trained on (as :func:`vichat.models.resolve`
+        reads it: vichat's record, else ``base_model_name_or_path``), when no ``base_path`` is given,
+        the way ``vichat eval generate`` finds it. ``None``: no adapter records a folder that exists
+        here (the spec's hub id is then loaded). Adapters trained on another base model, or on two
+        different folders, are a :class:`ModelError` naming them."""
+        from ..models import resolve
+
+        base_models = self.registry.all("base_models") if self.registry is not None else [self.spec]
+        folders: dict[str, list[str]] = {}
+        for m in self._models.values():
+            if not m.adapter or not (Path(m.adapter).expanduser() / "adapter_config.json").is_file():
+                continue
+            try:
+                resolved = resolve(m.adapter, base_models)
+            except VichatError:
+                continue  # the adapter's own loading reports what is wrong with it
+            if resolved.spec is not None and resolved.spec.name != self.spec.name:
+                raise ModelError(f"{m.where}: the adapter of model {m.name!r} was trained on base model "
+                                 f"{resolved.spec.name!r}, but this backend serves {self.config.base!r}: give it "
+                                 f"a backend with base: {resolved.spec.name}")
+            if Path(resolved.base).is_dir():
+                folders.setdefault(resolved.base, []).append(m.name)
+        if len(folders) > 1:
+            listed = "; ".join(f"{', '.join(names)}: {folder}" for folder, names in folders.items())
+            raise ModelError(f"{self.config.label}: the adapters were trained on different base folders ({listed}); "
+                             "set base_path: to the one to serve, or split them into backends")
+        return next(iter(folders), None)
+
     def _assemble(self, model: Any, tokenizer: Any, keys: dict[str, str | None]) -> _Loaded:
         from .runner import BatchRunner
 
@@ -305,7 +336,8 @@ class LocalEngine:
         # A prefill chunk should cost about one decoding step. On a GPU a step is memory-bound and
         # 512 prompt tokens cost little more than one token. On a CPU every token costs compute:
         # smaller chunks protect running streams but delay a newcomer's first token (more passes).
-        chunk = cfg.prefill_chunk or (512 if getattr(runner.device, "type", str(runner.device)) == "cuda" else 256)
+        chunk = cfg.prefill_chunk or (PREFILL_CHUNK if getattr(runner.device, "type", str(runner.device)) == "cuda"
+                                      else PREFILL_CHUNK // 2)
         scheduler = Scheduler(runner, name=f"vichat-{cfg.base}", max_batch_size=cfg.max_batch_size,
                               max_batch_tokens=cfg.max_batch_tokens, prefill_chunk=chunk)
         return _Loaded(model, _LockedTokenizer(tokenizer), keys, scheduler, context, prefix, frozenset(eos))

@@ -13,6 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..data.tokenize import MAX_LENGTH
 from ..records import VichatError
 
 LOAD_IN = ("auto", "8bit", "4bit", "none")
@@ -43,7 +44,7 @@ class TrainConfig:
     lora_alpha: int = _f(16, "LoRA alpha (the update is scaled by alpha / r).")
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input.")
     lora_targets: tuple[str, ...] | None = _f(None, "Modules to adapt, comma-separated (default: the base model's).")
-    max_length: int = _f(512, "Maximum tokens per example (prompt + response + EOS).")
+    max_length: int = _f(MAX_LENGTH, "Maximum tokens per example (prompt + response + EOS).")
     learning_rate: float = _f(3e-4, "Peak learning rate.")
     optimizer: str = _f("adamw_torch", "Optimizer.", OPTIMIZERS)
     lr_scheduler: str = _f("linear", "Learning-rate schedule after warm-up.", SCHEDULERS)

@@ -12,13 +12,14 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..data.tokenize import MAX_LENGTH
 from ..records import VichatError
 
 PAPER: Mapping[str, Any] = {
     "lora_r": 8,
     "lora_alpha": 16,
     "lora_dropout": 0.05,
-    "max_length": 512,
+    "max_length": MAX_LENGTH,
     "learning_rate": 3e-4,
     "optimizer": "adamw_torch",
     "epochs": 2,
