@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vichat.hookspecs import hookimpl
-from vichat.specs import Architecture, BaseModelSpec, Decoding
+from vichat.plugin import Architecture, BaseModelSpec, Decoding, hookimpl
 from vichat.tiny.build import DEFAULT_CONFIG as _CFG
 
 
@@ -28,7 +27,7 @@ def resolve_base_dir(path_or_id: str | Path) -> Path:
 def load(spec: BaseModelSpec, path_or_id: str | None = None, **options: Any) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from ``path_or_id`` if given, else from the cached default build,
     building it first (printing the plan and progress) when it is not there yet."""
-    from vichat.models import load_causal_lm
+    from vichat.plugin import load_causal_lm
 
     if path_or_id is None:
         from vichat.tiny.build import build_tiny, tiny_paths

@@ -22,7 +22,8 @@ the names below stay. docs/plugins.md documents each of them.
 - Helpers: :func:`read_rows` (JSON, JSONL, CSV, Parquet, ``save_to_disk`` folders as ``Row`` items),
   :func:`hub_rows` / :func:`url_rows` (a dataset's public source, failing fast offline),
   :func:`tag_rows` (tag rows with a subset or source name), :func:`load_base` (a registered base
-  model's ``(model, tokenizer)``, through its plugin's ``load`` or vichat's loader), :func:`parse_retry_after` (seconds from
+  model's ``(model, tokenizer)``, through its plugin's ``load`` or vichat's loader), :func:`load_causal_lm`
+  (vichat's own loader, for a plugin ``load`` that finds the files and then loads them the usual way), :func:`parse_retry_after` (seconds from
   a ``Retry-After`` header, for ``RetryableError.retry_after``) and :func:`converse` (a judge's conversation: parsing, one re-ask, aspects, rate limits).
 
 Importing this module imports no torch, transformers or gradio.
@@ -55,6 +56,7 @@ from .specs import (
 _LAZY = {
     "read_rows": ("vichat.data.readers", "read_rows"),
     "load_base": ("vichat.models", "load_base"),
+    "load_causal_lm": ("vichat.models", "load_causal_lm"),
     "hub_rows": ("vichat.data.fetch", "hub_rows"),
     "url_rows": ("vichat.data.fetch", "url_rows"),
     "tag_rows": ("vichat.data.fetch", "tag_rows"),
