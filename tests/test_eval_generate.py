@@ -109,7 +109,7 @@ def test_local_judge_runs_in_process(tiny_bloom, questions, tmp_path, monkeypatc
     out = tmp_path / "reviews.jsonl"
     r = CliRunner().invoke(main, ["eval", "judge", "--questions", str(questions), "--answers", str(answers), "--baseline",
                                   str(answers), "--out", str(out), "--judge", "local", "--judge-model", "bloomz-560m",
-                                  "--option", f"path={tiny_bloom}", "--max-tokens", "4", "--protocol", "paper",
+                                  "--option", f"base_path={tiny_bloom}", "--max-tokens", "4", "--protocol", "paper",
                                   "--limit", "1", "--cache", str(tmp_path / "c.sqlite")])
     assert r.exit_code == 0, r.output
     (row,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
