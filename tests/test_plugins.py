@@ -343,7 +343,8 @@ def test_public_namespace_is_complete_light_and_used_by_builtins():
             continue
         imports = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
                    if line.strip().startswith(("from vichat", "import vichat"))]
-        bad = [line for line in imports if not line.startswith(("from vichat.plugin import", "from vichat.plugins import get_registry"))]
+        # Not even the registry: a judge gets the run's registry as a keyword (the registry at the edge).
+        bad = [line for line in imports if not line.startswith("from vichat.plugin import")]
         assert bad == [], f"{path.name} imports internals: {bad}"
 
 
