@@ -104,6 +104,19 @@ def test_chunks_smaller_than_the_batch_give_the_same_loss_and_masking(tiny):
     empty.backward()
 
 
+def test_chunks_are_equal_and_never_larger_than_the_budget():
+    """256 MiB of fp32 logits at most (267 tokens at 250,880 words), split evenly over the trained tokens."""
+    from vichat.train.loss import CHUNK_BYTES, chunk_rows
+
+    assert chunk_rows(250_880) == 267 == CHUNK_BYTES // (4 * 250_880)
+    assert [chunk_rows(250_880, t) for t in (1, 100, 267, 268, 300, 534, 535)] == [1, 100, 267, 134, 150, 267, 179]
+    assert chunk_rows(10**7) == 16  # a floor: a huge vocabulary still gets matmuls of useful size
+    for tokens in range(1, 2000, 7):
+        rows = chunk_rows(50_400, tokens)
+        chunks = -(-tokens // rows)
+        assert rows <= min(tokens, chunk_rows(50_400)) and chunks == -(-tokens // chunk_rows(50_400))
+
+
 def test_loss_setting_is_resolved_with_clear_refusals():
     from vichat.records import VichatError
     from vichat.train.loss import fused_backend, resolve_loss

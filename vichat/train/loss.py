@@ -30,14 +30,19 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 LOSSES = ("auto", "fused", "chunked", "plain")
-#: Bytes of fp32 logits per chunk of the chunked loss (267 tokens at BLOOM's 250,880 words). The
-#: chunk's logits and logsumexp's temporary are alive together: 2 x this at the loss's peak.
+#: Bytes of fp32 logits per chunk of the chunked loss (267 tokens at BLOOM's 250,880 words): the
+#: loss's peak with fp32 weights (softmax and gradient are computed in the chunk's own buffer).
 CHUNK_BYTES = 2**28
 
 
-def chunk_rows(vocab_size: int) -> int:
-    """Tokens per chunk of the chunked loss for a vocabulary of ``vocab_size``."""
-    return max(16, CHUNK_BYTES // (4 * vocab_size))
+def chunk_rows(vocab_size: int, tokens: int | None = None) -> int:
+    """Tokens per chunk of the chunked loss for a vocabulary of ``vocab_size``: at most
+    :data:`CHUNK_BYTES` of fp32 logits; given the number of trained ``tokens``, the chunks are made
+    equal, so none is larger than needed (300 tokens at 250,880 words: two chunks of 150, not 267 + 33)."""
+    rows = max(16, CHUNK_BYTES // (4 * vocab_size))
+    if not tokens:
+        return rows
+    return -(-tokens // -(-tokens // rows))
 
 
 def fused_backend() -> str | None:
@@ -126,26 +131,31 @@ class _ChunkedLinearCE:
                     grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
                     grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
                     w = weight
+                    rows = torch.arange(min(chunk, h.size(0)), device=h.device)
                     for start in range(0, h.size(0), chunk):
                         hc = h[start : start + chunk]
                         tc = targets[start : start + chunk]
-                        logits = (hc @ w.t()).float()
+                        logits = (hc @ w.t()).float()  # fp32 weights: no copy
                         if bias is not None:
                             logits += bias.float()
-                        lse = torch.logsumexp(logits, dim=-1)
-                        total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+                        # logsumexp by hand, in the logits' own buffer: torch.logsumexp would allocate
+                        # a second chunk-sized temporary (and exp would then run twice).
+                        picked = logits.gather(1, tc[:, None]).squeeze(1)
+                        peak = logits.amax(dim=-1, keepdim=True)
+                        logits.sub_(peak).exp_()
+                        norm = logits.sum(dim=-1, keepdim=True)
+                        total += (peak.squeeze(1) + norm.squeeze(1).log() - picked).sum()
                         if need_h or need_w or need_b:
-                            # d(sum CE)/d(logits) = softmax - one_hot(target), computed in place.
-                            logits.sub_(lse[:, None]).exp_()
-                            logits[torch.arange(tc.numel(), device=tc.device), tc] -= 1.0
-                            g = logits.to(h.dtype)
+                            # d(sum CE)/d(logits) = softmax - one_hot(target), in place.
+                            logits.div_(norm)
+                            logits[rows[: tc.numel()], tc] -= 1.0
                             if need_h:
-                                grad_h[start : start + chunk] = g @ w
+                                # 16-bit weights: a 16-bit copy of the chunk for the matmul (fp32: none)
+                                grad_h[start : start + chunk] = logits.to(h.dtype) @ w
                             if need_w:
-                                grad_w += logits.t() @ hc.float()
+                                grad_w.addmm_(logits.t(), hc.float())
                             if need_b:
                                 grad_b += logits.sum(0)
-                            del g  # the same storage as logits in fp32: it must not outlive the chunk
                         del logits
                     ctx.save_for_backward(grad_h, grad_w, grad_b)
                     ctx.weight_dtype = weight.dtype
@@ -171,7 +181,7 @@ def chunked_loss_sum(hidden: "torch.Tensor", weight: "torch.Tensor", bias: "torc
     h, y = _trained_positions(hidden, labels)
     if h.size(0) == 0:
         return hidden.sum() * 0.0  # keeps the graph (and DeepSpeed's hooks) alive for a dummy batch
-    return _ChunkedLinearCE.get().apply(h, weight, bias, y, chunk or chunk_rows(weight.size(0)))
+    return _ChunkedLinearCE.get().apply(h, weight, bias, y, chunk or chunk_rows(weight.size(0), h.size(0)))
 
 
 def fused_loss_sum(hidden: "torch.Tensor", weight: "torch.Tensor", bias: "torch.Tensor | None",

@@ -21,8 +21,10 @@ The formulas are stated in docs/training.md ("Memory model"); in short, per GPU:
   tensor). With checkpointing a layer keeps only its input (``d*s*b*h``, d = compute bytes).
 * the loss's transient, ``T = b*s`` tokens, vocabulary V: ``plain`` 12 bytes per logit (the fp32
   log-softmax output, its gradient and the input's gradient alive together in backward; measured,
-  fp32 and bf16 alike); ``chunked`` 8 bytes x ``min(T, chunk) x V`` (a chunk's fp32 logits and
-  logsumexp's temporary) + the hidden states' gradient; ``fused`` (CUDA kernels) the hidden
+  fp32 and bf16 alike); ``chunked`` 4 bytes x ``rows x V``, rows = the equal chunks' size (at most
+  ``min(T, chunk)``), for the chunk's fp32 logits (softmax and gradient computed in place; 6 bytes
+  with 16-bit weights: the 16-bit product before its upcast, the 16-bit gradient before its
+  matmul) + the hidden states' gradient; ``fused`` (CUDA kernels) the hidden
   states' gradient and a copy (not measured: no GPU yet).
 * margin: CUDA context and allocator fragmentation, 1.5 GiB + 10 % of the rest (10 % on CPU).
 """
@@ -142,7 +144,10 @@ def loss_bytes(loss: str, tokens: int, vocab: int, hidden: int, compute_dtype: s
     if loss == "chunked":
         from .loss import chunk_rows
 
-        return 8 * min(tokens, chunk_rows(vocab)) * vocab + hidden_grad
+        # one chunk's fp32 logits (softmax and gradient computed in place), plus with 16-bit weights
+        # the 16-bit product before its upcast and the 16-bit gradient before its matmul
+        per_logit = 4 + (width if width < 4 else 0)
+        return per_logit * chunk_rows(vocab, tokens) * vocab + hidden_grad
     return hidden_grad  # fused kernels: no logits in memory
 
 
