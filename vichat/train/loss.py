@@ -8,10 +8,13 @@
   each chunk's logits live only while that chunk is processed, and the gradient with respect to
   the hidden states is computed in the forward pass (as Liger's fused kernel does), so backward
   needs no second matmul. Peak extra memory: one chunk of logits plus the hidden states' gradient.
-- ``fused``: CUDA only, through a maintained kernel: Apple's cut-cross-entropy
-  (``linear_cross_entropy``, handles the LM-head bias of GPT-J and BLOOM's tied embedding
-  weight), or Liger's fused linear cross-entropy when only that is installed. Neither is a
-  dependency: ``pip install 'vichat[fused]'``.
+- ``fused``: Apple's cut-cross-entropy (``linear_cross_entropy``), a maintained package: on CUDA
+  its Triton kernel ("cce"), which never materialises the logits; elsewhere the package's own
+  ``torch.compile`` implementation ("torch_compile": the trained rows' logits at once, so no
+  memory saving; it exists so that the same call runs, and is tested, without a GPU). The package
+  takes no bias: a biased head (GPT-J) is folded, ``h @ W.T + b == [h, 1] @ [W | b].T``, which
+  copies the head's weight for the step (see :func:`fused_loss_sum`). Not a dependency:
+  ``pip install 'vichat[fused]'``.
 
 All three return the *sum* of token losses; the caller divides by the step's token count (see
 :mod:`vichat.train.hf_trainer`), so every response token weighs the same.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import warnings
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..data.tokenize import IGNORE_INDEX
@@ -46,12 +50,14 @@ def chunk_rows(vocab_size: int, tokens: int | None = None) -> int:
 
 
 def fused_backend() -> str | None:
-    """``"cce"`` (cut-cross-entropy) or ``"liger"`` when one is importable, else None."""
-    if importlib.util.find_spec("cut_cross_entropy") is not None:
-        return "cce"
-    if importlib.util.find_spec("liger_kernel") is not None:
-        return "liger"
-    return None
+    """``"cce"`` when cut-cross-entropy is importable, else None."""
+    return "cce" if importlib.util.find_spec("cut_cross_entropy") is not None else None
+
+
+def fused_impl(device: "str | torch.device") -> str:
+    """cut-cross-entropy's implementation for tensors on ``device``: its Triton kernel (``"cce"``) on
+    CUDA, else ``"torch_compile"`` (the package's plain matmul + cross-entropy under torch.compile)."""
+    return "cce" if str(device).startswith("cuda") else "torch_compile"
 
 
 def resolve_loss(name: str, *, device: str, zero_stage: int, world: int = 1) -> str:
@@ -69,14 +75,19 @@ def resolve_loss(name: str, *, device: str, zero_stage: int, world: int = 1) -> 
     if sharded and name != "plain":
         raise VichatError(f"--loss {name} reads the LM-head weight, which ZeRO-3 partitions across processes: "
                           "use --loss plain with --zero-stage 3, or --zero-stage 2")
-    if name == "fused":
-        if not device.startswith("cuda"):
-            raise VichatError("--loss fused needs a CUDA GPU (its kernels are Triton): use --loss chunked on CPU, "
-                              "which also never materialises the full logits")
-        if fused_backend() is None:
-            raise VichatError("--loss fused needs cut-cross-entropy or liger-kernel: pip install 'vichat[fused]' "
-                              "(or use --loss chunked, the pure-torch version)")
+    if name == "fused" and fused_backend() is None:
+        raise VichatError("--loss fused needs cut-cross-entropy: pip install 'vichat[fused]' "
+                          "(or use --loss chunked, the pure-torch version)")
     return name
+
+
+def loss_notes(loss: str, device: str) -> list[str]:
+    """What a run's user should know about its loss on ``device`` (printed with the run's warnings)."""
+    if loss == "fused" and not device.startswith("cuda"):
+        return ["--loss fused on CPU runs cut-cross-entropy's torch.compile implementation (its Triton kernel "
+                "is CUDA only): the same values, but it holds all trained positions' logits at once and "
+                "compiles on first use; --loss chunked needs less memory"]
+    return []
 
 
 def planned_loss(name: str, *, device: str, zero_stage: int, world: int) -> str:
@@ -184,22 +195,68 @@ def chunked_loss_sum(hidden: "torch.Tensor", weight: "torch.Tensor", bias: "torc
     return _ChunkedLinearCE.get().apply(h, weight, bias, y, chunk or chunk_rows(weight.size(0), h.size(0)))
 
 
+_HALF = ("float16", "bfloat16")
+
+
+def _kernel_dtype(h: "torch.Tensor", weight: "torch.Tensor") -> "torch.dtype | None":
+    """The 16-bit dtype the hidden states go to the Triton kernel in, or None when the run has none.
+
+    The kernel's backward takes fp16/bf16 hidden states only (it asserts so); the weight may be fp32
+    (it is cast tile by tile inside the kernel). fp32 hidden states arise where the final LayerNorm
+    runs in fp32 (under autocast, or ``prepare_model_for_kbit_training``'s upcast)."""
+    import torch
+
+    for candidate in (h.dtype, weight.dtype):
+        if str(candidate).removeprefix("torch.") in _HALF:
+            return candidate
+    if torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return None
+
+
+def fold_bias(h: "torch.Tensor", weight: "torch.Tensor", bias: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """``([h, 1], [W | b])``: ``h @ W.T + b == [h, 1] @ [W | b].T`` for a loss that takes no bias.
+
+    Copies the weight (V x (d + 1) at its dtype; GPT-J: 50,400 x 4,097 x 2 bytes = 394 MiB in fp16),
+    alive until the loss's backward; gradients reach ``W`` and ``b`` through the concatenation."""
+    import torch
+
+    ones = h.new_ones(h.size(0), 1)
+    return torch.cat([h, ones], dim=1), torch.cat([weight, bias.to(weight.dtype)[:, None]], dim=1)
+
+
 def fused_loss_sum(hidden: "torch.Tensor", weight: "torch.Tensor", bias: "torch.Tensor | None",
-                   labels: "torch.Tensor") -> "torch.Tensor":
-    """The same sum through cut-cross-entropy's or Liger's CUDA kernel (see :func:`fused_backend`)."""
+                   labels: "torch.Tensor", *, impl: str | None = None) -> "torch.Tensor":
+    """The same sum through cut-cross-entropy's ``linear_cross_entropy``.
+
+    :param impl: ``"cce"`` (the Triton kernel, CUDA) or ``"torch_compile"``; default
+        :func:`fused_impl` of the hidden states' device.
+
+    Only the trained positions are passed (shifted and unmasked here, as for the chunked loss), so
+    the package's own ``ignore_index``/``shift`` handling has nothing left to do. A biased head is
+    folded (:func:`fold_bias`). The Triton kernel keeps the package's default gradient filter
+    (``filter_eps="high"``: softmax entries below 2**-5 of the 16-bit epsilon are skipped in
+    backward, as in the paper); a run whose hidden states and weight are both fp32 outside autocast
+    has no 16-bit dtype for the kernel and gets the chunked loss instead, with a warning."""
     h, y = _trained_positions(hidden, labels)
     if h.size(0) == 0:
         return hidden.sum() * 0.0
-    backend = fused_backend()
-    if backend == "cce":
-        from cut_cross_entropy import linear_cross_entropy
+    if fused_backend() is None:
+        raise VichatError("--loss fused needs cut-cross-entropy: pip install 'vichat[fused]'")
+    from cut_cross_entropy import linear_cross_entropy
 
-        return linear_cross_entropy(h, weight, y, bias=bias, reduction="sum").float()
-    if backend == "liger":
-        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
-
-        return LigerFusedLinearCrossEntropyLoss(reduction="sum")(weight, h, y, bias).float()
-    raise VichatError("--loss fused: neither cut-cross-entropy nor liger-kernel is installed")
+    impl = impl or fused_impl(h.device)
+    if impl == "cce":
+        dtype = _kernel_dtype(h, weight)
+        if dtype is None:
+            warnings.warn("--loss fused: cut-cross-entropy's kernel needs fp16 or bf16 hidden states and this "
+                          "run is fp32 throughout: using the chunked loss (the same values)", stacklevel=2)
+            return _ChunkedLinearCE.get().apply(h, weight, bias, y, chunk_rows(weight.size(0), h.size(0)))
+        h = h.to(dtype)
+    if bias is not None:
+        h, weight = fold_bias(h, weight, bias)
+    return linear_cross_entropy(h, weight, y, ignore_index=IGNORE_INDEX, reduction="sum", shift=False,
+                                impl=impl).float()
 
 
 @contextlib.contextmanager

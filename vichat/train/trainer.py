@@ -30,7 +30,7 @@ from .card import LOSS_CURVE, model_card, plot_loss_curve
 from .config import TrainConfig, resolve, training_arguments
 from .data import (TrainingData, ensure_prepared, eval_batches, load_prepared, make_units, plan_fingerprint,
                    steps_per_epoch, tokenize_all)
-from .loss import resolve_loss
+from .loss import loss_notes, resolve_loss
 from .model import add_lora, load_base, total_parameter_count, trainable_parameter_count, trainable_parameters
 from .progress import LogWindow, RunLogger
 from .validate import validate_config
@@ -116,6 +116,7 @@ class TrainingRun:
         cfg = resolve(cfg, self.spec, cuda=torch.cuda.is_available())
         self.warnings = validate_config(cfg, self.spec, world=self.world)
         self.loss = resolve_loss(cfg.loss, device=cfg.device, zero_stage=cfg.zero_stage, world=self.world)
+        self.warnings += loss_notes(self.loss, cfg.device)
         self.batch = _batch_for(cfg, self.spec, self.world)
         self.cfg = cfg = replace(cfg, micro_batch_size=self.batch.micro, gradient_accumulation=self.batch.accumulation)
         self.out = Path(cfg.output_dir)
