@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # GPU checks of training, for a machine with one CUDA GPU (run from the repository root):
+#   0. tests/test_train_loss.py  the losses against the plain path; on CUDA also cut-cross-entropy's Triton
+#                                kernel (--loss fused: 16-bit operands, GPT-J's folded bias) against the chunked loss;
 #   1. bench/train.py --gpu      bloomz-7b1 shape, bf16 LoRA: vichat vs the Trainer + peft peer, tokens/s, MFU,
 #                                peak memory and the planner's error;
 #   2. bench/memory.py --cuda    the memory model against torch.cuda.max_memory_allocated (fp16/bf16, all losses);
 #   3. a 20-step `vichat train` with an int8 base through DeepSpeed ZeRO-2 (deepspeed launcher, 1 GPU) on random
 #      weights of bloomz-7b1's shape, then the planner's prediction for that run next to the measured peak.
-# Needs: pip install -e '.[fused]' for --loss fused (cut-cross-entropy); ~16 GB disk for the random checkpoint.
+# Needs: pip install -e '.[fused,test]' for --loss fused (cut-cross-entropy) and step 0; ~16 GB disk for the random checkpoint.
 set -euo pipefail
 PY=${PY:-python}
 OUT=${OUT:-gpu-results}
@@ -13,6 +15,7 @@ mkdir -p "$OUT"
 export TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 
+$PY -m pytest -q -rs tests/test_train_loss.py 2>&1 | tee "$OUT/loss_tests.txt" || true  # a failure is recorded there; the rest still runs
 $PY bench/train.py --gpu --json "$OUT/train.json" 2>&1 | tee "$OUT/train.txt"
 $PY bench/memory.py --cuda --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.txt" || true  # prints its errors
 

@@ -222,8 +222,9 @@ def test_a_cpu_training_run_with_the_fused_loss_matches_the_chunked_one(tiny, tm
 @pytest.mark.skipif(not _available()[1:], reason="cut-cross-entropy is not installed (pip install 'vichat[fused]')")
 @pytest.mark.parametrize("biased", [False, True])
 def test_cce_kernel_on_cuda_matches_the_chunked_loss(biased):
-    """The Triton kernel itself (GPU only), fp16 operands at GPT-J-like width, without its gradient
-    filter (``filter_eps`` is the package's, not ours: compared here with the exact gradient)."""
+    """The Triton kernel itself (GPU only) on fp16 operands with GPT-J's vocabulary, against the
+    chunked loss in fp32 on the same values: the kernel's gradients are 16-bit and skip what its
+    default filter (``filter_eps="high"``) drops, hence the looser gradient tolerance."""
     import torch
 
     from vichat.train.loss import chunked_loss_sum, fused_loss_sum
@@ -243,3 +244,27 @@ def test_cce_kernel_on_cuda_matches_the_chunked_loss(biased):
     assert got.item() == pytest.approx(ref.item(), rel=2e-3)
     for g, r in zip(grads, ref_grads):
         assert ((g.float() - r.float()).norm() / r.float().norm()).item() < 2e-2
+
+
+def test_memory_model_counts_the_folded_head_copy_and_the_cpu_version():
+    """The plan's fused-loss transient: + the folded copy of GPT-J's biased head (the very bytes
+    :func:`fold_bias` allocates), nothing for BLOOM's unbiased head; on CPU it is counted as plain."""
+    import torch
+
+    from vichat.plugins import get_registry
+    from vichat.train.loss import fold_bias
+    from vichat.train.memory import estimate_memory
+
+    def transient(name, loss, device="cuda", **kw):
+        arch = get_registry().base_model(name).architecture
+        args = dict(micro=8, seq=512, load_in="8bit", compute_dtype="fp16", checkpointing=True, n_lora=0)
+        return arch, estimate_memory(arch, loss=loss, device=device, **{**args, **kw}).logits
+
+    arch, fused = transient("gptj-6b-vi", "fused")
+    hidden_grad = 2 * 2 * 8 * 512 * arch.hidden_size
+    w16 = torch.zeros(arch.vocab_size, arch.hidden_size, dtype=torch.float16)
+    folded = fold_bias(torch.zeros(1, arch.hidden_size, dtype=torch.float16), w16, torch.zeros(arch.vocab_size))[1]
+    assert fused - hidden_grad == folded.untyped_storage().nbytes() == 50_400 * 4_097 * 2
+    barch, bloom = transient("bloomz-7b1-mt", "fused")
+    assert bloom == 2 * 2 * 8 * 512 * barch.hidden_size
+    assert transient("gptj-6b-vi", "fused", device="cpu")[1] == transient("gptj-6b-vi", "plain", device="cpu")[1]

@@ -64,7 +64,8 @@ class TrainConfig:
     gpu_mem_gb: float = _f(24.0, "Memory per GPU in GiB the plan checks against (RAM on CPU).")
     load_in: str = _f("auto", "Base weights: 8bit, 4bit (NF4) or none; auto = 8bit on GPU, none on CPU.", LOAD_IN)
     compute_dtype: str = _f("auto", "Compute dtype; auto = fp16 on GPU, fp32 on CPU.", DTYPES)
-    loss: str = _f("auto", "LM-head loss: fused (CUDA kernel: cut-cross-entropy or Liger), chunked (pure torch), "
+    loss: str = _f("auto", "LM-head loss: fused (cut-cross-entropy: CUDA kernel; on CPU its torch.compile version), "
+                   "chunked (pure torch), "
                    "plain (full logits); auto = fused on CUDA when installed, else chunked. Only plain "
                    "materialises the batch x sequence x vocabulary logits.", LOSSES)
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward to save memory.")

@@ -24,8 +24,10 @@ The formulas are stated in docs/training.md ("Memory model"); in short, per GPU:
   fp32 and bf16 alike); ``chunked`` 4 bytes x ``rows x V``, rows = the equal chunks' size (at most
   ``min(T, chunk)``), for the chunk's fp32 logits (softmax and gradient computed in place; 6 bytes
   with 16-bit weights: the 16-bit product before its upcast, the 16-bit gradient before its
-  matmul) + the hidden states' gradient; ``fused`` (CUDA kernels) the hidden
-  states' gradient and a copy (not measured: no GPU yet).
+  matmul) + the hidden states' gradient; ``fused`` (cut-cross-entropy's CUDA kernel) the hidden
+  states' gradient and a copy, + for a biased head (GPT-J) the weight with the bias folded in,
+  ``V x (h + 1)`` at the head's dtype (not measured on a GPU yet); on CPU (the package's
+  torch.compile version, which holds the logits) counted as ``plain``.
 * margin: CUDA context and allocator fragmentation, 1.5 GiB + 10 % of the rest (10 % on CPU).
 """
 
@@ -37,6 +39,8 @@ from ..specs import Architecture
 from .shapes import computed_total_params, family_of, quantizable_params, quantized_rows
 
 GIB = 2**30
+#: Families whose LM head has a bias (the fused loss folds it into a copy of the weight).
+HEAD_BIAS_FAMILIES = ("gptj",)
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 CUDA_CONTEXT = 1.5 * GIB
@@ -135,8 +139,10 @@ def activation_bytes(
     return L * term("saved"), term("transient")
 
 
-def loss_bytes(loss: str, tokens: int, vocab: int, hidden: int, compute_dtype: str) -> float:
-    """The loss's transient for ``tokens`` trained positions (see the module docstring)."""
+def loss_bytes(loss: str, tokens: int, vocab: int, hidden: int, compute_dtype: str,
+               folded_head_bytes: float = 0.0) -> float:
+    """The loss's transient for ``tokens`` trained positions (see the module docstring);
+    ``folded_head_bytes``: the fused loss's copy of a biased head (:func:`vichat.train.loss.fold_bias`)."""
     width = DTYPE_BYTES[compute_dtype]
     if loss == "plain":
         return 12 * tokens * vocab
@@ -148,7 +154,7 @@ def loss_bytes(loss: str, tokens: int, vocab: int, hidden: int, compute_dtype: s
         # the 16-bit product before its upcast and the 16-bit gradient before its matmul
         per_logit = 4 + (width if width < 4 else 0)
         return per_logit * chunk_rows(vocab, tokens) * vocab + hidden_grad
-    return hidden_grad  # fused kernels: no logits in memory
+    return hidden_grad + folded_head_bytes  # fused kernel: no logits in memory
 
 
 def estimate_memory(
@@ -185,7 +191,14 @@ def estimate_memory(
     optim = (adam + master) * n_lora / (shard if zero >= 1 else 1)
     acts, backward = activation_bytes(arch, micro, seq, compute_dtype, checkpointing, lora_in_features,
                                       lora_modules, lora_r)
-    logits = loss_bytes(loss, micro * seq, arch.vocab_size, arch.hidden_size, compute_dtype)
+    if loss == "fused" and device != "cuda":
+        # cut-cross-entropy's torch.compile version holds the trained positions' logits: counted as
+        # the plain loss (an upper bound; not measured)
+        loss = "plain"
+    folded = 0.0
+    if loss == "fused" and family_of(arch) is not None and family_of(arch).name in HEAD_BIAS_FAMILIES:
+        folded = float_param_bytes(compute_dtype, deepspeed) * arch.vocab_size * (arch.hidden_size + 1)
+    logits = loss_bytes(loss, micro * seq, arch.vocab_size, arch.hidden_size, compute_dtype, folded)
     subtotal = base + weights + grads + optim + acts + max(logits, backward)
     margin = FRAGMENTATION * subtotal + (CUDA_CONTEXT if device == "cuda" else 0)
     return MemoryEstimate(base, weights, grads, optim, acts, logits, margin, budget_gib * GIB, backward)

@@ -229,7 +229,7 @@ def _n(x: float | int | None, unit: str = "") -> str:
 
 
 _LOSS_NOTE = {"plain": ": b x s x vocab logits, 12 bytes each at the backward peak",
-              "chunked": ": one chunk of logits at a time", "fused": ": no logits in memory"}
+              "chunked": ": one chunk of logits at a time", "fused": ": no logits in memory on CUDA (on CPU counted as plain)"}
 
 
 def format_report(p: Plan) -> str:
