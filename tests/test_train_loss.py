@@ -268,3 +268,5 @@ def test_memory_model_counts_the_folded_head_copy_and_the_cpu_version():
     barch, bloom = transient("bloomz-7b1-mt", "fused")
     assert bloom == 2 * 2 * 8 * 512 * barch.hidden_size
     assert transient("gptj-6b-vi", "fused", device="cpu")[1] == transient("gptj-6b-vi", "plain", device="cpu")[1]
+    # an fp32 head (quantised base without DeepSpeed: peft upcasts it) is copied at 4 bytes
+    assert transient("gptj-6b-vi", "fused", deepspeed=False)[1] - hidden_grad == 50_400 * 4_097 * 4

@@ -197,7 +197,9 @@ def estimate_memory(
         loss = "plain"
     folded = 0.0
     if loss == "fused" and family_of(arch) is not None and family_of(arch).name in HEAD_BIAS_FAMILIES:
-        folded = float_param_bytes(compute_dtype, deepspeed) * arch.vocab_size * (arch.hidden_size + 1)
+        # the head's own dtype, as in base_weight_bytes: the compute dtype for an unquantised base
+        head = DTYPE_BYTES[compute_dtype] if load_in == "none" else float_param_bytes(compute_dtype, deepspeed)
+        folded = head * arch.vocab_size * (arch.hidden_size + 1)
     logits = loss_bytes(loss, micro * seq, arch.vocab_size, arch.hidden_size, compute_dtype, folded)
     subtotal = base + weights + grads + optim + acts + max(logits, backward)
     margin = FRAGMENTATION * subtotal + (CUDA_CONTEXT if device == "cuda" else 0)
