@@ -7,6 +7,12 @@ a server whose work grows with the batch). Measured in one run:
   baseline   one request per record (its non-empty fields), in sequence, no cache
   vichat     translate_file: batches, dedupe, cold cache; with -j 1, then --concurrency
   rerun      translate_file again on the warm cache (goal: 0 requests)
+  peer       what a practitioner writes around the same plugin: a ThreadPoolExecutor with the same
+             concurrency sending exactly the batches vichat sends (same texts, same grouping; taken
+             from an untimed dry plan), results kept in a dict; no cache, no protection, no output
+             file. Run --repeat times, interleaved with vichat's cold run (a fresh cache each time),
+             so the ratio vichat / peer measures what the shared job runner costs next to the
+             requests (goal: >= 0.9x).
 
 Not a timed test: run it by hand, e.g.
   .venv/bin/python bench/translate.py --input /work/shared/data/en_reference/alpaca_data_first2000_en.json -n 400
@@ -53,6 +59,7 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05, help="server answer delay per request, seconds")
     ap.add_argument("--ms-per-kchar", type=float, default=0.0, help="extra server delay per 1,000 characters")
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved peer / vichat cold pairs")
     args = ap.parse_args()
 
     from translate_servers import FakeServer
@@ -71,14 +78,14 @@ def main() -> None:
 
     with FakeServer(delay=args.latency, delay_per_char=args.ms_per_kchar / 1e6) as server:
         os.environ["VICHAT_GOOGLE_TRANSLATE_URL"] = server.google_url
-        spec.translate(["warm up"], "en", "vi")  # connection set-up is not what we measure
+        spec.translate(["warm up"], "en", "vi", **spec.options)  # connection set-up is not what we measure
         start_requests = server.requests
 
         t0 = time.perf_counter()
         for row in rows:
             texts = [row[f] for f in FIELDS if row.get(f)]
             if texts:
-                spec.translate(texts, "en", "vi")
+                spec.translate(texts, "en", "vi", **spec.options)
         base_time = time.perf_counter() - t0
         base_requests = server.requests - start_requests
 
@@ -96,6 +103,20 @@ def main() -> None:
         before, t0 = server.requests, time.perf_counter()
         warm = translate_file(src, out, spec, limit=args.n, concurrency=args.concurrency, progress=False)
         warm_time, warm_requests = time.perf_counter() - t0, server.requests - before
+
+        # The peer sends exactly vichat's batches: the network part is the same, the rest is overhead.
+        batches = planned_batches(spec, rows)
+        pairs = []
+        for r in range(args.repeat):
+            before, t0 = server.requests, time.perf_counter()
+            peer_results = peer(spec, batches, args.concurrency)
+            peer_time, peer_requests = time.perf_counter() - t0, server.requests - before
+            assert len(peer_results) == sum(len(b) for b in batches)
+            before, t0 = server.requests, time.perf_counter()
+            translate_file(src, Path(work) / f"cold-{r}.jsonl", spec, limit=args.n, concurrency=args.concurrency,
+                           cache=Path(work) / f"cold-{r}.sqlite", progress=False)
+            again_time, again_requests = time.perf_counter() - t0, server.requests - before
+            pairs.append((peer_time, peer_requests, again_time, again_requests))
 
     n = len(rows)
     table = [
@@ -117,6 +138,43 @@ def main() -> None:
     print(f"requests on warm rerun: {warm_requests}  (goal 0: {'met' if warm_requests == 0 else 'NOT met'})")
     print(f"cold run: {cold.translated} segments translated, {cold.skipped} with nothing to translate, {cold.failed} failed; "
           f"warm run: {warm.from_cache} from cache")
+    print()
+    print(f"shared job runner vs a thread-pool peer (-j {args.concurrency}, the same {len(batches)} batches, "
+          f"{args.repeat} interleaved pairs, fresh cache each)")
+    print(f"{'pair':>4} {'peer s':>8} {'peer req':>9} {'vichat s':>9} {'vichat req':>11} {'vichat/peer':>12}")
+    ratios = []
+    for r, (pt, pr, vt, vr) in enumerate(pairs, 1):
+        ratios.append(pt / vt)
+        print(f"{r:>4} {pt:>8.3f} {pr:>9} {vt:>9.3f} {vr:>11} {pt / vt:>11.2f}x")
+    ratios.sort()
+    median = ratios[len(ratios) // 2] if len(ratios) % 2 else sum(ratios[len(ratios) // 2 - 1:][:2]) / 2
+    print(f"throughput ratio vichat / peer: median {median:.2f}x, range {ratios[0]:.2f}-{ratios[-1]:.2f}x  "
+          f"(goal >= 0.9x: {'met' if median >= 0.9 else 'NOT met'})")
+
+
+def planned_batches(spec, rows: list[dict]) -> list[list[str]]:
+    """The texts of each request vichat sends for ``rows`` on a cold cache (a dry plan; nothing sent)."""
+    from vichat.translate.cache import TranslationCache
+    from vichat.translate.engine import Engine
+
+    engine = Engine(spec, "en", "vi", TranslationCache(":memory:"))
+    for row in rows:
+        for f in FIELDS:
+            if isinstance(row.get(f), str):
+                engine.add(row[f])
+    engine.plan()
+    return engine.batch_texts()
+
+
+def peer(spec, batches: list[list[str]], concurrency: int) -> dict[str, str]:
+    """The thread-pool script: the same batches through the same plugin function, results in a dict."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    results: dict[str, str] = {}
+    with ThreadPoolExecutor(concurrency) as pool:
+        for texts, out in zip(batches, pool.map(lambda b: spec.translate(b, "en", "vi", **spec.options), batches)):
+            results.update(zip(texts, out))
+    return results
 
 
 if __name__ == "__main__":

@@ -199,6 +199,12 @@ class Engine:
         plan.missing_env = [v for v in self.spec.env_vars if not os.environ.get(v)]
         return plan
 
+    def batch_texts(self) -> list[list[str]]:
+        """The texts of each planned request, in sending order (the dry run's batches)."""
+        self.plan()
+        assert self._batches is not None
+        return [list(b.texts) for b in self._batches]
+
     def require_env(self) -> None:
         """Raise :class:`VichatError` naming the variables the translator needs, if anything is
         left to send (a run served entirely from the cache needs no key)."""
