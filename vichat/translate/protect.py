@@ -227,4 +227,6 @@ def check_markers(sent: str, received: str) -> str | None:
 
 def canonical_markers(text: str) -> str:
     """``⟦ 3 ⟧`` -> ``⟦3⟧`` so cached translations look like what was sent."""
+    if OPEN not in text:
+        return text
     return TOKEN_RE.sub(lambda m: f"{OPEN}{m.group(1)}{CLOSE}", text)
