@@ -8,12 +8,12 @@ after --latency seconds. Measured in one run, each cold run on a fresh cache:
   vichat     the project's defaults (--concurrency 16), rate limits set high enough not to bind
   defaults   the same with the default limits as well (500 requests/min, 300k tokens/min)
   rerun      the vichat run again on its warm cache (goal: 0 requests)
-  peer       what a practitioner writes: a ThreadPoolExecutor of 16 sending each pair's prompt through
-             the same plugin client (the openai plugin's sender), scores parsed, results kept in a
-             dict; no cache, no limiter, no output file (the prompts are built untimed). Run --repeat
-             times, interleaved with vichat's -j 16 cold run (a fresh cache each time), so the ratio
-             vichat / peer measures what the shared job runner costs next to the requests
-             (goal: >= 0.9x).
+  peer       what a practitioner writes: read the questions and answers and build the prompts (with
+             vichat's loaders and prompt), then a ThreadPoolExecutor of 16 sending each pair's prompt
+             through the same plugin client (the openai plugin's sender), scores parsed, results
+             kept in a dict; no cache, no limiter, no output file. Run --repeat times, interleaved
+             with vichat's -j 16 cold run (a fresh cache each time): vichat / peer is what the
+             shared job runner costs next to the requests (goal: >= 0.9x).
 
 Not a timed test: run it by hand, e.g.
   .venv/bin/python bench/judge.py
@@ -84,10 +84,10 @@ def main() -> None:
             elapsed = time.monotonic() - start
             results.append((label, server.requests - before, elapsed, len(out.tasks), out.failed))
 
-        tasks = planned_tasks(q, a, b, args.protocol)
         pairs = []
         for r in range(args.repeat):
             before, start = server.requests, time.monotonic()
+            tasks = planned_tasks(q, a, b, args.protocol)
             scores = peer(tasks, 16)
             peer_time, peer_requests = time.monotonic() - start, server.requests - before
             before, start = server.requests, time.monotonic()
@@ -100,10 +100,10 @@ def main() -> None:
 
     print(f"input: {what} ({results[0][3]} judgments, protocol {args.protocol})")
     print(f"server: 127.0.0.1, {args.latency * 1000:.0f} ms per request; judge: openai plugin, gpt-4 settings\n")
-    print(f"{'method':48s} {'requests':>9s} {'seconds':>9s} {'judgments/s':>12s} {'speed-up':>9s}")
+    print(f"{'method':60s} {'requests':>9s} {'seconds':>9s} {'judgments/s':>12s} {'speed-up':>9s}")
     base = results[0][2]
     for label, requests, secs, n, _ in results:
-        print(f"{label:48s} {requests:9d} {secs:9.3f} {n / secs:12.1f} {base / secs:8.1f}x")
+        print(f"{label:60s} {requests:9d} {secs:9.3f} {n / secs:12.1f} {base / secs:8.1f}x")
     ratio = base / results[1][2]
     print(f"\nwall-time ratio (one at a time / vichat defaults): {ratio:.1f}x  (goal >= 8x: {'met' if ratio >= 8 else 'NOT met'})")
     warm = results[3][1]

@@ -69,6 +69,10 @@ class TranslationCache(SqliteCache):
         """The cached translations among ``keys``."""
         return dict(self.select_in("SELECT key, translation FROM translations WHERE key IN ({})", keys))
 
+    def is_empty(self) -> bool:
+        """True when the cache holds no translation at all (a first run: nothing to look up)."""
+        return self._db.execute("SELECT 1 FROM translations LIMIT 1").fetchone() is None
+
     def put_many(self, items: Iterable[tuple[str, str]], translator: str, source: str, target: str) -> None:
         """Store ``(key, translation)`` pairs in one transaction (all or nothing)."""
         now = time.time()

@@ -26,8 +26,9 @@ from .protect import Protected, canonical_markers, check_markers, protect
 from .split import join_parts, split_text
 
 #: How many queued texts a run prepares (protects, keys, looks up) at a time between its other
-#: work: small enough that the first request leaves at once, large enough for few cache queries.
-STREAM_SLICE = 64
+#: work: the first slices are small so the first requests leave at once, later ones grow so that
+#: a long job makes few cache queries.
+FIRST_SLICE, MAX_SLICE = 32, 1024
 
 
 @dataclass(slots=True)
@@ -309,13 +310,18 @@ class Engine:
     def _stream(self, on_done: Callable[[Segment], None]) -> Iterator[_Batch]:
         """Prepare, look up and pack the queued segments a slice at a time; yield full batches."""
         current, size = _Batch([], []), 0
+        # Nothing to look up in a cache that held nothing when the run began (what this run
+        # sends is known from _resolved), as the plan would have found at the same moment.
+        look_up = not self.cache.is_empty()
+        step = FIRST_SLICE
         while self._prepared < len(self.segments):
-            chunk = self.segments[self._prepared : self._prepared + STREAM_SLICE]
+            chunk = self.segments[self._prepared : self._prepared + step]
+            step = min(2 * step, MAX_SLICE)
             new: list[str] = []
             for seg in chunk:
                 new += self._prepare(seg)
                 self._prepared += 1
-            hits = self.cache.get_many(new) if new else {}
+            hits = self.cache.get_many(new) if new and look_up else {}
             for key, text in hits.items():
                 for seg, i in self._refs.pop(key):
                     seg.results[i] = text
