@@ -55,7 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latency", type=float, default=0.2, help="server answer delay per request, seconds")
     ap.add_argument("--protocol", default="swap", choices=["swap", "paper"])
-    ap.add_argument("--repeat", type=int, default=3, help="interleaved peer / vichat cold pairs")
+    ap.add_argument("--repeat", type=int, default=5, help="interleaved peer / vichat cold pairs")
     args = ap.parse_args()
 
     from openai_server import JudgeServer
@@ -86,16 +86,18 @@ def main() -> None:
 
         pairs = []
         for r in range(args.repeat):
-            before, start = server.requests, time.monotonic()
+            before, c0, start = server.requests, time.process_time(), time.monotonic()
             tasks = planned_tasks(q, a, b, args.protocol)
             scores = peer(tasks, 16)
             peer_time, peer_requests = time.monotonic() - start, server.requests - before
-            before, start = server.requests, time.monotonic()
+            peer_cpu = time.process_time() - c0
+            before, c0, start = server.requests, time.process_time(), time.monotonic()
             out = judge_job(JudgeJob(q, a, b, tmp / f"reviews-pair{r}.jsonl", protocol=args.protocol,
                                      cache=tmp / f"pair{r}.sqlite", run=RunOptions(**unbound),
                                      judge=get_registry().judge("openai")))
             vichat_time, vichat_requests = time.monotonic() - start, server.requests - before
-            pairs.append((peer_time, peer_requests, vichat_time, vichat_requests))
+            vichat_cpu = time.process_time() - c0
+            pairs.append((peer_time, peer_requests, vichat_time, vichat_requests, peer_cpu, vichat_cpu))
             assert len(scores) == len({t.key for t in out.tasks}), "the peer judged other pairs"
 
     print(f"input: {what} ({results[0][3]} judgments, protocol {args.protocol})")
@@ -111,16 +113,20 @@ def main() -> None:
     print(f"unreadable reviews: {', '.join(str(r[4]) for r in results)}")
     print(f"\nshared job runner vs a thread-pool peer (-j 16, the same {len(tasks)} prompts, "
           f"{args.repeat} interleaved pairs, fresh cache each)")
-    print(f"{'pair':>4} {'peer s':>8} {'peer req':>9} {'vichat s':>9} {'vichat req':>11} {'vichat/peer':>12}")
+    print(f"{'pair':>4} {'peer s':>8} {'peer req':>9} {'vichat s':>9} {'vichat req':>11} {'vichat/peer':>12} "
+          f"{'CPU s peer':>11} {'CPU s vichat':>13}")
     ratios = []
-    for r, (pt, pr, vt, vr) in enumerate(pairs, 1):
+    for r, (pt, pr, vt, vr, pc, vc) in enumerate(pairs, 1):
         ratios.append(pt / vt)
-        print(f"{r:>4} {pt:>8.3f} {pr:>9} {vt:>9.3f} {vr:>11} {pt / vt:>11.2f}x")
+        print(f"{r:>4} {pt:>8.3f} {pr:>9} {vt:>9.3f} {vr:>11} {pt / vt:>11.2f}x {pc:>11.3f} {vc:>13.3f}")
     ratios.sort()
     mid = len(ratios) // 2
     median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
     print(f"throughput ratio vichat / peer: median {median:.2f}x, range {ratios[0]:.2f}-{ratios[-1]:.2f}x  "
           f"(goal >= 0.9x: {'met' if median >= 0.9 else 'NOT met'})")
+    extra = sorted(p[5] - p[4] for p in pairs)[len(pairs) // 2]
+    print(f"CPU time of the whole process (loopback server included) above the peer's: median {extra * 1000:.0f} ms "
+          f"({extra / len(tasks) * 1000:.3f} ms per judgment)")
 
 
 def planned_tasks(q: Path, a: Path, b: Path, protocol: str) -> list:

@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05, help="server answer delay per request, seconds")
     ap.add_argument("--ms-per-kchar", type=float, default=0.0, help="extra server delay per 1,000 characters")
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--repeat", type=int, default=3, help="interleaved peer / vichat cold pairs")
+    ap.add_argument("--repeat", type=int, default=7, help="interleaved peer / vichat cold pairs")
     args = ap.parse_args()
 
     from translate_servers import FakeServer
@@ -109,17 +109,19 @@ def main() -> None:
         batches = planned_batches(spec, rows)
         pairs = []
         for r in range(args.repeat):
-            before, t0 = server.requests, time.perf_counter()
+            before, c0, t0 = server.requests, time.process_time(), time.perf_counter()
             records = load_records(src, args.n)
             read_time = time.perf_counter() - t0
             peer_results = peer(spec, batches, args.concurrency)
             peer_time, peer_requests = time.perf_counter() - t0, server.requests - before
+            peer_cpu = time.process_time() - c0
             assert len(records) == len(rows) and len(peer_results) == len({t for b in batches for t in b})
-            before, t0 = server.requests, time.perf_counter()
+            before, c0, t0 = server.requests, time.process_time(), time.perf_counter()
             translate_file(src, Path(work) / f"cold-{r}.jsonl", spec, limit=args.n, concurrency=args.concurrency,
                            cache=Path(work) / f"cold-{r}.sqlite", progress=False)
             again_time, again_requests = time.perf_counter() - t0, server.requests - before
-            pairs.append((read_time, peer_time, peer_requests, again_time, again_requests))
+            again_cpu = time.process_time() - c0
+            pairs.append((read_time, peer_time, peer_requests, again_time, again_requests, peer_cpu, again_cpu))
 
     n = len(rows)
     table = [
@@ -145,18 +147,22 @@ def main() -> None:
     print(f"shared job runner vs a thread-pool peer (-j {args.concurrency}, the same {len(batches)} batches, "
           f"{args.repeat} interleaved pairs, fresh cache each)")
     print(f"{'pair':>4} {'peer s':>8} {'of which read':>14} {'peer req':>9} {'vichat s':>9} {'vichat req':>11} "
-          f"{'vichat/peer':>12} {'vs sending only':>16}")
+          f"{'vichat/peer':>12} {'vs sending only':>16} {'CPU s peer':>11} {'CPU s vichat':>13}")
     ratios, strict = [], []
-    for r, (rt, pt, pr, vt, vr) in enumerate(pairs, 1):
+    for r, (rt, pt, pr, vt, vr, pc, vc) in enumerate(pairs, 1):
         ratios.append(pt / vt)
         strict.append((pt - rt) / vt)
-        print(f"{r:>4} {pt:>8.3f} {rt:>14.3f} {pr:>9} {vt:>9.3f} {vr:>11} {pt / vt:>11.2f}x {(pt - rt) / vt:>15.2f}x")
+        print(f"{r:>4} {pt:>8.3f} {rt:>14.3f} {pr:>9} {vt:>9.3f} {vr:>11} {pt / vt:>11.2f}x {(pt - rt) / vt:>15.2f}x "
+              f"{pc:>11.3f} {vc:>13.3f}")
     median, low, high = spread(ratios)
     print(f"throughput ratio vichat / peer: median {median:.2f}x, range {low:.2f}-{high:.2f}x  "
           f"(goal >= 0.9x: {'met' if median >= 0.9 else 'NOT met'})")
     median, low, high = spread(strict)
     print(f"the same against the peer's sending alone (its file reading left out): median {median:.2f}x, "
           f"range {low:.2f}-{high:.2f}x")
+    extra = spread([p[6] - p[5] for p in pairs])[0]
+    print(f"CPU time of the whole process (loopback server included) above the peer's: median {extra * 1000:.0f} ms "
+          f"({extra / len(rows) * 1000:.3f} ms per record)")
 
 
 def spread(values: list[float]) -> tuple[float, float, float]:

@@ -4,6 +4,8 @@ Translation (one item = a batch of texts) and judging (one item = a pair of answ
 here. The rules that make a long paid job safe to interrupt live in this module only:
 
 - Workers take items from a queue and run ``work(item)``; they never touch the cache or the output.
+  The calling thread fills the queue lazily, a bounded distance ahead of the workers, so a
+  generator that prepares the next item runs while the requests already sent are in flight.
   Only the calling thread commits (``commit(outcome)``), in completion order, so SQLite sees one
   writer and a result is stored before anything relies on it.
 - An exception from ``work`` is sorted, not propagated: :class:`Halt` (a cost cap: take no new

@@ -5,7 +5,9 @@ numbers... become markers), split into parts that fit one request, and each part
 the cache by its key. Parts that miss are deduplicated (a text that appears twice is paid once)
 and packed into batches within the translator's limits. Worker threads send batches with retries;
 the main thread alone validates answers, commits each finished batch to the cache and hands
-finished segments to the caller, in completion order.
+finished segments to the caller, in completion order. Unless the whole plan was asked for first
+(a dry run), the main thread prepares segments a slice at a time while the first batches are in
+flight (:func:`vichat.jobs.run_pool` takes the batches from a generator).
 """
 
 from __future__ import annotations
