@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -47,9 +46,7 @@ class SqliteCache:
         # checkpoint runs under synchronous=NORMAL.
         new = target != ":memory:" and not Path(target).exists()
         try:
-            # check_same_thread=False only so that close(wait=False) may finish on another thread;
-            # the connection is still used by one thread at a time.
-            self._db = sqlite3.connect(target, timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(target, timeout=30.0, isolation_level=None)
             if new:
                 self._db.execute("PRAGMA synchronous=OFF")
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -80,15 +77,8 @@ class SqliteCache:
             raise
         self._db.execute("COMMIT")
 
-    def close(self, wait: bool = True) -> None:
-        """Close the file. Closing runs SQLite's final checkpoint (the journal copied into the file
-        and synced: tens of ms on a busy disk). With ``wait=False`` that runs on a background
-        thread: every commit is already durable in the journal, another connection may open the
-        file meanwhile, and the interpreter waits for the thread before it exits."""
-        if wait or str(self.path) == ":memory:":
-            self._db.close()
-        else:
-            threading.Thread(target=self._db.close, name="vichat-cache-close").start()
+    def close(self) -> None:
+        self._db.close()
 
     def __enter__(self):  # noqa: ANN204 - the subclass
         return self

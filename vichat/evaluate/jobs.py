@@ -139,7 +139,7 @@ def judge_job(job: JudgeJob) -> JudgeOutcome:
         summary = run_tasks(spec, settings, tasks, cache, opts, registry=job.registry)
     finally:
         if cache is not None:
-            cache.close(wait=False)  # the final checkpoint need not hold up the review file
+            cache.close()
     rows, failed, not_judged = [], 0, 0
     for t in tasks:
         payload = summary.results.get(t.key)

@@ -130,7 +130,7 @@ def translate_texts(
         return TextsResult([s.result for s in segs], [s.error for s in segs], plan, stats)
     finally:
         if owned:
-            db.close(wait=False)  # the final checkpoint need not hold up the caller
+            db.close()
 
 
 def _read(input: str | Path, limit: int | None) -> list[Any]:
@@ -199,7 +199,7 @@ def plan_file(
         return plan
     finally:
         if owned:
-            db.close(wait=False)  # the final checkpoint need not hold up the caller
+            db.close()
 
 
 def translate_file(
@@ -282,7 +282,7 @@ def translate_file(
         return summary
     finally:
         if owned:
-            db.close(wait=False)  # the final checkpoint need not hold up the caller
+            db.close()
 
 
 def _result(row: Any, segs: list[tuple[str, Segment]], source: str, target: str) -> tuple[bool, dict[str, Any]]:

@@ -167,7 +167,7 @@ def plan_repair(
         return plan, {"flagged": len(tasks), "matched": matched, "unmatched": len(tasks) - matched, "mode": mode}
     finally:
         if owned:
-            db.close(wait=False)  # the final checkpoint need not hold up the caller
+            db.close()
 
 
 def repair_file(
@@ -265,7 +265,7 @@ def repair_file(
         return summary
     finally:
         if owned:
-            db.close(wait=False)  # the final checkpoint need not hold up the caller
+            db.close()
 
 
 def _write_side(path: Path, entries: list[dict[str, Any]]) -> None:
