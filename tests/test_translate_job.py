@@ -289,3 +289,52 @@ def test_plugins_import_nothing_heavy():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def words(i: int) -> str:
+    """A different text per number without digits (numbers are protected, hence shared)."""
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    return " ".join(names[int(d)] for d in str(i))
+
+
+def test_a_run_prepares_as_it_goes_yet_sends_the_planned_batches(tmp_path):
+    # translate_texts plans everything first; translate_file prepares slice by slice while the
+    # first requests are out. Both must send the same batches, and a text met again after its
+    # batch was answered (far beyond the first slices) is paid once.
+    rows = [{"instruction": f"Stir the pot {words(i)} times.", "output": "Done."} for i in range(2100)]
+    rows[2050]["instruction"] = rows[3]["instruction"]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    planned, streamed = Recorder(), Recorder()
+    texts = [r[f] for r in rows for f in ("instruction", "output")]
+    expected = translate_texts(texts, spec(planned), cache=False, concurrency=1)
+    summary = translate_file(src, tmp_path / "out.jsonl", spec(streamed), fields=("instruction", "output"),
+                             cache=tmp_path / "c.sqlite", concurrency=1, progress=False)
+    assert streamed.batches == planned.batches
+    assert streamed.sent.count(rows[3]["instruction"]) == 1 and streamed.sent.count("Done.") == 1
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert [o[f] for o in out for f in ("instruction", "output")] == expected.translations
+    assert out[2050]["instruction"] == "vi " + rows[3]["instruction"]
+    assert summary.translated == len(texts) and summary.failed == 0
+
+
+def test_a_partly_cached_run_looks_up_each_slice_and_sends_only_the_rest(tmp_path):
+    rows = [{"instruction": f"Record {words(i)} needs words."} for i in range(300)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    first, second = Recorder(), Recorder()
+    translate_file(src, tmp_path / "half.jsonl", spec(first), limit=150, cache=tmp_path / "c.sqlite", progress=False)
+    summary = translate_file(src, tmp_path / "all.jsonl", spec(second), cache=tmp_path / "c.sqlite", progress=False)
+    assert sorted(second.sent) == sorted(r["instruction"] for r in rows[150:])
+    assert (summary.from_cache, summary.translated) == (150, 150)
+    assert [o["instruction"] for o in read_jsonl(tmp_path / "all.jsonl")] == ["vi " + r["instruction"] for r in rows]
+
+
+def test_a_new_cache_file_is_wal_and_synced_normally_once_open(tmp_path):
+    for _ in range(2):  # created, then reopened
+        db = TranslationCache(tmp_path / "new.sqlite")
+        assert db._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        empty = db.is_empty()
+        db.put_many([("k", "v")], "rec", "en", "vi")
+        assert not db.is_empty() and db.get_many(["k"]) == {"k": "v"}
+        db.close()
+    assert empty is False  # the second open found the first one's row

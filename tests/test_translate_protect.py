@@ -150,3 +150,21 @@ def test_split_round_trips_random_text():
         parts, seps = split_text(text, limit)
         assert join_parts(parts, seps) == text
         assert all(0 < len(p) <= limit for p in parts)
+
+
+@pytest.mark.parametrize("brk", ["\n", "\r\n", "\r", "\u2028"])
+def test_code_lines_are_found_whatever_ends_the_lines(brk):
+    # The fast scan over a whole text only stands in for the line-by-line test when lines end
+    # in "\n"; other breaks take the line-by-line path. Both must find the same code.
+    p = protect(f"Run this:{brk}x = compute(1){brk}Then stop.")
+    assert p.spans == ("x = compute(1)",)
+    assert p.text == f"Run this:{brk}\u27e60\u27e7{brk}Then stop."
+
+
+def test_prose_without_candidate_characters_is_sent_as_is():
+    text = "Plain prose, nothing else here; the end"
+    p = protect(text)
+    assert (p.text, p.spans) == (text, ())
+    assert check_markers(p.text, "Văn xuôi") is None
+    assert p.restore("Văn xuôi") == "Văn xuôi"
+    assert "damaged" in check_markers(p.text, "Văn \u27e7 xuôi")

@@ -41,12 +41,18 @@ class SqliteCache:
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise VichatError(f"cannot create the folder of the {what} {target}: {exc} (pass --cache PATH)") from exc
+        # A new file holds nothing to lose: it is switched to WAL and given its tables without
+        # waiting for the disk (three fsyncs, tens of ms on a busy disk); every later commit and
+        # checkpoint runs under synchronous=NORMAL.
+        new = target != ":memory:" and not Path(target).exists()
         try:
             self._db = sqlite3.connect(target, timeout=30.0, isolation_level=None)
+            if new:
+                self._db.execute("PRAGMA synchronous=OFF")
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             for statement in schema:
                 self._db.execute(statement)
+            self._db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError as exc:
             raise VichatError(
                 f"{target}: not a usable {what} ({exc}); pass another --cache PATH or move the file away"

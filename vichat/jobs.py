@@ -4,6 +4,8 @@ Translation (one item = a batch of texts) and judging (one item = a pair of answ
 here. The rules that make a long paid job safe to interrupt live in this module only:
 
 - Workers take items from a queue and run ``work(item)``; they never touch the cache or the output.
+  The calling thread fills the queue lazily, a bounded distance ahead of the workers, so a
+  generator that prepares the next item runs while the requests already sent are in flight.
   Only the calling thread commits (``commit(outcome)``), in completion order, so SQLite sees one
   writer and a result is stored before anything relies on it.
 - An exception from ``work`` is sorted, not propagated: :class:`Halt` (a cost cap: take no new
@@ -69,6 +71,9 @@ def classify(item: Any, exc: BaseException, attempts: int) -> Outcome:
     return Outcome(FAILED, item, f"{type(exc).__name__}: {exc}")
 
 
+_END = object()  # tells a worker to exit
+
+
 def run_pool(
     items: Iterable[Any],
     work: Callable[[Any], Any],
@@ -82,23 +87,27 @@ def run_pool(
 ) -> None:
     """Run ``work`` over ``items`` on ``concurrency`` threads; ``commit`` every outcome here.
 
+    ``items`` is consumed lazily, on this thread, at most ``concurrency`` items ahead of the
+    workers: a generator that prepares the next item (the translator protects and looks up the
+    next texts) runs while the requests already sent are in flight, so preparing costs no wall
+    time next to them. Finished outcomes are committed before the next item is prepared.
+
     ``commit`` returns an exception to end the job with (after in-flight work had ``grace``
     seconds to land), or None. A FATAL outcome is handed to ``commit`` like any other; whatever
-    ``commit`` returns for it is raised. Raises ``KeyboardInterrupt`` after a clean stop on Ctrl-C.
+    ``commit`` returns for it is raised. An exception raised by ``items`` itself ends the job the
+    same way. Raises ``KeyboardInterrupt`` after a clean stop on Ctrl-C.
 
     :param attempts: how many attempts one item gets (only for the "gave up after N" message).
     """
+    source = iter(items)
     work_queue: queue.Queue = queue.Queue()
-    for item in items:
-        work_queue.put(item)
     done: queue.Queue = queue.Queue()
     halt = threading.Event()
 
     def worker() -> None:
-        while not (stop.is_set() or halt.is_set()):
-            try:
-                item = work_queue.get_nowait()
-            except queue.Empty:
+        while True:
+            item = work_queue.get()
+            if item is _END or stop.is_set() or halt.is_set():
                 break
             try:
                 outcome = Outcome(OK, item, work(item))
@@ -111,26 +120,55 @@ def run_pool(
             done.put(outcome)
         done.put(None)  # this worker has exited
 
-    running = min(concurrency, work_queue.qsize())
-    for _ in range(running):
-        threading.Thread(target=worker, daemon=True, name=name).start()
+    started = running = 0
+    closed = False  # no item will be queued any more
+
+    def close() -> None:
+        nonlocal closed
+        if not closed:
+            closed = True
+            for _ in range(started):  # every worker gets one: blocked ones wake up and exit
+                work_queue.put(_END)
+
     fatal: BaseException | None = None
     try:
-        while running:
-            try:
-                outcome = done.get(timeout=0.2)
+        while True:
+            try:  # commit first: a finished result is stored before more work is prepared
+                outcome = done.get_nowait()
             except queue.Empty:
-                continue
+                outcome = None
+                if not closed and (stop.is_set() or halt.is_set()):
+                    close()
+                if not closed and work_queue.qsize() < concurrency:
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        close()
+                    else:
+                        work_queue.put(item)
+                        if started < concurrency:
+                            threading.Thread(target=worker, daemon=True, name=name).start()
+                            started += 1
+                            running += 1
+                    continue
+                if closed and not running:
+                    break
+                try:
+                    outcome = done.get(timeout=0.2)
+                except queue.Empty:
+                    continue
             if outcome is None:
                 running -= 1
                 continue
             fatal = commit(outcome) or fatal
             if fatal is not None:
                 stop.set()
+                close()
                 _drain(done, running, commit, grace)
                 break
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or the items failed: let what is in flight land, then stop
         stop.set()
+        close()
         _drain(done, running, commit, grace)
         raise
     if fatal is not None:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from ..cache import SqliteCache, cache_dir
 
@@ -43,9 +43,20 @@ def options_fingerprint(options: Mapping[str, object]) -> str:
 
 def cache_key(translator: str, options: Mapping[str, object], source: str, target: str, text: str) -> str:
     """The cache key of ``text`` (the protected text actually sent) under these settings."""
-    text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    material = "\x00".join((KEY_VERSION, translator, options_fingerprint(options), source, target, text_hash))
-    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+    return cache_keyer(translator, options, source, target)(text)
+
+
+def cache_keyer(translator: str, options: Mapping[str, object], source: str, target: str) -> Callable[[str], str]:
+    """``cache_key`` with the settings fixed: the part of the key they make is built once, not per text."""
+    head = hashlib.sha256("\x00".join((KEY_VERSION, translator, options_fingerprint(options), source, target, "")).encode("utf-8"))
+    sha256 = hashlib.sha256
+
+    def key(text: str) -> str:
+        h = head.copy()
+        h.update(sha256(text.encode("utf-8")).hexdigest().encode("ascii"))
+        return h.hexdigest()
+
+    return key
 
 
 class TranslationCache(SqliteCache):
@@ -57,6 +68,10 @@ class TranslationCache(SqliteCache):
     def get_many(self, keys: Iterable[str]) -> dict[str, str]:
         """The cached translations among ``keys``."""
         return dict(self.select_in("SELECT key, translation FROM translations WHERE key IN ({})", keys))
+
+    def is_empty(self) -> bool:
+        """True when the cache holds no translation at all (a first run: nothing to look up)."""
+        return self._db.execute("SELECT 1 FROM translations LIMIT 1").fetchone() is None
 
     def put_many(self, items: Iterable[tuple[str, str]], translator: str, source: str, target: str) -> None:
         """Store ``(key, translation)`` pairs in one transaction (all or nothing)."""

@@ -5,7 +5,9 @@ numbers... become markers), split into parts that fit one request, and each part
 the cache by its key. Parts that miss are deduplicated (a text that appears twice is paid once)
 and packed into batches within the translator's limits. Worker threads send batches with retries;
 the main thread alone validates answers, commits each finished batch to the cache and hands
-finished segments to the caller, in completion order.
+finished segments to the caller, in completion order. Unless the whole plan was asked for first
+(a dry run), the main thread prepares segments a slice at a time while the first batches are in
+flight (:func:`vichat.jobs.run_pool` takes the batches from a generator).
 """
 
 from __future__ import annotations
@@ -14,21 +16,24 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..records import VichatError, nfc
 from ..jobs import CANCELLED, FAILED, FATAL, HALT, ItemFailed, Outcome, run_pool
 from ..retry import Backoff, Cancelled, RetryableError, call_with_retries
 from ..specs import TRANSPORT_OPTIONS, TranslatorSpec
-from .cache import TranslationCache, cache_key
+from .cache import TranslationCache, cache_keyer
 from .errors import FatalTranslatorError, ProtectionError
 from .protect import Protected, canonical_markers, check_markers, protect
 from .split import join_parts, split_text
 
-#: Options that change how a request is made, not what comes back: left out of the cache key.
+#: How many queued texts a run prepares (protects, keys, looks up) at a time between its other
+#: work: the first slices are small so the first requests leave at once, later ones grow so that
+#: a long job makes few cache queries.
+FIRST_SLICE, MAX_SLICE = 32, 1024
 
 
-@dataclass
+@dataclass(slots=True)
 class Segment:
     """One text to translate and, once ``done``, its ``result`` or ``error``."""
 
@@ -131,6 +136,7 @@ class Engine:
         self.spec, self.source, self.target, self.cache = spec, source, target, cache
         self.options = call_options(spec, options or {})
         self.key_options = output_options(spec, self.options)
+        self._key = cache_keyer(spec.name, self.key_options, source, target)
         self.concurrency = concurrency
         self.backoff = backoff or Backoff()
         self.batch_size = min(spec.max_batch_size, batch_size or spec.max_batch_size)
@@ -141,7 +147,9 @@ class Engine:
         self.progress = progress
         self.grace = grace
         self.segments: list[Segment] = []
-        self._refs: dict[str, list[tuple[Segment, int]]] = {}
+        self._refs: dict[str, list[tuple[Segment, int]]] = {}  # keys not resolved yet -> their parts
+        self._resolved: dict[str, tuple[str | None, str | None]] = {}  # key -> (text, error), this run
+        self._prepared = 0  # segments[:_prepared] are protected and keyed
         self._batches: list[_Batch] | None = None
         self.stats = RunStats()
         self._gate_lock = threading.Lock()
@@ -149,9 +157,17 @@ class Engine:
 
     # ---------------------------------------------------------------------------- planning
     def add(self, text: str) -> Segment:
-        """Queue one text; returns its segment (already ``done`` when nothing needs sending)."""
+        """Queue one text; returns its segment. The text is protected, split and keyed when
+        :meth:`plan` or :meth:`run` reaches it (a run prepares texts while earlier requests are
+        in flight); after either, the segment is ``done`` if nothing needed sending."""
         seg = Segment(index=len(self.segments), source_text=text)
         self.segments.append(seg)
+        return seg
+
+    def _prepare(self, seg: Segment) -> list[str]:
+        """Protect, split and key ``seg``; returns the keys seen for the first time in this run
+        (to look up and send). A part whose key is already resolved gets its text here."""
+        text = seg.source_text
         core = text.strip()
         # Translators drop surrounding whitespace; keep it aside and put it back exactly.
         seg.lead = text[: len(text) - len(text.lstrip())]
@@ -161,18 +177,39 @@ class Engine:
         if not core or not seg.protected.translatable:
             seg.skipped = seg.done = True  # empty, or only code/numbers/links: nothing to pay for
             seg.result = seg.lead + seg.protected.restore(seg.protected.text) + seg.trail
-            return seg
+            return []
         seg.parts, seg.seps = split_text(seg.protected.text, self.batch_chars)
-        seg.keys = [cache_key(self.spec.name, self.key_options, self.source, self.target, p) for p in seg.parts]
+        seg.keys = [self._key(p) for p in seg.parts]
         seg.results = [None] * len(seg.parts)
         seg.pending = len(seg.parts)
+        new: list[str] = []
         for i, key in enumerate(seg.keys):
-            self._refs.setdefault(key, []).append((seg, i))
-        return seg
+            known = self._resolved.get(key)
+            if known is not None:  # an earlier batch of this run answered it already
+                seg.results[i], error = known
+                seg.from_network = True
+                if error and not seg.error:
+                    seg.error = error
+                seg.pending -= 1
+                continue
+            refs = self._refs.get(key)
+            if refs is None:
+                self._refs[key] = refs = []
+                new.append(key)
+            refs.append((seg, i))
+        return new
+
+    def _prepare_all(self) -> list[str]:
+        new: list[str] = []
+        while self._prepared < len(self.segments):
+            new += self._prepare(self.segments[self._prepared])
+            self._prepared += 1
+        return new
 
     def plan(self) -> Plan:
         """Look up the cache and pack what is missing into batches (done once)."""
         if self._batches is None:
+            self._prepare_all()
             hits = self.cache.get_many(self._refs)
             for key, text in hits.items():
                 for seg, i in self._refs.pop(key):
@@ -199,9 +236,17 @@ class Engine:
         plan.missing_env = [v for v in self.spec.env_vars if not os.environ.get(v)]
         return plan
 
+    def batch_texts(self) -> list[list[str]]:
+        """The texts of each planned request, in sending order (the dry run's batches)."""
+        self.plan()
+        assert self._batches is not None
+        return [list(b.texts) for b in self._batches]
+
     def require_env(self) -> None:
         """Raise :class:`VichatError` naming the variables the translator needs, if anything is
         left to send (a run served entirely from the cache needs no key)."""
+        if all(os.environ.get(v) for v in self.spec.env_vars):
+            return  # nothing to check: no need to plan the whole run first
         plan = self.plan()
         if plan.requests and plan.missing_env:
             raise VichatError(
@@ -228,29 +273,81 @@ class Engine:
 
     # ---------------------------------------------------------------------------- running
     def run(self, on_done: Callable[[Segment], None] = lambda seg: None) -> RunStats:
-        """Translate everything planned; call ``on_done`` for every segment as it finishes.
+        """Translate everything queued; call ``on_done`` for every segment as it finishes.
+
+        Unless :meth:`plan` ran first, texts are prepared as the run goes: the first batch is
+        sent as soon as it is packed, and the rest are protected, looked up and packed while
+        earlier requests are in flight (the same batches as the plan's, in the same order).
 
         Raises :class:`FatalTranslatorError` (after committing what finished) when the translator
         says no request can succeed, and ``KeyboardInterrupt`` after a clean stop on Ctrl-C.
         """
+        from tqdm.auto import tqdm
+
         start = time.monotonic()
         self.require_env()
-        for seg in self.segments:
-            if seg.done:
-                on_done(seg)
-            elif seg.pending == 0:
-                self._finish(seg, on_done)
+        bar = tqdm(total=len(self.segments), unit="text", desc=f"translate ({self.spec.name})",
+                   disable=(not self.progress) if self.progress is not None else None, dynamic_ncols=True)
+
+        def finished(seg: Segment) -> None:
+            bar.update(1)
+            on_done(seg)
+
         try:
-            if self._batches:
-                self._dispatch(self._batches, on_done)
+            if self._batches is not None:  # planned already (a dry run's numbers were asked for)
+                for seg in self.segments:
+                    if seg.done:
+                        finished(seg)
+                    elif seg.pending == 0:
+                        self._finish(seg, finished)
+                if self._batches:
+                    self._dispatch(self._batches, finished, bar)
+            else:
+                self._dispatch(self._stream(finished), finished, bar)
         finally:
+            bar.close()
             self.stats.elapsed = time.monotonic() - start
         return self.stats
 
-    def _dispatch(self, batches: list[_Batch], on_done: Callable[[Segment], None]) -> None:
-        from tqdm.auto import tqdm
+    def _stream(self, on_done: Callable[[Segment], None]) -> Iterator[_Batch]:
+        """Prepare, look up and pack the queued segments a slice at a time; yield full batches."""
+        current, size = _Batch([], []), 0
+        # Nothing to look up in a cache that held nothing when the run began (what this run
+        # sends is known from _resolved), as the plan would have found at the same moment.
+        look_up = not self.cache.is_empty()
+        step = FIRST_SLICE
+        while self._prepared < len(self.segments):
+            chunk = self.segments[self._prepared : self._prepared + step]
+            step = min(2 * step, MAX_SLICE)
+            new: list[str] = []
+            for seg in chunk:
+                new += self._prepare(seg)
+                self._prepared += 1
+            hits = self.cache.get_many(new) if new and look_up else {}
+            for key, text in hits.items():
+                for seg, i in self._refs.pop(key):
+                    seg.results[i] = text
+                    seg.pending -= 1
+            for seg in chunk:  # finished without a request: nothing to send, or all cached
+                if seg.done:
+                    on_done(seg)
+                elif seg.pending == 0:
+                    self._finish(seg, on_done)
+            for key in new:
+                if key in hits:
+                    continue
+                seg, i = self._refs[key][0]
+                text = seg.parts[i]
+                if current.keys and (len(current.keys) >= self.batch_size or size + len(text) > self.batch_chars):
+                    yield current
+                    current, size = _Batch([], []), 0
+                current.keys.append(key)
+                current.texts.append(text)
+                size += len(text)
+        if current.keys:
+            yield current
 
-
+    def _dispatch(self, batches: Iterable[_Batch], on_done: Callable[[Segment], None], bar: Any) -> None:
         stop = threading.Event()
         lock = threading.Lock()
 
@@ -258,19 +355,9 @@ class Engine:
             with lock:
                 self.stats.requests += 1
 
-        bar = tqdm(
-            total=sum(len(b.keys) for b in batches),
-            unit="text",
-            desc=f"translate ({self.spec.name})",
-            disable=(not self.progress) if self.progress is not None else None,
-            dynamic_ncols=True,
-        )
-        try:
-            run_pool(batches, lambda batch: self._send(batch, stop, count_request),
-                     lambda outcome: self._absorb(outcome, on_done, bar), concurrency=self.concurrency,
-                     stop=stop, attempts=self.backoff.max_retries + 1, grace=self.grace, name="vichat-translate")
-        finally:
-            bar.close()
+        run_pool(batches, lambda batch: self._send(batch, stop, count_request),
+                 lambda outcome: self._absorb(outcome, on_done, bar), concurrency=self.concurrency,
+                 stop=stop, attempts=self.backoff.max_retries + 1, grace=self.grace, name="vichat-translate")
 
     def _wait_gate(self, stop: threading.Event) -> None:
         # A server that asked one worker to wait (Retry-After) means all of them: hammering it
@@ -310,7 +397,6 @@ class Engine:
             return payload
         if kind in (CANCELLED, HALT):
             return None
-        bar.update(len(batch.keys))
         if kind == FAILED:
             self.stats.batches_failed += 1
             for key in batch.keys:
@@ -340,7 +426,8 @@ class Engine:
         return None
 
     def _resolve(self, key: str, text: str | None, error: str | None, on_done: Callable[[Segment], None]) -> None:
-        for seg, i in self._refs.get(key, ()):
+        self._resolved[key] = (text, error)  # for a later text of this run with the same key
+        for seg, i in self._refs.pop(key, ()):
             seg.results[i] = text
             seg.from_network = True
             if error and not seg.error:

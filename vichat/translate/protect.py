@@ -91,6 +91,8 @@ class Protected:
         problem = check_markers(self.text, translated)
         if problem:
             raise ProtectionError(problem)
+        if not self.spans:
+            return translated  # checked above: no marker in it
         return TOKEN_RE.sub(lambda m: self.spans[int(m.group(1))], translated)
 
     @property
@@ -99,8 +101,19 @@ class Protected:
         return any(ch.isalpha() for ch in TOKEN_RE.sub("", self.text))
 
 
+#: The same test run over a whole text at once: line starts (``re.M``) stand for the lines.
+_CODE_LINE_ANYWHERE = re.compile(CODE_LINE.pattern, re.X | re.M)
+#: Line breaks other than ``\n`` (``str.splitlines`` splits on them too, ``re.M`` does not).
+_OTHER_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_DIGIT = re.compile(r"\d")
+
+
 def _code_line_spans(text: str) -> list[tuple[int, int]]:
     """Runs of code-looking lines, plus the indented or blank lines inside them."""
+    if not _OTHER_BREAKS.search(text) and not _CODE_LINE_ANYWHERE.search(text):
+        # Lines end at "\n" only, so no line can match on its own either: one C-level scan
+        # instead of a match per line (most texts are prose).
+        return []
     spans: list[tuple[int, int]] = []
     lines = text.splitlines(keepends=True)
     offsets, pos = [], 0
@@ -135,18 +148,29 @@ def _find_spans(text: str, code_lines: bool) -> list[tuple[int, int]]:
         if end > start and all(end <= s or start >= e for s, e in taken):
             taken.append((start, end))
 
-    for m in FENCE.finditer(text):
-        add(*m.span())
-    for m in INLINE_CODE.finditer(text):
-        add(*m.span())
+    # Each scan runs only if the text holds a character its pattern cannot match without (most
+    # prose has none of them): the same spans, without a dozen regex passes per text.
+    if "```" in text or "~~~" in text:
+        for m in FENCE.finditer(text):
+            add(*m.span())
+    if "`" in text:
+        for m in INLINE_CODE.finditer(text):
+            add(*m.span())
     if code_lines:
         for span in _code_line_spans(text):
             add(*span)
-    for m in URL.finditer(text):
-        add(m.start(), m.start() + len(_trim_url(m.group())))
-    for pattern in (EMAIL, TAG, PLACEHOLDER, NUMBER, MARKER_CHAR):
-        for m in pattern.finditer(text):
-            add(*m.span())
+    if "://" in text or "www." in text.lower():
+        for m in URL.finditer(text):
+            add(m.start(), m.start() + len(_trim_url(m.group())))
+    for pattern, needed in ((EMAIL, "@" in text), (TAG, "<" in text),
+                            (PLACEHOLDER, "{" in text or "%" in text or "$" in text),
+                            (NUMBER, _DIGIT.search(text) is not None),
+                            (MARKER_CHAR, OPEN in text or CLOSE in text)):
+        if needed:
+            for m in pattern.finditer(text):
+                add(*m.span())
+    if len(taken) < 2:
+        return taken
     taken.sort()
     merged: list[tuple[int, int]] = []
     for start, end in taken:  # touching spans become one marker: fewer characters, fewer risks
@@ -184,6 +208,8 @@ def marker_ids(text: str) -> list[int]:
 
 def check_markers(sent: str, received: str) -> str | None:
     """Why ``received`` is not a faithful translation of ``sent``'s markers, or None if it is."""
+    if OPEN not in sent and CLOSE not in sent and OPEN not in received and CLOSE not in received:
+        return None  # no marker sent, none received (most texts): nothing to compare
     want, got = Counter(marker_ids(sent)), Counter(marker_ids(received))
     problems = []
     missing = sorted(want - got)
@@ -201,4 +227,6 @@ def check_markers(sent: str, received: str) -> str | None:
 
 def canonical_markers(text: str) -> str:
     """``⟦ 3 ⟧`` -> ``⟦3⟧`` so cached translations look like what was sent."""
+    if OPEN not in text:
+        return text
     return TOKEN_RE.sub(lambda m: f"{OPEN}{m.group(1)}{CLOSE}", text)
