@@ -364,7 +364,7 @@ def _check_eval_fields(ev: dict) -> None:
         assert v["reduction"] == pytest.approx(1 - v["adapter"] / v["base"], abs=2e-4)
     assert set(ev["generation"]) == {"tiny", "tiny-chat", "tiny-doctor"}
     assert ev["decoding"]["temperature"] == 0.0 and ev["decoding"]["max_new_tokens"] == 256
-    assert ev["decoding"]["repetition_penalty"] == 1.2  # the app's decoding for `tiny`, made greedy
+    assert ev["decoding"]["repetition_penalty"] == 1.8  # the app's decoding for `tiny` (plugins/tiny.py), made greedy
     for name, g in ev["generation"].items():
         assert g["questions"] == n_questions
         assert 0.0 <= g["eos_share"] <= 1.0 and 0.0 <= g["marker_share"] <= 1.0

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 from ..records import VichatError
 
 #: Bump when a change to this code changes what a build produces: older caches are then ignored.
-TINY_VERSION = "2"
+TINY_VERSION = "3"
 ADAPTERS = ("tiny-chat", "tiny-doctor")
 #: The build limit the issue sets for the default settings on 2 CPU cores.
 LIMIT_SECONDS = 600
@@ -53,9 +53,11 @@ class TinyConfig:
     #: TrainConfig settings on top of the tiny-chat / tiny-doctor presets. The presets' paper-like LoRA
     #: (r 8 on query_key_value, lr 3e-4, 2 epochs, max length 256) barely moves a from-scratch base in a
     #: few dozen steps; these teach the template, the style and when to stop (docs/tiny.md has the
-    #: measurements). max_length 512 keeps every bundled record whole, so each trains its EOS.
+    #: measurements). max_length 512 keeps every bundled record whole, so each trains its EOS. Batches
+    #: of 8 give twice the optimizer steps for the same tokens (lower validation loss, no more time).
     adapter_overrides: tuple[tuple[str, Any], ...] = (
         ("max_length", 512), ("lora_r", 16), ("lora_alpha", 32), ("learning_rate", 3e-3), ("epochs", 6),
+        ("total_batch_size", 8),
         ("lora_targets", ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")))
 
     def __post_init__(self) -> None:
