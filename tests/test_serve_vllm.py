@@ -1,7 +1,7 @@
 """The vLLM backend: the `vllm serve` command, LoRA support per base, and the wiring through a fake vLLM.
 
-vLLM itself is not installed here (it pulls a CUDA build of torch): the process vichat starts is
-tests/fake_vllm.py, which takes the same command line and answers the same endpoints on 127.0.0.1.
+The process vichat starts here is tests/fake_vllm.py, which takes the same command line and answers
+the same endpoints on 127.0.0.1; tests/test_serve_vllm_real.py runs a real vLLM when one is installed.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A ``type: vllm`` backend in the models file becomes the command :func:`vllm_command` builds::
 
     vllm serve <path or hub id> --host 127.0.0.1 --port 8000 --served-model-name <base>
-        --enable-lora --max-lora-rank <largest r> --max-loras <n> --lora-modules <model>=<adapter> ...
+        --enable-lora --max-lora-rank <largest r, rounded up> --max-loras <n> --lora-modules <model>=<adapter> ...
 
 :class:`VllmBackend` starts that process when nothing answers at its URL yet (or connects to the
 server already there), waits until ``/v1/models`` lists every name it needs, and then talks to it
@@ -12,12 +12,13 @@ prompt with its own template and history folding, sends the template's stop mark
 back itself too. A model with an adapter is requested by its own name (the LoRA module's name), a
 model without one by the base's served name: vLLM then batches every adapter's requests together.
 
-Which bases vLLM serves LoRA for (checked in vLLM's model executor): its BLOOM and GPT-J classes do
-not implement ``SupportsLoRA``. GPT-J can go through vLLM's Transformers backend
-(``--model-impl transformers``, which supports LoRA for models using transformers' attention
-interface; GPT-J does); BLOOM cannot (its ALiBi attention is its own code). For BLOOM, merge each
-adapter into the base (``vichat export --merge``) and serve each merged model as its own
-``type: vllm`` backend without adapters (docs/serving.md).
+Which bases vLLM serves LoRA for (measured with vLLM 0.32.0, tests/test_serve_vllm_real.py): its
+own BLOOM and GPT-J classes refuse ``--enable-lora`` ("does not support LoRA yet"), Llama's serves
+it. GPT-J goes through vLLM's Transformers backend (``--model-impl transformers``, for models using
+transformers' attention interface), which GPT-J does from transformers 5.24 on, in vLLM's own
+environment; BLOOM cannot (its ALiBi attention is its own code). For BLOOM, merge each adapter into
+the base (``vichat export --merge``) and serve each merged model as its own ``type: vllm`` backend
+without adapters (docs/serving.md).
 """
 
 from __future__ import annotations
