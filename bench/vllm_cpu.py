@@ -72,8 +72,8 @@ def build(root: Path, layers: int, hidden: int, init: float) -> tuple[Path, dict
 
 
 def visible(answers: list[str]) -> list[str]:
-    """Answers without U+FFFD: vLLM streams one for a byte that is not yet a whole character, the
-    local engine holds such bytes back (and drops what never completes)."""
+    """Answers without U+FFFD: vLLM streams one for bytes that never form a whole character, the
+    local engine drops them."""
     return [a.replace("\ufffd", "") for a in answers]
 
 
