@@ -163,6 +163,8 @@ def test_a_failed_start_names_vllms_root_cause_and_what_to_do(tmp_path, monkeypa
     from vichat.serve.vllm import vllm_rank
 
     assert [vllm_rank(r) for r in (1, 2, 8, 12, 64, 100, 600)] == [1, 8, 8, 16, 64, 128, 600]
+    with pytest.raises(ConfigError, match=r"models\.yaml:\d+: max_lora_rank: vLLM refuses 4; use one of 1, 8, 16"):
+        build_backend(gptj_config(tmp_path, free_port(), max_lora_rank=4), registry=REG).backend_for("gptj-chat").command
     monkeypatch.setenv("FAKE_VLLM_FAIL", BLOOM_REFUSAL)
     backend = build_backend(gptj_config(tmp_path, free_port(), startup_timeout=60), registry=REG)
     try:

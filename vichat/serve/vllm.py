@@ -103,6 +103,10 @@ def vllm_command(config: VllmBackendConfig, spec: BaseModelSpec) -> list[str]:
     if adapters:
         mode = lora_mode(config, spec)
         ranks = [adapter_rank(m.adapter) for m in adapters]
+        if config.max_lora_rank and config.max_lora_rank not in VLLM_LORA_RANKS:
+            raise ConfigError(f"{config.where}: max_lora_rank: vLLM refuses {config.max_lora_rank}; use one of "
+                              f"{', '.join(map(str, VLLM_LORA_RANKS))} (at least the adapters' largest r), or leave "
+                              "it out for the adapters' largest r rounded up")
         rank = config.max_lora_rank or vllm_rank(max((r for r in ranks if r), default=DEFAULT_RANK))
         modules = {}
         for m in adapters:
