@@ -5,7 +5,8 @@
 every LoRA module) and ``/v1/completions`` with ``stream: true``, answering as vLLM does: an unknown
 ``model`` is a 404, and the text streamed is ``"<model> trả lời: Xin chào!"`` followed by a made-up
 next turn (``"\\n### Instruction: ..."``) split over chunks, which the client must cut. The argv and
-every request body are appended as JSON lines to ``$FAKE_VLLM_LOG``.
+every request body are appended as JSON lines to ``$FAKE_VLLM_LOG``. With ``$FAKE_VLLM_FAIL`` set it
+prints that text (a start-up failure as vLLM logs it) and exits with code 1 instead.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def main() -> None:
                 f.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
     record({"argv": sys.argv[1:]})
+    if os.environ.get("FAKE_VLLM_FAIL"):
+        print(os.environ["FAKE_VLLM_FAIL"], file=sys.stderr)
+        raise SystemExit(1)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"

