@@ -139,6 +139,13 @@ def test_a_server_that_ignores_stop_still_never_shows_the_marker(server, monkeyp
     assert "".join(deltas) == "Đáp án là 42." and not any("#" in d for d in deltas)
 
 
+def test_replacement_and_control_characters_from_the_server_never_show(server, monkeypatch):
+    """vLLM streams U+FFFD for bytes that never form a character; the local engine drops them."""
+    monkeypatch.setenv("VICHAT_TEST_KEY", "k")
+    server.chunks = ["Xin \ufffd", "chào\x07 bạn", "\r\n!\ufffd"]
+    assert "".join(backend(server).stream("bloomz-chat-remote", "?")) == "Xin chào bạn\n!"
+
+
 def test_errors_become_short_model_errors(server, monkeypatch):
     b = backend(server)
     with pytest.raises(ModelError, match="VICHAT_TEST_KEY"):

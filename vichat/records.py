@@ -43,10 +43,16 @@ def is_nfc(text: str) -> bool:
 _GARBAGE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")
 
 
+def drop_garbage(text: str) -> str:
+    """``text`` without control characters (tab and newline kept) and replacement characters; safe
+    on any piece of a stream (it never needs the next piece)."""
+    return _GARBAGE.sub("", text)
+
+
 def clean_generated(text: str) -> str:
     """Generated text as it is stored and shown: NFC, without control characters (tab and newline
     kept, ``\r\n`` becomes ``\n``) and without replacement characters."""
-    return nfc(_GARBAGE.sub("", text.replace("\r\n", "\n")))
+    return nfc(drop_garbage(text.replace("\r\n", "\n")))
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ import queue
 import threading
 from typing import Any, Iterator, Sequence
 
+from ..records import drop_garbage
 from ..specs import Decoding
 from .api import ModelError, ModelInfo, Turn
 from .config import ModelConfig, RemoteBackendConfig
@@ -157,7 +158,9 @@ class RemoteBackend:
                 for chunk in response:
                     if gone.is_set() or (cancel is not None and cancel.is_set()):
                         break
-                    chunks.put(("text", _chunk_text(chunk)))
+                    # A server streams U+FFFD for bytes that never form a character (vLLM does); the
+                    # local engine holds such bytes back, so neither backend ever shows one.
+                    chunks.put(("text", drop_garbage(_chunk_text(chunk))))
                 chunks.put(("end", None))
             except Exception as exc:  # noqa: BLE001 - handed to the consumer
                 chunks.put(("error", exc))
