@@ -1,9 +1,16 @@
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A shell that starts the suite in the background (`cmd &` without job control) makes it ignore
+# SIGINT, and Python then never turns Ctrl-C into KeyboardInterrupt, nor do the commands the tests
+# start (an ignored signal stays ignored across exec). The Ctrl-C tests need the real behaviour.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
