@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from typing import Any, Callable
 
 import click
 
@@ -94,15 +95,19 @@ def translate(
         click.echo("\n".join(format_plan(plan)))
         return
 
+    _run_job(lambda: translate_file(
+        input, output, translator, source, target, concurrency=concurrency,
+        backoff=Backoff(base=backoff_base, cap=backoff_max, max_retries=retries), progress=progress, **common))
+
+
+def _run_job(job: Callable[[], Any]) -> None:
+    """Run a translate or repair job as a command: ``kill`` stops it like Ctrl-C (exit 130, finished
+    work cached), its summary is printed, and records that failed make the exit status 1."""
     from .errors import TranslationInterrupted
 
     previous = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     try:
-        summary = translate_file(
-            input, output, translator, source, target, concurrency=concurrency,
-            backoff=Backoff(base=backoff_base, cap=backoff_max, max_retries=retries),
-            progress=progress, **common,
-        )
+        summary = job()
     except TranslationInterrupted as exc:
         click.echo("\n".join(exc.summary.lines()), err=True)
         sys.exit(130)
@@ -135,20 +140,5 @@ def _repair(input, output, translator, source, target, source_records, match, co
         click.echo(f"  repair: {counts['flagged']} records with broken code, {counts['matched']} matched by "
                    f"{counts['mode']}, {counts['unmatched']} unmatched")
         return
-    from .errors import TranslationInterrupted
-
-    previous = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
-    try:
-        summary = repair_file(input, output, source_records, translator, source, target, concurrency=concurrency,
-                              backoff=backoff, progress=progress, **common)
-    except TranslationInterrupted as exc:
-        click.echo("\n".join(exc.summary.lines()), err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("interrupted; finished work is cached: rerun the same command to resume", err=True)
-        sys.exit(130)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    click.echo("\n".join(summary.lines()))
-    if summary.failed_records:
-        sys.exit(1)
+    _run_job(lambda: repair_file(input, output, source_records, translator, source, target,
+                                 concurrency=concurrency, backoff=backoff, progress=progress, **common))
