@@ -73,3 +73,14 @@ def test_zero2_resume_from_a_checkpoint_matches(ds_run, tiny, tmp_path):
     assert b["global_step"] == 12
     assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], abs=1e-4)
     assert b["final_val_loss"] == pytest.approx(a["final_val_loss"], abs=1e-4)
+
+
+def test_one_process_under_torchrun_with_checkpointing(tiny, tmp_path):
+    """One CPU process under torchrun is a DDP run (no DeepSpeed): with gradient checkpointing on a
+    PeftModel, DDP must not look for unused parameters (it would stop at "marked ready twice")."""
+    one = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "vichat.train.launch"]
+    out = tmp_path / "out"
+    proc = run_python(one + tiny.cli_args(out, epochs=1) + ["--gradient-checkpointing"], tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((out / "train_result.json").read_text())
+    assert result["world_size"] == 1 and result["global_step"] == 6

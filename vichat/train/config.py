@@ -258,4 +258,8 @@ def training_arguments(cfg: TrainConfig, micro_batch: int, accumulation: int, *,
         "use_cpu": cfg.device == "cpu", "report_to": "none", "disable_tqdm": True, "remove_unused_columns": False,
         "dataloader_num_workers": 0, "average_tokens_across_devices": True, "deepspeed": deepspeed,
         "ddp_backend": "gloo" if cfg.device == "cpu" and world > 1 else None, "save_only_model": False,
+        # Every LoRA weight takes part in every forward pass. Left unset, Trainer asks DDP to look for unused
+        # parameters whenever the model is not a bare PreTrainedModel (a PeftModel is not), and DDP then
+        # refuses gradient checkpointing ("marked ready twice"): a run under torchrun without DeepSpeed.
+        "ddp_find_unused_parameters": False,
     }

@@ -207,6 +207,16 @@ class VichatTrainer(Trainer):
         r.barrier()
 
 
+def gpu_peak_gib() -> float | None:
+    """This process's peak allocated GPU memory since it started, in GiB (``None`` without CUDA): what the
+    memory plan predicts (the CUDA context and the caching allocator's spare blocks are not in it)."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+
+
 class VichatCallback(TrainerCallback):
     """Per-step accounting and logging (every process takes part in the sums; rank 0 writes)."""
 
@@ -237,11 +247,15 @@ class VichatCallback(TrainerCallback):
         if state.global_step % r.cfg.logging_steps == 0 or last:
             entry = {"step": state.global_step, "epoch": round(state.global_step / spe, 4), **self.window.entry(),
                      "lr": self._lr, "tokens": st.tokens_seen, "elapsed_s": round(st.train_seconds, 3)}
+            peak = gpu_peak_gib()
+            if peak is not None:
+                entry["gpu_peak_gib"] = peak
             st.log.append(entry)
             self.logger.log(entry)
             if not r.show_bar:
                 self.logger.say(f"step {state.global_step}/{state.max_steps}  loss {entry['loss']:.4f}  "
-                                f"lr {self._lr:.3g}  {entry['tokens_per_s']:,.0f} tok/s")
+                                f"lr {self._lr:.3g}  {entry['tokens_per_s']:,.0f} tok/s"
+                                + (f"  GPU peak {peak:.2f} GiB" if peak is not None else ""))
             self.window = LogWindow()
         st.window = dict(self.window.__dict__)
         control.should_log = False  # Trainer's own loss line is replaced by the entry above
