@@ -47,7 +47,7 @@ On a GPU (the memory part measures CPU RSS and is skipped there; defaults on cud
 bfloat16, --tokens 64, --repeat 3, --budget-s 90):
   python bench/serve.py --device cuda --json serve-gpu.json
 which runs the tiny model then the bloomz-560m shape, 1/4/8/16 users, the three sides, in about
-2 minutes on one GPU (docs/serving.md, "On a GPU", says how the time splits).
+2 minutes on one GPU (docs/serving.md, "Measuring it", says how the time splits).
 """
 
 from __future__ import annotations
@@ -205,8 +205,8 @@ def random_bloom(path: Path, hidden: int, layers: int, heads: int, vocab: int | 
                  dtype: str = "float32", device: str = "cpu") -> str:
     """A BLOOM with random weights saved in ``dtype`` (the dtype it will be served in: half the bytes
     to write and read back for bfloat16) under ``path``, with the project's default tokenizer.
-    The weights are drawn on ``device``: on a GPU in a moment, where two CPU cores take about 20 s
-    for the bloomz-560m shape."""
+    The weights are drawn on ``device``: on a GPU in a moment, where two CPU cores take about 25 s
+    (with the saving) for the bloomz-560m shape."""
     import torch
     from transformers import BloomConfig, BloomForCausalLM
 
