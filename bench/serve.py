@@ -549,8 +549,9 @@ def check_device(args: argparse.Namespace) -> None:
     if gpu and not args.skip_memory:
         print("memory part skipped on a GPU: it measures the process's CPU RSS (run it with --device cpu)")
         args.skip_memory = True
-    if gpu:
-        torch.cuda.set_device(d)  # the scheduler threads' current device too, for "cuda:N"
+    if gpu and d.index is not None:
+        # "cuda:N": N becomes this thread's current device (set_device refuses a device without an index).
+        torch.cuda.set_device(d)
 
 
 #: Default --budget-s on a GPU: the throughput part's share of a time-boxed GPU session.

@@ -71,3 +71,52 @@ def test_cuda_without_a_gpu_is_a_clear_error():
     assert proc.returncode != 0
     assert "--device cuda" in proc.stderr and "no CUDA device" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def load_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_serve_under_test", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_defaults_and_cuda_calls_without_a_gpu(monkeypatch, capsys):
+    """The CUDA-only lines of the bench, run against torch.cuda stand-ins that validate their
+    arguments as torch does (no GPU here): defaults on cuda, device checks, synchronisation."""
+    import argparse
+
+    import torch
+    from torch.cuda._utils import _get_device_index
+
+    bench = load_bench()
+    current, synced = [], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    # torch.cuda.set_device refuses a device without an index ("cuda"): the stand-in does the same.
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(_get_device_index(d)))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Stand-in GPU")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: synced.append(torch.device(d)))
+
+    def args(device, **kw):
+        return argparse.Namespace(device=device, dtype=None, repeat=None, budget_s=None, skip_memory=False, **kw)
+
+    gpu = args("cuda")
+    bench.check_device(gpu)
+    assert (gpu.dtype, gpu.repeat, gpu.budget_s, gpu.skip_memory) == ("bfloat16", 3, bench.GPU_BUDGET_S, True)
+    assert current == [] and "memory part skipped" in capsys.readouterr().out
+    second = args("cuda:1")
+    bench.check_device(second)
+    assert current == [1]
+    cpu = args("cpu")
+    bench.check_device(cpu)  # the CPU defaults are the bench's historical ones
+    assert (cpu.dtype, cpu.repeat, cpu.budget_s, cpu.skip_memory) == ("float32", 3, 0, False)
+    with pytest.raises(SystemExit, match="only 2 CUDA device"):
+        bench.check_device(args("cuda:2"))
+    with pytest.raises(SystemExit, match="only cpu and cuda"):
+        bench.check_device(args("meta"))
+    assert bench.describe_device("cuda:1", "bfloat16") == "cuda:1 (Stand-in GPU), bfloat16"
+    bench.synchronize(torch.device("cuda:0"))
+    bench.synchronize("cpu")
+    assert synced == [torch.device("cuda:0")]
