@@ -24,8 +24,31 @@ throughput  for 1, 4, 8 and 16 concurrent requests (--concurrency), each streami
             weights of its shape) and a bloomz-560m-shaped random BLOOM (24 x 1024, vocab 250880).
             Goals at 8 users: batched >= 4x round-robin and >= 0.8x static generate.
 
+Device (--device cpu|cuda, default cpu; --dtype, default float32 on a CPU, bfloat16 on a GPU): the
+engine, the round-robin scheduler and `generate` all run the same model on that device. Before any
+timing each side serves two mixed-adapter requests once on it (CUDA context, cuBLAS handles,
+peft's first mixed call, first-call costs in general), so the first measured repeat is not paying
+for them. Times are wall-clock times at which each token reaches its request's text stream; the
+token id has been copied to the CPU by then, so the GPU work for it is done. `generate`'s wall
+time ends after a device synchronisation.
+
+The repeats go round all concurrency levels and sides (repeat-major, the sides alternating), so
+whatever the noise, each repeat is a complete set. --budget-s bounds the throughput part: the
+first repeat of every model always runs, a further one only if the previous repeat's duration
+still fits in the model's share of the budget (of what is left of it, 1/3 for the tiny model and
+2/3 for the 560m shape when both run); the number of repeats each median is over is printed and
+written to --json.
+--json PATH writes every row (medians and each run's tokens/s), the ratios and the goals' verdicts;
+it is rewritten after each model, so a run cut short keeps the models it finished.
+
 Not a timed test: run it by hand with fixed threads, e.g.
   OMP_NUM_THREADS=1 .venv/bin/python bench/serve.py --threads 1 --skip-memory
+
+On a GPU (the memory part measures CPU RSS and is skipped there; defaults on cuda: --dtype
+bfloat16, --tokens 64, --repeat 3, --budget-s 100):
+  python bench/serve.py --device cuda --json serve-gpu.json
+which runs the tiny model then the bloomz-560m shape, 1/4/8/16 users, the three sides, in about
+2 minutes on one GPU (docs/serving.md, "Measuring it", says how the time splits).
 """
 
 from __future__ import annotations
@@ -174,11 +197,17 @@ def tiny_files(args: argparse.Namespace, root: Path) -> tuple[str, str]:
         return str(done[0].base), "a finished `vichat tiny build`"
     from vichat.tiny.build import DEFAULT_CONFIG as C
 
-    path = random_bloom(root / "tiny-random", C.hidden_size, C.n_layer, C.n_head, None, init=1.0)
+    path = random_bloom(root / "tiny-random", C.hidden_size, C.n_layer, C.n_head, None, init=1.0, dtype=args.dtype,
+                        device=args.device)
     return path, "random weights of the tiny shape (no tiny build found)"
 
 
-def random_bloom(path: Path, hidden: int, layers: int, heads: int, vocab: int | None, init: float = 0.02) -> str:
+def random_bloom(path: Path, hidden: int, layers: int, heads: int, vocab: int | None, init: float = 0.02,
+                 dtype: str = "float32", device: str = "cpu") -> str:
+    """A BLOOM with random weights saved in ``dtype`` (the dtype it will be served in: half the bytes
+    to write and read back for bfloat16) under ``path``, with the project's default tokenizer.
+    The weights are drawn on ``device``: on a GPU in a moment, where two CPU cores take about 25 s
+    (with the saving) for the bloomz-560m shape."""
     import torch
     from transformers import BloomConfig, BloomForCausalLM
 
@@ -187,16 +216,21 @@ def random_bloom(path: Path, hidden: int, layers: int, heads: int, vocab: int | 
     tok = default_tokenizer()
     torch.manual_seed(0)
     # init 1.0 on the tiny shape: BLOOM's 0.02 makes a small random model repeat "\n" (no text to stream).
-    model = BloomForCausalLM(BloomConfig(vocab_size=vocab or len(tok), hidden_size=hidden, n_layer=layers, n_head=heads,
-                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                         pad_token_id=tok.pad_token_id, initializer_range=init))
-    model.save_pretrained(str(path))
+    config = BloomConfig(vocab_size=vocab or len(tok), hidden_size=hidden, n_layer=layers, n_head=heads,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         initializer_range=init)
+    with torch.device(device):
+        model = BloomForCausalLM(config)
+    model.to(getattr(torch, dtype)).save_pretrained(str(path))
+    del model
     tok.save_pretrained(str(path))
     return str(path)
 
 
-def throughput_engine(base: str, root: Path, tag: str, prefill_chunk: int | None = None):
-    """A LocalEngine over ``base`` with two random LoRA adapters (r=8 on query_key_value) and the bare base."""
+def throughput_engine(base: str, root: Path, tag: str, prefill_chunk: int | None = None, device: str = "cpu",
+                      dtype: str = "float32"):
+    """A LocalEngine over ``base`` on ``device`` in ``dtype``, with two random LoRA adapters (r=8 on
+    query_key_value) and the bare base."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -220,10 +254,20 @@ def throughput_engine(base: str, root: Path, tag: str, prefill_chunk: int | None
               ModelConfig(name="doctor", adapter=adapters[1], template="doctor"),
               ModelConfig(name="bare", template="chat"))
     engine = LocalEngine(LocalBackendConfig(base="tiny", base_path=base, models=models, seed=0, max_batch_size=16,
-                                            max_batch_tokens=1 << 20, dtype="float32", device="cpu",
+                                            max_batch_tokens=1 << 20, dtype=dtype, device=device,
                                             prefill_chunk=prefill_chunk), registry=get_registry())
-    engine.prepare()
+    got, want = torch.device(engine.prepare().scheduler.runner.device), torch.device(device)
+    if got.type != want.type or (want.index is not None and got.index != want.index):  # every side runs on it
+        raise SystemExit(f"the engine's model is on {got}, not on {want}")
     return engine
+
+
+def synchronize(device: str) -> None:
+    """Wait for the work queued on ``device`` (a CUDA device runs asynchronously; a CPU needs nothing)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class TokenClock:
@@ -273,10 +317,14 @@ def legacy_stream(engine, scheduler, name: str, question: str, dec):  # noqa: AN
 def concurrent(start, jobs: list, clock: TokenClock) -> dict:  # noqa: ANN001
     """Run every job at once (a thread each, streaming); per-request token times -> metrics."""
     deltas = [0] * len(jobs)
+    errors: list[str] = []
 
     def drain(i: int, name: str, q: str) -> None:
-        for d in start(name, q):
-            deltas[i] += bool(d)
+        try:
+            for d in start(name, q):
+                deltas[i] += bool(d)
+        except Exception as exc:  # noqa: BLE001 - reported below: a failed request must not pass for a fast one
+            errors.append(f"request {i} ({name}): {type(exc).__name__}: {exc}")
 
     clock.take()
     t0 = time.perf_counter()
@@ -286,6 +334,8 @@ def concurrent(start, jobs: list, clock: TokenClock) -> dict:  # noqa: ANN001
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    if errors:
+        raise SystemExit("generation failed, no numbers measured:\n  " + "\n  ".join(errors))
     times = [t for t in clock.take() if t]
     ttft = [t[0] - t0 for t in times]
     tpot = [(t[-1] - t[0]) / (len(t) - 1) for t in times if len(t) > 1]
@@ -303,19 +353,22 @@ def static_generate(engine, jobs: list, dec) -> dict:  # noqa: ANN001
     from vichat.serve.history import fold_history
 
     loaded = engine.prepare()
-    tok, model = loaded.tokenizer, engine.model
+    tok, model, device = loaded.tokenizer, engine.model, loaded.scheduler.runner.device
     prompts = [loaded.prefix + tok.encode(fold_history(resolve_template(engine._models[n].template), q)) for n, q in jobs]
     width = max(map(len, prompts))
     pad = tok.tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    # On the model's device, as a practitioner passes them (generate does not move its inputs).
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     eos = next(iter(loaded.eos_ids))
     with loaded.scheduler.runner.lock, torch.inference_mode():
         model.set_adapter(loaded.keys["chat"])  # what a practitioner does for one adapter
         torch.manual_seed(0)
+        synchronize(device)
         t0 = time.perf_counter()
         out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, eos_token_id=eos,
                              **dec.as_generate_kwargs())
+        synchronize(device)  # the last step's kernels may still be running when generate returns
         wall = time.perf_counter() - t0
         loaded.scheduler.runner.reset()  # the engine's runner tracks which adapter is active
     new = out[:, width:].tolist()
@@ -331,36 +384,73 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def bench_throughput(args: argparse.Namespace, root: Path, which: str) -> dict:
+SIDES = ("batched", "round-robin", "generate")
+
+
+def describe_device(device: str, dtype: str) -> str:
+    """``"CPU, float32, torch threads 1"`` or ``"cuda:0 (NVIDIA H200), bfloat16"``: the header's words."""
     import torch
 
+    d = torch.device(device)
+    if d.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(d)}), {dtype}"
+    return f"CPU, {dtype}, torch threads {torch.get_num_threads()}"
+
+
+def bench_throughput(args: argparse.Namespace, root: Path, which: str, deadline: float | None = None) -> dict:
+    """Throughput of the three sides on one model; returns its JSON record (rows, ratios, goals).
+
+    ``deadline`` (a ``time.perf_counter()`` value): repeats after the first run only while the
+    previous repeat's duration still fits before it."""
     from roundrobin import AdapterRunner, Scheduler as RoundRobin
     from vichat.specs import Decoding
 
+    t_setup = time.perf_counter()
     if which == "tiny":
         base, what = tiny_files(args, root)
     else:
-        base, what = random_bloom(root / "bloomz-560m-shape", 1024, 24, 16, 250880), "random weights, bloomz-560m shape"
-    engine = throughput_engine(base, root, which, args.prefill_chunk)
+        base = random_bloom(root / "bloomz-560m-shape", 1024, 24, 16, 250880, dtype=args.dtype, device=args.device)
+        what = "random weights, bloomz-560m shape"
+    engine = throughput_engine(base, root, which, args.prefill_chunk, args.device, args.dtype)
     model = engine.model
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"\n== {which}: {what} ({n_params / 1e6:.0f} M params with 2 adapters, float32, CPU, "
-          f"torch threads {torch.get_num_threads()}, prefill_chunk {engine.prepare().scheduler.prefill_chunk}) ==")
+    chunk = engine.prepare().scheduler.prefill_chunk
+    print(f"\n== {which}: {what} ({n_params / 1e6:.0f} M params with 2 adapters, "
+          f"{describe_device(args.device, args.dtype)}, prefill_chunk {chunk}) ==", flush=True)
     rr = RoundRobin(AdapterRunner(model), name="vichat-roundrobin")
     clock = TokenClock()
     dec = Decoding(max_new_tokens=args.tokens)  # the paper's sampling: temperature 0.5, top-k 20, penalty 1.2
     batched = lambda n, q: engine.stream(n, q, decoding=dec)  # noqa: E731
     legacy = lambda n, q: legacy_stream(engine, rr, n, q, dec)  # noqa: E731
-    concurrent(batched, [("chat", "khởi động")], clock)  # warm-up: first-call costs are not throughput
+    # Warm-up, untimed: first-call costs are not throughput (on a GPU: the CUDA context, cuBLAS
+    # handles, kernels loaded at their first launch). Every side serves two requests on two
+    # adapters once, so the mixed-adapter path, the single-adapter path and generate all ran.
+    warm, warm_jobs = Decoding(max_new_tokens=min(8, args.tokens)), [("chat", "khởi động"), ("doctor", "khởi động")]
+    concurrent(batched, [("chat", "khởi động")], clock)
+    concurrent(lambda n, q: engine.stream(n, q, decoding=warm), warm_jobs, clock)
+    if args.rr_max >= 1:
+        concurrent(lambda n, q: legacy_stream(engine, rr, n, q, warm), warm_jobs, clock)
+        engine.prepare().scheduler.runner.reset()
+    static_generate(engine, warm_jobs, warm)
+    setup_s = time.perf_counter() - t_setup
     runs: dict = {}
-    for users in args.concurrency:
-        jobs = [(MODELS[i % 3], QUESTIONS[i % len(QUESTIONS)]) for i in range(users)]
-        for _ in range(args.repeat):  # sides alternate, so a noisy neighbour hits all of them alike
+    done = 0
+    last = 0.0
+    for rep in range(args.repeat):  # each repeat: every level, the sides alternating, so noise hits all alike
+        if rep and deadline is not None and time.perf_counter() + last > deadline:
+            print(f"(budget: {rep} of {args.repeat} repeats fit; the medians are over {rep})", flush=True)
+            break
+        t_rep = time.perf_counter()
+        for users in args.concurrency:
+            jobs = [(MODELS[i % 3], QUESTIONS[i % len(QUESTIONS)]) for i in range(users)]
             runs.setdefault(("batched", users), []).append(concurrent(batched, jobs, clock))
             if users <= args.rr_max:
                 runs.setdefault(("round-robin", users), []).append(concurrent(legacy, jobs, clock))
                 engine.prepare().scheduler.runner.reset()  # the round-robin runner switched adapters
             runs.setdefault(("generate", users), []).append(static_generate(engine, jobs, dec))
+        last = time.perf_counter() - t_rep
+        done = rep + 1
+        print(f"(repeat {done}: {last:.1f} s)", flush=True)
     rr.close()
     engine.close()
 
@@ -368,29 +458,108 @@ def bench_throughput(args: argparse.Namespace, root: Path, which: str) -> dict:
         return statistics.median(f(r) for r in runs[key])
 
     print(f"{args.tokens} new tokens max per request, models mixed (chat, doctor adapters + bare base; generate: "
-          f"one adapter); median of {args.repeat} runs; TTFT/TPOT in ms")
+          f"one adapter); median of {done} runs; TTFT/TPOT in ms")
     print(f"{'users':>5} {'scheduler':<12}{'tok/s':>8}{'TTFT p50':>10}{'p95':>8}{'TPOT p50':>10}{'p95':>8}  streamed")
-    summary = {}
+    record: dict = {"model": which, "what": what, "params_m": n_params / 1e6, "prefill_chunk": chunk,
+                    "repeats": done, "setup_s": setup_s, "rows": [], "ratios": {}}
     for users in args.concurrency:
-        for side in ("batched", "round-robin", "generate"):
+        for side in SIDES:
             key = (side, users)
             if key not in runs:
                 continue
-            stream = "-" if side == "generate" else f"{min(r['streamed'] for r in runs[key])}/{users}"
-            print(f"{users:>5} {side:<12}{med(key, lambda r: r['tps']):>8.1f}"
-                  f"{med(key, lambda r: pct(r['ttft'], 0.5)) * 1e3:>10.0f}{med(key, lambda r: pct(r['ttft'], 0.95)) * 1e3:>8.0f}"
-                  f"{med(key, lambda r: pct(r['tpot'], 0.5)) * 1e3:>10.1f}{med(key, lambda r: pct(r['tpot'], 0.95)) * 1e3:>8.1f}"
-                  f"  {stream}")
+            row = {"users": users, "side": side, "tps": med(key, lambda r: r["tps"]),
+                   "ttft_p50_ms": med(key, lambda r: pct(r["ttft"], 0.5)) * 1e3,
+                   "ttft_p95_ms": med(key, lambda r: pct(r["ttft"], 0.95)) * 1e3,
+                   "tpot_p50_ms": med(key, lambda r: pct(r["tpot"], 0.5)) * 1e3,
+                   "tpot_p95_ms": med(key, lambda r: pct(r["tpot"], 0.95)) * 1e3,
+                   "tokens": med(key, lambda r: r["tokens"]),
+                   "streamed": None if side == "generate" else min(r["streamed"] for r in runs[key]),
+                   "runs_tps": [r["tps"] for r in runs[key]]}
+            record["rows"].append(row)
+            stream = "-" if row["streamed"] is None else f"{row['streamed']}/{users}"
+            print(f"{users:>5} {side:<12}{row['tps']:>8.1f}{row['ttft_p50_ms']:>10.0f}{row['ttft_p95_ms']:>8.0f}"
+                  f"{row['tpot_p50_ms']:>10.1f}{row['tpot_p95_ms']:>8.1f}  {stream}")
         b = med(("batched", users), lambda r: r["tps"])
         vs_rr = b / med(("round-robin", users), lambda r: r["tps"]) if ("round-robin", users) in runs else float("nan")
         vs_gen = b / med(("generate", users), lambda r: r["tps"])
-        summary[users] = (vs_rr, vs_gen)
+        record["ratios"][str(users)] = {"batched_vs_round_robin": None if vs_rr != vs_rr else vs_rr,
+                                        "batched_vs_generate": vs_gen}
         print(f"{'':>5} ratios: batched / round-robin = {vs_rr:.2f}x, batched / static generate = {vs_gen:.2f}x")
-    if 8 in summary:
-        vs_rr, vs_gen = summary[8]
-        print(f"goal at 8 users: >= 4x round-robin ({vs_rr:.2f}x: {'met' if vs_rr >= 4 else 'NOT met'}), "
+    if "8" in record["ratios"]:
+        vs_rr, vs_gen = (record["ratios"]["8"][k] for k in ("batched_vs_round_robin", "batched_vs_generate"))
+        record["goals_at_8"] = {"round_robin_4x": None if vs_rr is None else vs_rr >= 4, "generate_0_8x": vs_gen >= 0.8}
+        print(f"goal at 8 users: >= 4x round-robin ({(vs_rr or float('nan')):.2f}x: "
+              f"{'met' if vs_rr is not None and vs_rr >= 4 else 'NOT met'}), "
               f">= 0.8x static generate ({vs_gen:.2f}x: {'met' if vs_gen >= 0.8 else 'NOT met'})")
-    return summary
+    return record
+
+
+def environment(args: argparse.Namespace) -> dict:
+    """What the numbers were measured on (written to --json)."""
+    import platform
+
+    import torch
+
+    d = torch.device(args.device)
+    return {"device": args.device, "dtype": args.dtype, "gpu": torch.cuda.get_device_name(d) if d.type == "cuda" else None,
+            "torch": torch.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+            "tokens": args.tokens, "repeat": args.repeat, "concurrency": args.concurrency, "rr_max": args.rr_max,
+            "budget_s": args.budget_s, "command": " ".join(sys.argv)}
+
+
+def _finite(value):  # noqa: ANN001, ANN202
+    """``value`` with every NaN replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    """Write ``data`` to ``path`` (nothing without one), replacing any earlier file at once."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(json.dumps(_finite(data), indent=1, allow_nan=False), encoding="utf-8")
+        tmp.replace(path)  # whole or absent, even if the run is killed while writing
+
+
+def check_device(args: argparse.Namespace) -> None:
+    """Fill device-dependent defaults; a device that is not there is a clear error, not a traceback later."""
+    import torch
+
+    try:
+        d = torch.device(args.device)
+    except RuntimeError as exc:
+        raise SystemExit(f"--device {args.device}: {exc} (use cpu, cuda or cuda:N)") from None
+    if d.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {args.device}: only cpu and cuda are supported")
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch {torch.__version__} sees no CUDA device here "
+                         "(run with --device cpu, or on a machine with a GPU and a CUDA build of torch)")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise SystemExit(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    gpu = d.type == "cuda"
+    args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
+    args.repeat = args.repeat if args.repeat is not None else 3
+    if args.budget_s is None:
+        args.budget_s = GPU_BUDGET_S if gpu else 0
+    if gpu and not args.skip_memory:
+        print("memory part skipped on a GPU: it measures the process's CPU RSS (run it with --device cpu)")
+        args.skip_memory = True
+    if gpu and d.index is not None:
+        # "cuda:N": N becomes this thread's current device (set_device refuses a device without an index).
+        torch.cuda.set_device(d)
+
+
+#: Default --budget-s on a GPU: the throughput part's share of a time-boxed GPU session.
+GPU_BUDGET_S = 100.0
+#: How --budget-s is shared: the 560m shape's repeat costs more than the tiny model's (24 layers
+#: against 4, where a GPU pass costs per kernel launched) and is the one whose numbers matter most.
+BUDGET_WEIGHT = {"tiny": 1, "560m": 2}
 
 
 def main() -> None:
@@ -399,9 +568,16 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the throughput part runs")
+    ap.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                    help="the served models' dtype (default: float32 on a CPU, bfloat16 on a GPU)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16], help="concurrent requests")
     ap.add_argument("--tokens", type=int, default=64, help="max new tokens per request in the throughput part")
-    ap.add_argument("--repeat", type=int, default=3, help="throughput repeats (the median is printed)")
+    ap.add_argument("--repeat", type=int, default=None, help="throughput repeats (the median is printed; default 3)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help=f"seconds for the throughput part: repeats after the first stop when the next would not fit "
+                         f"(default: none on a CPU, {GPU_BUDGET_S:.0f} on a GPU; 0: no limit)")
+    ap.add_argument("--json", type=Path, default=None, help="write every row, the ratios and the goals here")
     ap.add_argument("--prefill-chunk", type=int, default=None, help="the engine's prefill_chunk (default: its own)")
     ap.add_argument("--rr-max", type=int, default=16, help="run the round-robin baseline up to this many users")
     ap.add_argument("--models", nargs="+", choices=("tiny", "560m"), default=["tiny", "560m"],
@@ -426,14 +602,26 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    check_device(args)
+    report: dict = {"environment": environment(args), "models": {}}
     with tempfile.TemporaryDirectory(prefix="vichat-bench-serve-") as tmp:
         if not args.skip_memory:
             bench_memory(args, Path(tmp))
             print()
         if not args.skip_throughput:
             sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/roundrobin.py
-            for which in args.models:
-                bench_throughput(args, Path(tmp), which)
+            start = time.perf_counter()
+            for i, which in enumerate(args.models):
+                deadline = None
+                if args.budget_s:  # this model's share of what is left, by the cost of the models still to run
+                    left = args.budget_s - (time.perf_counter() - start)
+                    share = BUDGET_WEIGHT[which] / sum(BUDGET_WEIGHT[m] for m in args.models[i:])
+                    deadline = time.perf_counter() + left * share
+                report["models"][which] = bench_throughput(args, Path(tmp), which, deadline)
+                report["throughput_s"] = time.perf_counter() - start
+                write_json(args.json, report)
+            print(f"\nthroughput part: {time.perf_counter() - start:.0f} s", flush=True)
+    write_json(args.json, report)
 
 
 if __name__ == "__main__":
