@@ -187,10 +187,10 @@ for s in "${STEPS[@]}"; do
             fi ;;
         serve)
             if [ "$SMOKE" = 1 ]; then
-                step serve 240 "$PY" bench/serve.py --device cpu --skip-memory --models tiny --concurrency 1 2 \
-                    --tokens 8 --repeat 1 --json "$OUT/serve.json"
+                step serve 240 "$PY" bench/serve.py --device cpu --skip-memory --models tiny --concurrency 1 2 8 \
+                    --tokens 6 --repeat 1 --json "$OUT/serve.json"
             else
-                step serve 180 "$PY" bench/serve.py --device cuda --skip-memory --json "$OUT/serve.json"
+                step serve 180 "$PY" bench/serve.py --device cuda --budget-s 100 --json "$OUT/serve.json"
             fi ;;
         memory)
             if [ "$SMOKE" = 1 ]; then
