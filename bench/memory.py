@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--in-process", action="store_true", help="CPU: run the cases in this process, as --cuda does "
                     "(a rehearsal of that code; resident-memory figures are not reliable this way)")
     ap.add_argument("--tolerance", type=float, default=0.10)
-    ap.add_argument("--only", default="", help="run the shapes whose name contains this")
+    ap.add_argument("--only", default="", help="run the cases whose label (shape, dtype, loss, ckpt/no-ckpt: see "
+                    "--list) contains this")
     ap.add_argument("--max-seconds", type=float, default=150.0, help="in-process: start no new case after this "
                     "many seconds (default 150; 0: no limit)")
     ap.add_argument("--list", action="store_true", help="print the case list (of --cuda with --cuda) and exit")
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
-    todo = [c for c in cases(args.cuda) if args.only in c["name"]]
+    todo = [c for c in cases(args.cuda) if args.only in _label(c)]
     if args.list:
         for c in todo:
             print(_label(c))
