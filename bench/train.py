@@ -370,9 +370,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke and not args.gpu:
         raise SystemExit("--smoke rehearses --gpu on the CPU: pass --gpu --smoke")
     if args.gpu:
-        from train_gpu import gpu_main, write_json
+        from train_gpu import gpu_main
 
-        write_json(gpu_main(args), args.json_out)
+        gpu_main(args, args.json_out)
         return
     (big_vocab_main if args.big_vocab else cpu_main)(args)
 

@@ -89,8 +89,9 @@ TIMING_RULE = ("each side: useful tokens / seconds over its optimizer steps afte
 # --------------------------------------------------------------------------- timing
 
 
-def make_timer(dev: Device, limit_s: float | None) -> Any:
-    """A Trainer callback: per optimizer step, synchronised seconds and useful tokens (see the docstring)."""
+def make_timer(dev: Device, limit_s: float | None, label: str = "", every: int = 0) -> Any:
+    """A Trainer callback: per optimizer step, synchronised seconds and useful tokens (see the docstring);
+    with ``every``, a progress line every that many steps."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -112,6 +113,10 @@ def make_timer(dev: Device, limit_s: float | None) -> Any:
             dev.synchronize()
             seconds = time.perf_counter() - self._t
             self.steps.append((seconds, int(sum(int(c) for c in self._pending))))
+            if every and len(self.steps) % every == 0:
+                r = throughput(self.steps)
+                print(f"{label}: step {state.global_step}/{state.max_steps}, {r['tokens_per_second']:,.0f} tokens/s",
+                      flush=True)
             if limit_s and sum(s for s, _ in self.steps) >= limit_s and state.global_step < state.max_steps:
                 control.should_training_stop = True
                 self.stopped_early = True
@@ -286,7 +291,7 @@ def run_peer(base: Any, tok: Any, feats: list[dict], val: list[dict], a: dict, d
         bf16=dtype == "bf16", fp16=dtype == "fp16", logging_steps=a["logging_steps"], save_strategy="no", eval_strategy="no",
         report_to="none", train_sampling_strategy="group_by_length", seed=a["seed"], remove_unused_columns=False,
         disable_tqdm=True, dataloader_num_workers=0, use_cpu=not dev.cuda)
-    timer = make_timer(dev, a["time_limit"])
+    timer = make_timer(dev, a["time_limit"], "peer", a["progress_every"])
     trainer = Trainer(model=model, args=targs, train_dataset=feats, processing_class=tok, callbacks=[timer],
                       data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
     trainer.remove_callback(PrinterCallback)  # its dict per logging step: vichat's log lines are enough
@@ -312,14 +317,20 @@ def run_vichat(cfg: Any, registry: Any, tok: Any, val: list[dict], a: dict, dev:
     from vichat.train.trainer import TrainingRun
 
     run = TrainingRun(cfg, registry=registry, show_progress=False)
-    run.trainer = run.build_trainer()  # as the peer's: the Trainer exists before the measurement starts
-    timer = make_timer(dev, a["time_limit"])
-    run.trainer.add_callback(timer)
-    count_tokens(run.trainer, timer)
-    held = dev.allocated() - baseline
-    dev.reset_peak()
-    result = run.train()
-    peak = dev.peak() - baseline
+    try:
+        run.trainer = run.build_trainer()  # as the peer's: the Trainer exists before the measurement starts
+        timer = make_timer(dev, a["time_limit"], "vichat", a["progress_every"])
+        run.trainer.add_callback(timer)
+        count_tokens(run.trainer, timer)
+        held = dev.allocated() - baseline
+        dev.reset_peak()
+        result = run.train()
+        peak = dev.peak() - baseline
+    except Exception:
+        with contextlib.suppress(Exception):
+            run.model.unload()  # LoRA out of the shared base again, so that a rerun starts from the plain base
+        run.trainer = run.model = None
+        raise
     reserved = dev.reserved_peak()
     losses = [e["loss"] for e in result.log if "loss" in e]
     val_loss = eval_loss(run.model, tok, val, a["micro"], dev.kind, autocast(dev, dtype))
@@ -341,8 +352,9 @@ def autocast(dev: Device, dtype: str) -> Any:
 # --------------------------------------------------------------------------- main
 
 
-def gpu_main(args: Any) -> dict[str, Any]:
-    """The GPU benchmark (``args.smoke``: its CPU rehearsal); prints the report, returns the JSON document."""
+def gpu_main(args: Any, json_path: str | None = None) -> dict[str, Any]:
+    """The GPU benchmark (``args.smoke``: its CPU rehearsal); prints the report and returns the JSON
+    document (written to ``json_path`` too, and the peer's row alone as soon as it is measured)."""
     import torch
 
     from train import bench_config, bloom_config, load_records, train_tokenizer, write_prepared
@@ -413,14 +425,28 @@ def gpu_main(args: Any) -> dict[str, Any]:
     print(f"base built in {build_s:.1f} s: {n_params:,} parameters, {dtype}", flush=True)
 
     a = {"micro": args.micro, "accumulation": accumulation, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
-         "time_limit": args.time_limit, "logging_steps": logging_steps}
+         "time_limit": args.time_limit, "logging_steps": logging_steps, "progress_every": 0 if smoke else 50}
     t0 = time.perf_counter()
     base, peer = run_peer(base, tok, feats, va, a, dev, dtype, checkpointing, work / "peer", baseline)
     peer["wall_seconds"] = time.perf_counter() - t0
     print(f"peer done: {peer['tokens_per_second']:,.0f} tokens/s", flush=True)
+    write_json({"partial": True, "device": dev.name, "rows": {"peer": peer}}, json_path)  # survives a crash below
     holder["base"] = base
     t0 = time.perf_counter()
-    ours = run_vichat(cfg, registry, tok, va, a, dev, dtype, baseline)
+    vichat_failure = None
+    try:
+        ours = run_vichat(cfg, registry, tok, va, a, dev, dtype, baseline)
+    except Exception as exc:  # noqa: BLE001 - the fused kernel failing in a real step: rerun with chunked
+        if cfg.loss == "chunked":
+            raise
+        vichat_failure = f"--loss {cfg.loss}: {type(exc).__name__}: {exc}"[:2000]
+        ours = None
+    if ours is None:  # outside the handler: the failed step's tensors (held by its traceback) are freed by now
+        print(f"vichat's run failed ({vichat_failure}); running it again with --loss chunked", flush=True)
+        dev.empty_cache()
+        cfg = replace(cfg, loss="chunked", output_dir=str(work / "vichat-chunked"))
+        t0 = time.perf_counter()
+        ours = run_vichat(cfg, registry, tok, va, a, dev, dtype, baseline)
     ours["wall_seconds"] = time.perf_counter() - t0
     print(f"vichat done: {ours['tokens_per_second']:,.0f} tokens/s", flush=True)
 
@@ -448,12 +474,13 @@ def gpu_main(args: Any) -> dict[str, Any]:
                  "mean_tokens": sum(lengths) / len(lengths), "max_length": args.max_length},
         "batch": {"total": args.total_batch, "micro": args.micro, "accumulation": accumulation},
         "checkpointing": {"setting": args.checkpointing, "on": checkpointing, "reason": why},
-        "loss": {"requested": args.loss, "vichat": ours["loss"], "check": loss_check},
+        "loss": {"requested": args.loss, "vichat": ours["loss"], "check": loss_check, "failure": vichat_failure},
         "flops_per_token": fl, "timing_rule": TIMING_RULE, "rows": {"vichat": ours, "peer": peer},
         "ratio": ours["tokens_per_second"] / peer["tokens_per_second"] if peer["tokens_per_second"] else None,
         "planner": planner, "wall_seconds": time.perf_counter() - t_start,
     }
     print_report(doc, dev)
+    write_json(doc, json_path)
     return doc
 
 
@@ -484,6 +511,11 @@ def print_report(doc: dict[str, Any], dev: Device) -> None:
         print(f"{names[key]:>26}  {r['tokens_per_second']:>9,.0f}  {_pct(r['mfu']):>6}  {_pct(r['hfu']):>6}  "
               f"{_pct(r['mfu_with_attention']):>6}  {r['peak_bytes'] / GIB:>8.2f}  {res:>8}  {r['steps']:>4}{early:1}  "
               f"{r['first_step_seconds'] or 0:>10.2f}  {r['mean_loss']:>9.4f}  {r['val_loss']:>8.4f}")
+    lo = doc["loss"]
+    if lo["check"] is not None:
+        print(f"fused loss check before the runs: {lo['check']}")
+    if lo["failure"]:
+        print(f"vichat's first run failed ({lo['failure']}); the row above is its rerun with the chunked loss")
     if any(r["stopped_early"] for r in doc["rows"].values()):
         print("* stopped by --time-limit")
     if not all(r["finite"] for r in doc["rows"].values()):
