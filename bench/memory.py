@@ -204,8 +204,6 @@ def cases(cuda: bool) -> list[dict]:
 def measure_in_process(case: dict, dev) -> dict:
     """One case in this process (CUDA: the default; CPU: ``--in-process``), with :class:`devices.Device`'s
     calls; the model and batch are freed afterwards."""
-    import contextlib
-
     import torch
 
     from vichat.train.loss import batch_loss_sum
@@ -217,12 +215,13 @@ def measure_in_process(case: dict, dev) -> dict:
     dev.synchronize()
     weights = dev.allocated() - start
     batch = _batch(case, case["device"])
-    amp = (torch.autocast(case["device"], dtype=_dtype(case)) if case.get("autocast")
-           else contextlib.nullcontext())
+    if case.get("autocast"):
+        # as accelerate does for Trainer's bf16=True: autocast around the model's forward only (the
+        # loss, computed from the captured hidden states, runs outside it)
+        model.forward = torch.autocast(case["device"], dtype=_dtype(case))(model.forward)
 
     def step() -> None:
-        with amp:
-            loss = batch_loss_sum(model, batch, case["loss"])
+        loss = batch_loss_sum(model, batch, case["loss"])
         loss.backward()
         del loss
 

@@ -403,7 +403,8 @@ def gpu_main(args: Any, json_path: str | None = None) -> dict[str, Any]:
     registry = build_registry(extra=[("bench", BenchPlugin())])
     loss, loss_check = check_fused_loss(args.loss, dev, dtype)
     memory_gib = dev.total_memory() / GIB
-    logging_steps = 1 if smoke else 10  # the same for both sides; logging falls outside the timed steps
+    # the same for both sides (logging falls outside the timed steps); every step for a short run
+    logging_steps = 1 if math.ceil(len(train) / args.total_batch) < 50 else 10
     cfg = bench_config(args, base_model=spec.name, data=str(data), output_dir=str(work / "vichat"), device=dev.kind,
                        load_in="none", compute_dtype=dtype, loss=loss, gpu_mem_gb=memory_gib,
                        logging_steps=logging_steps)
@@ -484,6 +485,10 @@ def gpu_main(args: Any, json_path: str | None = None) -> dict[str, Any]:
     return doc
 
 
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -510,7 +515,7 @@ def print_report(doc: dict[str, Any], dev: Device) -> None:
         early = "*" if r["stopped_early"] else ""
         print(f"{names[key]:>26}  {r['tokens_per_second']:>9,.0f}  {_pct(r['mfu']):>6}  {_pct(r['hfu']):>6}  "
               f"{_pct(r['mfu_with_attention']):>6}  {r['peak_bytes'] / GIB:>8.2f}  {res:>8}  {r['steps']:>4}{early:1}  "
-              f"{r['first_step_seconds'] or 0:>10.2f}  {r['mean_loss']:>9.4f}  {r['val_loss']:>8.4f}")
+              f"{r['first_step_seconds'] or 0:>10.2f}  {_num(r['mean_loss']):>9}  {_num(r['val_loss']):>8}")
     lo = doc["loss"]
     if lo["check"] is not None:
         print(f"fused loss check before the runs: {lo['check']}")
@@ -520,8 +525,8 @@ def print_report(doc: dict[str, Any], dev: Device) -> None:
         print("* stopped by --time-limit")
     if not all(r["finite"] for r in doc["rows"].values()):
         print("WARNING: a loss is not finite")
-    ratio = doc["ratio"]
-    print(f"\nvichat / peer, useful tokens/s: {ratio:.2f}x; vichat MFU {_pct(doc['rows']['vichat']['mfu'])} (goal >= 45%)")
+    ratio = "n/a" if doc["ratio"] is None else f"{doc['ratio']:.2f}x"
+    print(f"\nvichat / peer, useful tokens/s: {ratio}; vichat MFU {_pct(doc['rows']['vichat']['mfu'])} (goal >= 45%)")
     err = pl["error"]
     print(f"planner for vichat's run ({pl['worst_case']}; longest record {pl['longest_record']}, "
           f"{pl['records_at_max_length']} at max length): {pl['predicted_no_margin_bytes'] / GIB:.2f} GiB without margin "

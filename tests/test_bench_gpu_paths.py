@@ -147,3 +147,32 @@ def test_throughput_leaves_out_the_first_step_and_flops_count_4n(bench_path):
     assert no_ckpt["model"] == ckpt["model"] == 4 * n == no_ckpt["hardware"]
     assert ckpt["hardware"] == 4 * n + 2 * n_blocks
     assert no_ckpt["attention"] == 12 * 30 * 4096 * (100**2 + 300**2) / 400
+
+
+def test_chunked_loss_takes_fp32_hidden_states_with_a_16bit_head():
+    """On one GPU, Trainer's bf16 autocast wraps only the model's forward: BLOOM's final LayerNorm
+    returns fp32 there, the tied 16-bit head stays bf16, and the loss runs outside autocast. The
+    chunked loss (vichat's default without cut-cross-entropy, and the GPU benchmark's fallback) must
+    compute in the head's dtype, as the model's own LM head does under autocast, not fail on the
+    fp32 @ bf16 product; the gradient reaches the fp32 hidden states in fp32."""
+    import torch
+    import torch.nn.functional as F
+
+    from vichat.train.loss import chunked_loss_sum
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 9, 16, generator=g).requires_grad_()
+    weight = (torch.randn(50, 16, generator=g) * 0.1).bfloat16()
+    labels = torch.randint(0, 50, (2, 9), generator=g)
+    labels[:, :3] = -100
+    loss = chunked_loss_sum(hidden, weight, None, labels)
+    loss.backward()
+    assert hidden.grad.dtype == torch.float32 and torch.isfinite(hidden.grad).all()
+    assert hidden.grad[:, 2:8].abs().sum() > 0 and hidden.grad[:, :2].abs().sum() == 0  # prompt rows: no gradient
+    ref_hidden = hidden.detach().clone().requires_grad_()
+    logits = (ref_hidden.bfloat16() @ weight.t()).float()  # the plain path's head under autocast
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, 50), labels[:, 1:].reshape(-1), ignore_index=-100,
+                          reduction="sum")
+    ref.backward()
+    assert torch.allclose(loss, ref, rtol=1e-3)
+    assert torch.allclose(hidden.grad, ref_hidden.grad, rtol=2e-2, atol=1e-3)
