@@ -38,7 +38,11 @@ not counted. **HFU** adds what checkpointing recomputes, the blocks' forward (2 
 LM head is not recomputed): 4N + 2 N_blocks ~ 5.7N (6N is the usual round figure). Attention
 (BLOOM's eager attention computes the full s x s scores): 4 L h s^2 FLOPs forward per sequence
 of s useful tokens, twice that backward (+ one forward again with checkpointing), i.e. 12 L h
-E[s^2]/E[s] per token (~2.5e8 at this length mix, 0.9 % of 4N); printed as "MFU + attention".
+E[s^2]/E[s] per token (~2.5e8 at this length mix, 0.9 % of 4N); printed as "+attn". vichat's
+chunked and fused losses send only the positions with a trained label (the response, ~57 % of the
+tokens here) through the LM head (V h = 1.03B of the 7.07B), so it executes ~0.94 x 4N per token;
+the "exec" column divides what each side computes (4N for the peer) by the peak, and MFU counts 4N
+for both (the same work done).
 
 **Memory.** Per side, ``torch.cuda.max_memory_allocated`` from just before ``train()`` (weights
 included), and the caching allocator's reserved peak. The planner's prediction for vichat's run
@@ -246,13 +250,15 @@ def choose_checkpointing(setting: str, cfg: Any, spec: Any, n_train: int, memory
 
 
 def flops_per_token(n_params: int, n_blocks: int, checkpointing: bool, lengths: list[int], layers: int,
-                    hidden: int) -> dict[str, float]:
+                    hidden: int, head_params: int = 0, trained_fraction: float = 1.0) -> dict[str, float]:
     """FLOPs per useful token (see the module docstring): model (4N), hardware (+2 N_blocks with
-    checkpointing) and attention (12 or 16 x L h E[s^2]/E[s])."""
+    checkpointing), attention (12 or 16 x L h E[s^2]/E[s]), and ``head_on_trained``: 4N less the LM
+    head's 4 V h on the positions without a trained label (what vichat's chunked and fused losses,
+    which send only trained positions through the head, execute)."""
     mean_sq_over_mean = sum(s * s for s in lengths) / max(1, sum(lengths))
     attention = (16 if checkpointing else 12) * layers * hidden * mean_sq_over_mean
     return {"model": 4.0 * n_params, "hardware": 4.0 * n_params + (2.0 * n_blocks if checkpointing else 0.0),
-            "attention": attention}
+            "attention": attention, "head_on_trained": 4.0 * (n_params - head_params * (1.0 - trained_fraction))}
 
 
 def bloom_block_params(hidden: int) -> int:
@@ -361,7 +367,7 @@ def gpu_main(args: Any, json_path: str | None = None) -> dict[str, Any]:
     from vichat.hookspecs import hookimpl
     from vichat.plugins import build_registry
     from vichat.specs import Architecture, BaseModelSpec
-    from vichat.train.data import tokenize_all
+    from vichat.train.data import label_tokens, tokenize_all
     from vichat.train.plan import plan
 
     t_start = time.perf_counter()
@@ -461,10 +467,15 @@ def gpu_main(args: Any, json_path: str | None = None) -> dict[str, Any]:
                "worst_case": f"micro {p.batch.micro} x {args.max_length} tokens, every position trained",
                "longest_record": max(lengths), "records_at_max_length": sum(1 for x in lengths if x >= args.max_length)}
     peak_flops = dev.peak_flops(args.peak_tflops)
-    fl = flops_per_token(n_params, n_blocks, checkpointing, lengths, shape["layers"], shape["hidden"])
+    trained_fraction = sum(label_tokens(e) for e in tr) / max(1, sum(lengths))
+    fl = flops_per_token(n_params, n_blocks, checkpointing, lengths, shape["layers"], shape["hidden"],
+                         head_params=vocab * shape["hidden"], trained_fraction=trained_fraction)
+    fl["trained_fraction"] = trained_fraction
     for row in (ours, peer):
         tps = row["tokens_per_second"]
         row["mfu"] = tps * fl["model"] / peak_flops if peak_flops else None
+        executed = fl["head_on_trained"] if row is ours and ours["loss"] != "plain" else fl["model"]
+        row["mfu_executed"] = tps * executed / peak_flops if peak_flops else None
         row["hfu"] = tps * fl["hardware"] / peak_flops if peak_flops else None
         row["mfu_with_attention"] = tps * (fl["model"] + fl["attention"]) / peak_flops if peak_flops else None
     doc = {
@@ -507,13 +518,18 @@ def print_report(doc: dict[str, Any], dev: Device) -> None:
           f"attention {fl['attention']:.3g}; peak "
           f"{'n/a' if doc['peak_flops'] is None else format(doc['peak_flops'] / 1e12, '.0f') + ' TFLOP/s'}")
     print(f"timing: {doc['timing_rule']}")
-    print(f"{'loop':>26}  {'tokens/s':>9}  {'MFU':>6}  {'HFU':>6}  {'+attn':>6}  {'peak GiB':>8}  {'reserved':>8}  "
+    if doc["loss"]["vichat"] != "plain":
+        print(f"vichat's {doc['loss']['vichat']} loss sends only trained positions ({100 * fl['trained_fraction']:.0f}% of "
+              f"the tokens) through the LM head: it executes {fl['head_on_trained']:.3g} FLOPs per token of the 4N; "
+              f"MFU counts 4N for both sides, 'exec' what each side computes")
+    print(f"{'loop':>26}  {'tokens/s':>9}  {'MFU':>6}  {'exec':>6}  {'HFU':>6}  {'+attn':>6}  {'peak GiB':>8}  {'reserved':>8}  "
           f"{'steps':>5}  {'1st step s':>10}  {'mean loss':>9}  {'held-out':>8}")
     names = {"vichat": f"vichat ({doc['loss']['vichat']} loss)", "peer": "Trainer + peft peer"}
     for key, r in doc["rows"].items():
         res = "-" if r["reserved_peak_bytes"] is None else f"{r['reserved_peak_bytes'] / GIB:.1f}"
         early = "*" if r["stopped_early"] else ""
-        print(f"{names[key]:>26}  {r['tokens_per_second']:>9,.0f}  {_pct(r['mfu']):>6}  {_pct(r['hfu']):>6}  "
+        print(f"{names[key]:>26}  {r['tokens_per_second']:>9,.0f}  {_pct(r['mfu']):>6}  {_pct(r['mfu_executed']):>6}  "
+              f"{_pct(r['hfu']):>6}  "
               f"{_pct(r['mfu_with_attention']):>6}  {r['peak_bytes'] / GIB:>8.2f}  {res:>8}  {r['steps']:>4}{early:1}  "
               f"{r['first_step_seconds'] or 0:>10.2f}  {_num(r['mean_loss']):>9}  {_num(r['val_loss']):>8}")
     lo = doc["loss"]

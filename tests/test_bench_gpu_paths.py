@@ -56,7 +56,7 @@ def test_gpu_train_bench_smoke_runs_end_to_end(shared_data, tmp_path):
         assert row["all_tokens"] == tokens  # every record trained once, counted by the same rule on both sides
         assert row["steps"] == 4 and row["timed_steps"] == 3  # 32 records / batch 8; the first step left out
         assert row["timed_tokens"] < tokens and row["first_step_seconds"] > 0
-        assert row["peak_bytes"] > 0 and row["mfu"] is None  # no MFU on a CPU
+        assert row["peak_bytes"] > 0 and row["mfu"] is None and row["mfu_executed"] is None  # no MFU on a CPU
     planner = doc["planner"]
     assert planner["predicted_bytes"] > planner["predicted_no_margin_bytes"] > 0
     assert planner["measured_bytes"] > 0 and planner["error"] is not None
@@ -147,6 +147,9 @@ def test_throughput_leaves_out_the_first_step_and_flops_count_4n(bench_path):
     assert no_ckpt["model"] == ckpt["model"] == 4 * n == no_ckpt["hardware"]
     assert ckpt["hardware"] == 4 * n + 2 * n_blocks
     assert no_ckpt["attention"] == 12 * 30 * 4096 * (100**2 + 300**2) / 400
+    head = 250_880 * 4096
+    part = train_gpu.flops_per_token(n, n_blocks, False, [100], 30, 4096, head_params=head, trained_fraction=0.5)
+    assert part["head_on_trained"] == 4 * n - 2 * head  # the head skips the untrained half of the positions
 
 
 def test_chunked_loss_takes_fp32_hidden_states_with_a_16bit_head():
