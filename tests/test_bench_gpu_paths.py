@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest_train import PY, REPO, subprocess_env
+from conftest_train import PY, REPO, one_thread, subprocess_env  # noqa: F401 (fixture)
 
 BENCH = REPO / "bench"
 
@@ -179,3 +179,16 @@ def test_chunked_loss_takes_fp32_hidden_states_with_a_16bit_head():
     ref.backward()
     assert torch.allclose(loss, ref, rtol=1e-3)
     assert torch.allclose(hidden.grad, ref_hidden.grad, rtol=2e-2, atol=1e-3)
+
+
+def test_fused_loss_check_compares_with_the_chunked_loss(bench_path, one_thread):
+    """The check the GPU benchmark runs at the real head before its timed steps (there with the
+    Triton kernel), here through cut-cross-entropy's CPU implementation on a small fp32 head."""
+    pytest.importorskip("cut_cross_entropy")
+    import torch
+    import train_gpu
+
+    weight = torch.randn(300, 32, generator=torch.Generator().manual_seed(0)) * 0.1
+    result = train_gpu.fused_vs_chunked(weight, "fp32", 20)
+    assert result["ok"] and result["loss_rel_diff"] < 1e-5 and result["grad_rel_diff"] < 1e-4, result
+    assert weight.grad is None  # the head stays frozen
