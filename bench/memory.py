@@ -14,7 +14,7 @@ worst case), runs one warm-up step, then measures one forward + backward:
 and the weights (resident memory, or CUDA's allocated memory, after building minus before). It
 prints, per case and per term, what :func:`vichat.train.memory.estimate_memory` predicts and what
 was measured, and the relative error; the exit status is 1 when any error exceeds ``--tolerance``
-(10 %) or a case failed.
+(10 %), a case failed, or ``--max-seconds`` left cases out.
 
     OMP_NUM_THREADS=1 python bench/memory.py            # CPU, all cases (~2 min, < 4 GiB)
     python bench/memory.py --cuda --json memory.json      # one GPU: the CUDA case list, in one process
@@ -35,8 +35,10 @@ case is a build (< 1 s) and two forward + backward passes of at most 2,048 token
 4096 width); the first fused case also compiles the Triton kernels and cut-cross-entropy's
 ``torch.compile``-d sort (~10-30 s once). Expected on an H200: ~30-60 s plus start-up;
 ``--max-seconds`` (default 150) stops starting new cases after that and lists those skipped.
-``--in-process`` runs the same loop on a CPU (``VmHWM`` / resident-memory deltas within one
-process: not a measurement to rely on, a rehearsal of the code).
+``--in-process`` runs the same loop on a CPU: resident-memory deltas within one process (glibc told
+through ``mallopt`` to return freed blocks at once, a throw-away tiny case first); a rehearsal of
+the CUDA path, whose step peaks for ``--only bloom-V8000`` came within 0.1 MiB of the per-process
+run's (the per-process run stays the reference on a CPU).
 """
 
 from __future__ import annotations
@@ -65,11 +67,11 @@ SHAPES = [
 ]
 #: The CUDA cases: (name, family, layers, hidden, heads, vocab, seq, micro, dtypes); a dtype
 #: "bf16+autocast" is a bf16 model stepped under ``torch.autocast`` (Trainer's ``bf16=True``).
-CUDA_SHAPES = [
+CUDA_SHAPES = [  # the real width first: if --max-seconds runs out, the small shapes are what is left out
+    ("bloom-h4096-V250880-s512-b4", "bloom", 4, 4096, 32, 250_880, 512, 4, ["bf16", "bf16+autocast"]),
     ("bloom-V250880-s512", "bloom", 2, 64, 4, 250_880, 512, 1, ["bf16", "fp16"]),
     ("gptj-V50400-s512-b2", "gptj", 4, 256, 8, 50_400, 512, 2, ["bf16"]),
     ("bloom-V8000-s512-b4", "bloom", 4, 512, 8, 8_000, 512, 4, ["bf16"]),
-    ("bloom-h4096-V250880-s512-b4", "bloom", 4, 4096, 32, 250_880, 512, 4, ["bf16", "bf16+autocast"]),
 ]
 TARGETS = {"bloom": ["query_key_value"], "gptj": ["q_proj", "v_proj"]}
 LORA_R = 8
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cuda", action="store_true", help="measure on the GPU (torch.cuda.max_memory_allocated), "
                     "all cases in this process")
     ap.add_argument("--in-process", action="store_true", help="CPU: run the cases in this process, as --cuda does "
-                    "(a rehearsal of that code; resident-memory figures are not reliable this way)")
+                    "(a rehearsal of that code; the per-process run stays the reference on a CPU)")
     ap.add_argument("--tolerance", type=float, default=0.10)
     ap.add_argument("--only", default="", help="run the cases whose label (shape, dtype, loss, ckpt/no-ckpt: see "
                     "--list) contains this")
@@ -324,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                      "seconds": time.perf_counter() - t_case})
     wall = time.perf_counter() - t0
     print(f"largest error: {worst:.1%} (tolerance {args.tolerance:.0%}); {len(rows)} cases measured in {wall:.0f} s"
-          + (" (in one process: CPU resident-memory figures are not reliable)" if in_process and not args.cuda else ""))
+          + (" (in one process; on a CPU the per-process run is the reference)" if in_process and not args.cuda else ""))
     for text in failed:
         print(f"FAILED {text}")
     if skipped:
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({"device": dev.name if dev else "cpu", "in_process": in_process,
                                                "rows": rows, "largest_error": worst, "failed": failed,
                                                "skipped": skipped, "wall_seconds": wall}, indent=1))
-    return 0 if worst <= args.tolerance and not failed else 1
+    return 0 if worst <= args.tolerance and not failed and not skipped else 1
 
 
 def _label(case: dict) -> str:
