@@ -1,7 +1,7 @@
 """``bench/train.py --gpu``: vichat against the Trainer + peft peer on one GPU, at bloomz-7b1's shape.
 
     python bench/train.py --gpu --json train.json     # one CUDA GPU (H100/H200 class), ~2-3 min
-    python bench/train.py --gpu --smoke               # the same code on a CPU, tiny shape (~1 min)
+    python bench/train.py --gpu --smoke               # the same code on a CPU, tiny shape (~15 s)
 
 **Model and runs.** BLOOM with bloomz-7b1's shape (30 layers, hidden 4096, 32 heads, vocabulary
 250,880: 7.07B parameters), random weights built once, directly on the GPU in bf16 (no fp32
@@ -19,14 +19,22 @@ benchmark's 4,000-word BPE tokenizer, at most ``--max-length`` 512). Both runs u
 **Gradient checkpointing** (``--checkpointing``, the same for both): ``auto`` = off when
 :func:`vichat.train.plan.plan` says that both runs fit the GPU's memory without it (vichat with its
 loss, the peer with the plain loss's full logits), else on. On a 139 GiB H200 the plan for micro 8
-x 512 without checkpointing is ~45 GiB, so it is off.
+x 512 without checkpointing is 43 GiB (vichat) / 55 GiB (the peer), so it is off.
+
+**The fused loss** (vichat's ``auto`` on CUDA when cut-cross-entropy is installed) is checked once
+the base exists, before either run: its Triton kernel against the chunked loss at the real head
+(250,880 x 4096) with 64 and 72 trained tokens, which also compiles both of Triton's
+specialisations of the token count (a multiple of 16 or not) and the package's ``torch.compile``-d
+vocabulary sort out of the timed steps. If the check fails (no C compiler for Triton's launcher,
+an incompatible Triton...) or disagrees, or the kernel fails in a real step, vichat runs with the
+chunked loss and the report says why: the benchmark does not die midway.
 
 **Timing rule (both sides alike).** One callback, added to both Trainers, synchronises the device
 and reads the clock at each optimizer step's start and end (batch loading, logging, evaluation
 and saving fall outside), and the useful (non-padding: ``attention_mask``) tokens of the step's
 micro-batches are counted as ``training_step`` receives them. The **first optimizer step is left
-out** of tokens/s on both sides (time and tokens): it carries CUDA/cuBLAS start-up and, for vichat's
-fused loss, Triton's compilation. Its time is printed. ``--time-limit`` (default 90 s of timed steps
+out** of tokens/s on both sides (time and tokens): it carries CUDA/cuBLAS start-up and the
+allocator's first growth. Its time is printed. ``--time-limit`` (default 90 s of timed steps
 per side) stops a run early if the GPU is much slower than expected; tokens/s stays valid.
 
 **FLOPs and MFU.** ``N`` = all parameters (7.07B; the tied embedding / LM head once). Per useful
@@ -54,9 +62,10 @@ reserved peak.
 
 **Time on an H200** (4,096 records would be 542k tokens; the default 6,144 are ~813k per side):
 at 790 TFLOP/s of 4N FLOPs (28k tokens/s) the two runs take ~30 s each; at the goal's 45 % MFU
-(15.6k tokens/s) ~52 s each, 1.7 min together; with start-up (imports, BPE training, the base
-~2 s, tokenising, two evaluations of 50 records, the adapter save) ~2-2.5 min in all. At worst
-``--time-limit`` caps each run's timed steps at 90 s (3.5 min in all). ``--max-steps N`` trains
+(15.6k tokens/s) ~52 s each, 1.7 min together; with start-up (imports ~15 s, BPE training ~3 s,
+the base a few s, tokenising twice ~6 s, the fused-loss check with its compilation ~10-30 s, two
+evaluations of 50 records, the adapter save) ~2.5-3 min in all. At worst ``--time-limit`` caps each
+run's timed steps at 90 s (~4 min in all). ``--max-steps N`` trains
 both on the first N x total-batch records only.
 
 **Smoke mode** (``--smoke``): the same function on a CPU with BLOOM 2 layers x 64 hidden, 4 heads,
@@ -83,9 +92,6 @@ from devices import Device
 GIB = 2**30
 GPU_SHAPE = {"layers": 30, "hidden": 4096, "heads": 32, "vocab": 250_880}
 SMOKE_SHAPE = {"layers": 2, "hidden": 64, "heads": 4, "vocab": None}  # None: the BPE tokenizer's size
-#: Defaults that differ between the GPU run and its smoke (the flags override them).
-GPU_DEFAULTS = {"gpu_records": 6144, "val_records": 50, "micro": 8, "total_batch": 16}
-SMOKE_DEFAULTS = {"gpu_records": 32, "val_records": 8, "micro": 4, "total_batch": 8}
 TIMING_RULE = ("each side: useful tokens / seconds over its optimizer steps after the first (device synchronised "
                "at each step's start and end)")
 
