@@ -372,7 +372,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.gpu:
         from train_gpu import gpu_main
 
-        gpu_main(args, args.json_out)
+        doc = gpu_main(args, args.json_out)
+        if not all(row["finite"] for row in doc["rows"].values()):
+            raise SystemExit("a training or held-out loss is not finite: the figures above are not valid")
         return
     (big_vocab_main if args.big_vocab else cpu_main)(args)
 

@@ -81,6 +81,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -338,8 +339,9 @@ def run_vichat(cfg: Any, registry: Any, tok: Any, val: list[dict], a: dict, dev:
     from train import eval_loss
     from vichat.train.trainer import TrainingRun
 
-    run = TrainingRun(cfg, registry=registry, show_progress=False)
+    run = None
     try:
+        run = TrainingRun(cfg, registry=registry, show_progress=False)
         run.trainer = run.build_trainer()  # as the peer's: the Trainer exists before the measurement starts
         timer = make_timer(dev, a["time_limit"], "vichat", a["progress_every"])
         run.trainer.add_callback(timer)
@@ -349,9 +351,10 @@ def run_vichat(cfg: Any, registry: Any, tok: Any, val: list[dict], a: dict, dev:
         result = run.train()
         peak = dev.peak() - baseline
     except Exception:
-        with contextlib.suppress(Exception):
-            run.model.unload()  # LoRA out of the shared base again, so that a rerun starts from the plain base
-        run.trainer = run.model = None
+        if run is not None:
+            with contextlib.suppress(Exception):
+                run.model.unload()  # LoRA out of the shared base again, so that a rerun starts from the plain base
+            run.trainer = run.model = None
         raise
     reserved = dev.reserved_peak()
     losses = [e["loss"] for e in result.log if "loss" in e]
@@ -467,7 +470,7 @@ def gpu_main(args: Any, json_path: str | None = None) -> dict[str, Any]:
     try:
         ours = run_vichat(cfg, registry, tok, va, a, dev, dtype, baseline)
     except Exception as exc:  # noqa: BLE001 - the fused kernel failing in a real step: rerun with chunked
-        if cfg.loss == "chunked":
+        if cfg.loss != "fused":
             raise
         vichat_failure = f"--loss {cfg.loss}: {type(exc).__name__}: {exc}"[:2000]
         ours = None
@@ -516,6 +519,7 @@ def gpu_main(args: Any, json_path: str | None = None) -> dict[str, Any]:
     }
     print_report(doc, dev)
     write_json(doc, json_path)
+    shutil.rmtree(work, ignore_errors=True)  # data, adapters, checkpoints: nothing the report needs
     return doc
 
 
