@@ -2,7 +2,8 @@
 
     python bench/train.py                        # CPU: real length mix, equal micro-batch
     python bench/train.py --big-vocab            # CPU: BLOOM's 250,880 vocabulary; peak memory per micro-batch
-    python bench/train.py --gpu                  # one GPU: bloomz-7b1 shape, bf16 LoRA (see bench/gpu_train.sh)
+    python bench/train.py --gpu                  # one GPU: bloomz-7b1 shape, bf16 LoRA (bench/train_gpu.py)
+    python bench/train.py --gpu --smoke          # the same code on a CPU, tiny shape: checks it runs
 
 The peer is ``transformers.Trainer`` + peft with ``DataCollatorForSeq2Seq`` (dynamic padding) and
 length-grouped sampling (``train_sampling_strategy="group_by_length"``), the model's own loss (token-
@@ -32,7 +33,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-H100_BF16_FLOPS = 989e12  # H100 / H200 SXM dense bf16
 DEFAULT_DATA = Path(os.environ.get("VICHAT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "vi_instructions" / "vi_alpaca_gpt4vn.jsonl"
 
 
@@ -41,10 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=os.environ.get("VICHAT_BENCH_DATA", str(DEFAULT_DATA)),
                    help="JSONL of instruction records (default: ../shared/data/.../vi_alpaca_gpt4vn.jsonl)")
     p.add_argument("--records", type=int, default=300, help="training records (default 300)")
-    p.add_argument("--val-records", type=int, default=50, help="held-out records for the final loss (default 50)")
+    p.add_argument("--val-records", type=int, default=None,
+                   help="held-out records for the final loss (default 50; --gpu --smoke: 8)")
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--total-batch", type=int, default=16)
-    p.add_argument("--micro", type=int, default=8)
+    p.add_argument("--total-batch", type=int, default=None, help="examples per optimizer step (default 16; --smoke: 8)")
+    p.add_argument("--micro", type=int, default=None, help="micro-batch (default 8; --smoke: 4)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--layers", type=int, default=4, help="CPU model: BLOOM layers (default 4)")
@@ -60,8 +61,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-gib", type=float, default=2.0, help="--big-vocab: memory budget above the model")
     p.add_argument("--micros", default="1,2,4,8", help="--big-vocab: the micro-batches to measure")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    p.add_argument("--gpu", action="store_true", help="bloomz-7b1 shape, bf16, one GPU (see the module docstring)")
-    p.add_argument("--gpu-records", type=int, default=1024, help="--gpu: training records (default 1024)")
+    p.add_argument("--gpu", action="store_true", help="bloomz-7b1 shape, bf16, one GPU (see bench/train_gpu.py)")
+    p.add_argument("--smoke", action="store_true", help="--gpu: run the same code on the CPU with a tiny shape, fp32")
+    p.add_argument("--gpu-records", type=int, default=None, help="--gpu: training records (default 6144; --smoke: 32)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="--gpu: train both sides on the first N x total-batch records only")
+    p.add_argument("--time-limit", type=float, default=90.0,
+                   help="--gpu: stop a side after this many seconds of timed steps (default 90; 0: no limit)")
+    p.add_argument("--checkpointing", choices=("auto", "on", "off"), default="auto",
+                   help="--gpu: gradient checkpointing for both sides; auto = off when the plan fits the GPU without it")
+    p.add_argument("--loss", choices=("auto", "fused", "chunked", "plain"), default="auto",
+                   help="--gpu: vichat's --loss (auto: fused on CUDA when cut-cross-entropy is installed, else chunked)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="--gpu: the device's dense bf16 peak for MFU (default: known from its name; H100/H200 989)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the numbers to this JSON file")
     return p.parse_args(argv)
 
@@ -344,99 +356,9 @@ def big_vocab_main(args: argparse.Namespace) -> None:
         Path(args.json_out).write_text(json.dumps({"table": table, "largest": largest}, indent=2))
 
 
-# --------------------------------------------------------------------------- GPU
-
-
-def gpu_main(args: argparse.Namespace) -> None:
-    """bloomz-7b1 shape (30 layers, hidden 4096, 32 heads, vocab 250,880), random weights, bf16, one GPU:
-    the Trainer + peft peer, then vichat's run() on the same in-memory base (through a throw-away plugin
-    whose loader returns it). Useful tokens/s, MFU (4N and 6N FLOPs per token) and peak memory."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import BloomForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
-
-    from vichat.hookspecs import hookimpl
-    from vichat.plugins import build_registry
-    from vichat.specs import Architecture, BaseModelSpec
-    from vichat.train.data import tokenize_all
-    from vichat.train.trainer import run
-
-    if not torch.cuda.is_available():
-        raise SystemExit("--gpu needs a CUDA GPU")
-    records = load_records(args.data, args.gpu_records + args.val_records, args.seed)
-    train, val = records[: args.gpu_records], records[args.gpu_records :]
-    tok = train_tokenizer(records, args.vocab)
-    config = bloom_config(tok, 30, 4096, 32, vocab=250_880)
-    torch.manual_seed(args.seed)
-    with torch.device("cuda"):
-        torch.set_default_dtype(torch.bfloat16)  # build in bf16 directly: 14 GB, not 28
-        base = BloomForCausalLM(config)
-        torch.set_default_dtype(torch.float32)
-    base.config.use_cache = False
-    n_params = sum(p.numel() for p in base.parameters())
-    work = Path(tempfile.mkdtemp(prefix="vichat-bench-train-gpu-"))
-    data = write_prepared(work / "data", train, val)
-    accumulation = args.total_batch // args.micro
-    tr = tokenize_all(train, tok, "chat", args.max_length)
-    tokens = sum(len(e["input_ids"]) for e in tr)
-
-    # The peer: Trainer + peft, dynamic padding, length grouping, gradient checkpointing, bf16.
-    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["query_key_value"],
-                                            task_type="CAUSAL_LM"))
-    timer = _StepTimer()
-    targs = TrainingArguments(
-        output_dir=str(work / "peer"), per_device_train_batch_size=args.micro, gradient_accumulation_steps=accumulation,
-        num_train_epochs=1, learning_rate=args.lr, warmup_steps=args.warmup, bf16=True, logging_steps=1,
-        save_strategy="no", eval_strategy="no", report_to="none", train_sampling_strategy="group_by_length",
-        seed=args.seed, remove_unused_columns=False, disable_tqdm=True)
-    feats = [{k: e[k] for k in ("input_ids", "attention_mask", "labels")} for e in tr]
-    trainer = Trainer(model=model, args=targs, train_dataset=feats, callbacks=[timer],
-                      data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
-    torch.cuda.reset_peak_memory_stats()
-    trainer.train()
-    peer = {"tokens_per_second": tokens / timer.seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
-    base = model.unload()
-    del model, trainer
-    torch.cuda.empty_cache()
-
-    spec = BaseModelSpec(name="bench-bloom-7b1", description="bloomz-7b1-shaped random weights (benchmark).",
-                         hub_id="bench/bloom-7b1-random", lora_targets=("query_key_value",),
-                         architecture=Architecture(family="bloom", n_layers=30, hidden_size=4096, n_heads=32,
-                                                   vocab_size=250_880, max_positions=2048),
-                         load=lambda spec, path=None, **options: (base, tok))
-
-    class BenchPlugin:
-        @hookimpl
-        def register_base_models(self, register):
-            register(spec)
-
-    registry = build_registry(extra=[("bench", BenchPlugin())])
-    cfg = bench_config(args, base_model="bench-bloom-7b1", data=str(data), output_dir=str(work / "vichat"),
-                       device="cuda", load_in="none", compute_dtype="bf16", gradient_checkpointing=True)
-    torch.cuda.reset_peak_memory_stats()
-    result = run(cfg, registry=registry, show_progress=False)
-    ours = {"tokens_per_second": result.tokens_per_second, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "loss": result.loss}
-    from vichat.train.plan import plan
-
-    predicted = plan(cfg, spec, n_train_records=len(train)).memory.total / 2**30
-    print(f"\n{torch.cuda.get_device_name(0)}; BLOOM 30 x 4096, vocab 250,880 ({n_params / 1e9:.2f}B), bf16, "
-          f"checkpointing; {len(train)} records, batch {args.total_batch} = {args.micro} x {accumulation}")
-    for name, r in (("vichat (" + ours["loss"] + " loss)", ours), ("Trainer + peft peer", peer)):
-        mfu4 = r["tokens_per_second"] * 4 * n_params / H100_BF16_FLOPS
-        mfu6 = r["tokens_per_second"] * 6 * n_params / H100_BF16_FLOPS
-        print(f"{name:>26}: {r['tokens_per_second']:,.0f} tokens/s, peak {r['peak_gib']:.1f} GiB, "
-              f"MFU {100 * mfu4:.1f}% (4N) / {100 * mfu6:.1f}% (6N, with the recomputed forward)")
-    print(f"vichat / peer tokens/s: {ours['tokens_per_second'] / peer['tokens_per_second']:.2f}x; planner predicted "
-          f"{predicted:.1f} GiB for vichat (incl. margin), measured peak {ours['peak_gib']:.1f} GiB "
-          f"({(predicted - ours['peak_gib']) / ours['peak_gib']:+.0%})")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"vichat": ours, "peer": peer, "predicted_gib": predicted}))
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    _settle_defaults(args)
     if args.child:
         loop, spec = args.child[0], json.loads(args.child[1])
         print(json.dumps((peer_loop if loop == "peer" else vichat_loop)(spec)))
@@ -445,7 +367,26 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--total-batch must be a multiple of --micro")
     if not Path(args.data).is_file():
         raise SystemExit(f"{args.data}: not found; pass --data or set VICHAT_BENCH_DATA")
-    (gpu_main if args.gpu else big_vocab_main if args.big_vocab else cpu_main)(args)
+    if args.smoke and not args.gpu:
+        raise SystemExit("--smoke rehearses --gpu on the CPU: pass --gpu --smoke")
+    if args.gpu:
+        from train_gpu import gpu_main
+
+        doc = gpu_main(args, args.json_out)
+        if not all(row["finite"] for row in doc["rows"].values()):
+            raise SystemExit("a training or held-out loss is not finite: the figures above are not valid")
+        return
+    (big_vocab_main if args.big_vocab else cpu_main)(args)
+
+
+def _settle_defaults(args: argparse.Namespace) -> None:
+    """Fill the flags whose default depends on the mode (``--gpu --smoke`` is small)."""
+    smoke = args.gpu and args.smoke
+    defaults = {"val_records": 8 if smoke else 50, "micro": 4 if smoke else 8, "total_batch": 8 if smoke else 16,
+                "gpu_records": 32 if smoke else 6144}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 if __name__ == "__main__":

@@ -192,6 +192,12 @@ def chunked_loss_sum(hidden: "torch.Tensor", weight: "torch.Tensor", bias: "torc
     h, y = _trained_positions(hidden, labels)
     if h.size(0) == 0:
         return hidden.sum() * 0.0  # keeps the graph (and DeepSpeed's hooks) alive for a dummy batch
+    if h.dtype != weight.dtype:
+        # Under CUDA autocast (Trainer's fp16/bf16 on one GPU) the final LayerNorm returns fp32 while
+        # a 16-bit head stays 16-bit, and the loss runs outside the forward's autocast; a k-bit base
+        # prepared by peft has an fp32 head. Compute in the head's dtype, as the model's own LM head
+        # does under autocast: the trained rows are cheap to cast, the V x h weight is not.
+        h = h.to(weight.dtype)
     return _ChunkedLinearCE.get().apply(h, weight, bias, y, chunk or chunk_rows(weight.size(0), h.size(0)))
 
 
