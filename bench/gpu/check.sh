@@ -183,7 +183,7 @@ for s in "${STEPS[@]}"; do
             if [ "$SMOKE" = 1 ]; then
                 step train 300 "$PY" bench/train.py --gpu --smoke --data "$DATA" --json "$OUT/train.json"
             else
-                step train 270 "$PY" bench/train.py --gpu --data "$DATA" --json "$OUT/train.json"
+                step train 270 "$PY" bench/train.py --gpu --time-limit 75 --data "$DATA" --json "$OUT/train.json"
             fi ;;
         serve)
             if [ "$SMOKE" = 1 ]; then
@@ -194,9 +194,10 @@ for s in "${STEPS[@]}"; do
             fi ;;
         memory)
             if [ "$SMOKE" = 1 ]; then
-                step memory 240 "$PY" bench/memory.py --in-process --only bloom-V8000 --json "$OUT/memory.json"
+                step memory 240 "$PY" bench/memory.py --in-process --only "bloom-V250880-s512 fp32 chunked no-ckpt" \
+                    --json "$OUT/memory.json"
             else
-                step memory 150 "$PY" bench/memory.py --cuda --json "$OUT/memory.json"
+                step memory 170 "$PY" bench/memory.py --cuda --max-seconds 150 --json "$OUT/memory.json"
             fi ;;
         int8) step int8 300 int8_run ;;
         *) say "unknown step '$s' (steps: env loss train serve memory int8)"; echo "$s unknown" >> "$SUMMARY" ;;
