@@ -64,6 +64,8 @@ SHAPES = [
     ("bloom-V250880-s256-b2", "bloom", 2, 128, 4, 250_880, 256, 2),
     ("gptj-V50400-s512-b2", "gptj", 4, 256, 8, 50_400, 512, 2),
     ("bloom-V8000-s512-b4", "bloom", 4, 512, 8, 8_000, 512, 4),
+    # a*s/h = 0.5 (the 7B shapes have 4 at s=512): a layer's backward then peaks in its MLP, not its attention
+    ("bloom-h1024-a2-V8000-s256-b4", "bloom", 2, 1024, 2, 8_000, 256, 4),
 ]
 #: The CUDA cases: (name, family, layers, hidden, heads, vocab, seq, micro, dtypes); a dtype
 #: "bf16+autocast" is a bf16 model stepped under ``torch.autocast`` (Trainer's ``bf16=True``).
@@ -119,6 +121,43 @@ def _build(case: dict):
     return model
 
 
+def _wrap_forward(model, case: dict) -> None:
+    """Autocast around the model's forward only, as accelerate does for Trainer's ``bf16=True`` (the
+    loss, computed from the captured hidden states, runs outside it). On a CPU, ``cuda_like`` cases
+    run the forward with CUDA's autocast policy and dropout masks instead (bench/cuda_like.py)."""
+    import functools
+
+    import torch
+
+    forward = model.forward
+    if case["device"] == "cpu" and case.get("cuda_like"):
+        from cuda_like import cuda_like
+
+        dtype = _dtype(case) if case.get("autocast") else None
+
+        def wrap(module) -> None:
+            inner = module.forward
+
+            @functools.wraps(inner)
+            def wrapped(*args, **kwargs):
+                with cuda_like(dtype):
+                    return inner(*args, **kwargs)
+
+            module.forward = wrapped
+
+        wrap(model)
+        # The blocks' parts too: gradient checkpointing re-runs a block's forward (captured when it was
+        # enabled) during backward, outside the model's forward; real autocast records its state and
+        # restores it for the recomputation. (The blocks' own code only adds tensors, which autocast
+        # leaves alone.)
+        for module in model.modules():
+            if type(module).__name__ in ("BloomBlock", "GPTJBlock"):
+                for child in module.children():
+                    wrap(child)
+    elif case.get("autocast"):
+        model.forward = torch.autocast(case["device"], dtype=_dtype(case))(forward)
+
+
 def _batch(case: dict, device: str):
     import torch
 
@@ -145,6 +184,7 @@ def child(case: dict) -> dict:
     gc.collect()
     _, rss1 = _status()
     batch = _batch(case, case["device"])
+    _wrap_forward(model, case)
 
     def step() -> None:
         loss = batch_loss_sum(model, batch, case["loss"])
@@ -217,10 +257,7 @@ def measure_in_process(case: dict, dev) -> dict:
     dev.synchronize()
     weights = dev.allocated() - start
     batch = _batch(case, case["device"])
-    if case.get("autocast"):
-        # as accelerate does for Trainer's bf16=True: autocast around the model's forward only (the
-        # loss, computed from the captured hidden states, runs outside it)
-        model.forward = torch.autocast(case["device"], dtype=_dtype(case))(model.forward)
+    _wrap_forward(model, case)
 
     def step() -> None:
         loss = batch_loss_sum(model, batch, case["loss"])

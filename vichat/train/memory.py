@@ -108,9 +108,15 @@ def base_weight_bytes(arch: Architecture, load_in: str, compute_dtype: str, deep
 #: compute width (4 = fp32, 2 = fp16/bf16): ``saved`` per layer without checkpointing,
 #: ``transient`` of one layer's backward without / ``recompute`` with checkpointing. Fitted to
 #: bench/memory.py measurements (transformers 5 eager BLOOM, SDPA GPT-J; see docs/training.md).
+#: A ``*_wide`` pair is a second branch for the same term, and the term is the larger of the two: a
+#: layer's backward peaks either in its attention (the s x s tensors: the first pair, which grows
+#: with ``a*s/h``) or in its MLP (4h-wide intermediates: the ``_wide`` pair, which dominates when
+#: ``a*s/h`` is small, as at hidden 4096 and up).
 ACTIVATION_BYTES: dict[tuple[str, int], dict[str, tuple[float, float]]] = {
-    ("bloom", 4): {"saved": (44.7, 3.95), "transient": (42.0, 6.1), "recompute": (51.7, 16.0)},
-    ("bloom", 2): {"saved": (27.2, 5.95), "transient": (26.3, 4.2), "recompute": (14.5, 14.3)},
+    ("bloom", 4): {"saved": (44.7, 3.95), "transient": (42.0, 6.1), "recompute": (51.7, 16.0),
+                   "transient_wide": (92.0, 0.0), "recompute_wide": (144.6, 4.07)},
+    ("bloom", 2): {"saved": (27.2, 5.95), "transient": (26.3, 4.2), "recompute": (14.5, 14.3),
+                   "transient_wide": (44.0, 0.0), "recompute_wide": (76.2, 6.07)},
     ("gptj", 4): {"saved": (99.5, 0.0), "transient": (0.0, 0.0), "recompute": (145.3, 0.0)},
     ("gptj", 2): {"saved": (58.5, 0.0), "transient": (25.1, 0.0), "recompute": (83.1, 0.0)},
 }
@@ -132,7 +138,7 @@ def activation_bytes(
     sbh, ssb = s * b * h, a * s * s * b
 
     def term(key: str) -> float:
-        return c[key][0] * sbh + c[key][1] * ssb
+        return max(c[k][0] * sbh + c[k][1] * ssb for k in (key, key + "_wide") if k in c)
 
     if checkpointing:
         return L * width * sbh, term("recompute")
