@@ -192,3 +192,31 @@ def test_fused_loss_check_compares_with_the_chunked_loss(bench_path, one_thread)
     result = train_gpu.fused_vs_chunked(weight, "fp32", 20)
     assert result["ok"] and result["loss_rel_diff"] < 1e-5 and result["grad_rel_diff"] < 1e-4, result
     assert weight.grad is None  # the head stays frozen
+
+
+def test_cuda_like_emulates_autocast_casts_and_boolean_dropout_masks():
+    """bench/cuda_like.py: CUDA autocast's casts (LayerNorm up to fp32, matrix products down) and a
+    1-byte dropout mask, with correct gradients, inside the block only."""
+    import sys
+    from pathlib import Path
+
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from cuda_like import cuda_like
+
+    x = torch.randn(4, 8, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.ones(8, dtype=torch.bfloat16)
+    with cuda_like(torch.bfloat16):
+        assert F.layer_norm(x, (8,), w, w).dtype == torch.float32
+        assert F.linear(x.float(), torch.randn(3, 8)).dtype == torch.bfloat16
+        assert torch.softmax(x, -1).dtype == torch.float32
+        assert F.softmax(x, dim=-1, dtype=torch.bfloat16).dtype == torch.bfloat16  # an explicit dtype wins
+        y = F.dropout(x.float(), p=0.5, training=True)
+    assert F.layer_norm(x, (8,), w, w).dtype == torch.bfloat16  # outside the block: untouched
+    saved = [t for t in y.grad_fn.saved_tensors] if hasattr(y.grad_fn, "saved_tensors") else []
+    assert any(t.dtype == torch.bool for t in saved)
+    y.sum().backward()
+    kept = (y != 0).to(torch.bfloat16)
+    assert torch.equal(x.grad, kept * 2)  # scaled by 1 / (1 - p) where kept, 0 where dropped
