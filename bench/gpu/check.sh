@@ -16,7 +16,7 @@
 #   serve   bench/serve.py --device cuda: continuous batching vs round-robin vs static generate,
 #           tiny and bloomz-560m shapes, 1-16 concurrent requests                       -> OUT/serve.json
 #   memory  bench/memory.py --cuda: the memory model against torch.cuda.max_memory_allocated -> OUT/memory.json
-#   int8    `vichat train` (torchrun, 1 process) on a random bloomz-7b1-shaped base loaded in int8, through
+#   int8    `vichat train` (torchrun, 1 process; 2 in the CPU smoke run) on a random bloomz-7b1-shaped base loaded in int8, through
 #           DeepSpeed ZeRO-2, 20 steps; the dry run's memory plan against the peak it logs  -> OUT/int8.json
 #
 # Time: DEADLINE seconds for the whole run (default 540); each step gets at most its own cap and what is
@@ -131,10 +131,12 @@ PYEOF
 }
 
 int8_run() {
-    local shape=bloomz-7b1 flags
+    local shape=bloomz-7b1 nproc=1 flags
     flags=(--load-in 8bit --compute-dtype fp16 --gpus 1 --device cuda)
     if [ "$SMOKE" = 1 ]; then
-        shape=small
+        # two CPU processes: one alone would run DDP, not DeepSpeed (vichat uses DeepSpeed on a CPU only
+        # for several processes); two go through the same DeepSpeed ZeRO-2 + int8 path as the GPU run
+        shape=small nproc=2
         flags=(--load-in 8bit --compute-dtype fp32 --device cpu)
     fi
     "$PY" bench/gpu/random_base.py --records "$DATA" --out "$WORK/int8" --shape "$shape" --train 320 --val 40 || return 1
@@ -144,7 +146,7 @@ int8_run() {
             --warmup-steps 2 --logging-steps 1 --eval-steps 20 --save-steps 20 --group-by-length)
     "$PY" -m vichat.cli train "${flags[@]}" --dry-run --json > "$WORK/int8/plan.json" || return 1
     "$PY" -m vichat.cli train "${flags[@]}" --dry-run || return 1
-    "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m vichat.train.launch "${flags[@]}" || return 1
+    "$PY" -m torch.distributed.run --standalone --nproc_per_node "$nproc" -m vichat.train.launch "${flags[@]}" || return 1
     "$PY" - "$WORK/int8" "$OUT/int8.json" <<'PYEOF'
 import json, sys
 from pathlib import Path
