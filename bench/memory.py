@@ -158,6 +158,18 @@ def _wrap_forward(model, case: dict) -> None:
         model.forward = torch.autocast(case["device"], dtype=_dtype(case))(forward)
 
 
+def _stepper(model, batch: dict, loss: str):
+    """One forward + backward of ``model`` on ``batch`` with vichat's ``loss`` (the measured step)."""
+    from vichat.train.loss import batch_loss_sum
+
+    def step() -> None:
+        value = batch_loss_sum(model, batch, loss)
+        value.backward()
+        del value
+
+    return step
+
+
 def _batch(case: dict, device: str):
     import torch
 
@@ -175,7 +187,6 @@ def child(case: dict) -> dict:
     import transformers  # noqa: F401
     from transformers import BloomForCausalLM, GPTJForCausalLM  # noqa: F401
 
-    from vichat.train.loss import batch_loss_sum
 
     torch.set_num_threads(1)
     gc.collect()
@@ -186,10 +197,7 @@ def child(case: dict) -> dict:
     batch = _batch(case, case["device"])
     _wrap_forward(model, case)
 
-    def step() -> None:
-        loss = batch_loss_sum(model, batch, case["loss"])
-        loss.backward()
-        del loss
+    step = _stepper(model, batch, case["loss"])
 
     step()  # warm-up: one-time allocations (autograd engine, kernels) are not the model's
     model.zero_grad(set_to_none=True)
@@ -246,10 +254,6 @@ def cases(cuda: bool) -> list[dict]:
 def measure_in_process(case: dict, dev) -> dict:
     """One case in this process (CUDA: the default; CPU: ``--in-process``), with :class:`devices.Device`'s
     calls; the model and batch are freed afterwards."""
-    import torch
-
-    from vichat.train.loss import batch_loss_sum
-
     case = {**case, "in_process": True}
     dev.empty_cache()
     start = dev.allocated()
@@ -259,10 +263,7 @@ def measure_in_process(case: dict, dev) -> dict:
     batch = _batch(case, case["device"])
     _wrap_forward(model, case)
 
-    def step() -> None:
-        loss = batch_loss_sum(model, batch, case["loss"])
-        loss.backward()
-        del loss
+    step = _stepper(model, batch, case["loss"])
 
     try:
         step()  # warm-up: one-time allocations (autograd engine, kernels, compilation) are not the model's

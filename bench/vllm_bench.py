@@ -56,12 +56,9 @@ from typing import Any, Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from serve import QUESTIONS, _finite  # noqa: E402 - the same prompts; strict JSON: NaN -> None
 
-QUESTIONS = [
-    "Xin chào, bạn có khỏe không?", "Hãy kể về Hà Nội.", "Tôi bị đau đầu và sốt nhẹ, tôi nên làm gì?",
-    "Viết một bài thơ ngắn về mùa thu.", "Làm sao để học tiếng Anh hiệu quả?", "Giải thích quang hợp là gì.",
-    "Tôi bị ho khan ba ngày nay.", "Gợi ý ba món ăn sáng tốt cho sức khỏe.",
-]
 MODELS = (("chat", "chat"), ("doctor", "doctor"), ("bare", "chat"))  # (model name, template), in turn
 # vLLM's CPU build: a small KV cache (GiB), no thread pinning on a shared machine, offline.
 CPU_ENV = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
@@ -377,15 +374,6 @@ def bench_shape(family: str, root: Path, args: argparse.Namespace) -> dict:
     return record
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN replaced by None (strict JSON has no NaN)."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def main() -> None:

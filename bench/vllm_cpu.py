@@ -33,12 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+from serve import QUESTIONS  # noqa: E402 - the same prompts as bench/serve.py
 
-QUESTIONS = [
-    "Xin chào, bạn có khỏe không?", "Hãy kể về Hà Nội.", "Tôi bị đau đầu và sốt nhẹ, tôi nên làm gì?",
-    "Viết một bài thơ ngắn về mùa thu.", "Làm sao để học tiếng Anh hiệu quả?", "Giải thích quang hợp là gì.",
-    "Tôi bị ho khan ba ngày nay.", "Gợi ý ba món ăn sáng tốt cho sức khỏe.",
-]
 CPU_ENV = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
            "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
