@@ -21,6 +21,11 @@ PEAK_FLOPS = (
 )
 
 
+def hwm_and_rss() -> tuple[int, int]:
+    """This process's resident high-water mark and resident memory, in bytes."""
+    return _proc_status("VmHWM"), _proc_status("VmRSS")
+
+
 def _proc_status(field: str) -> int:
     text = Path("/proc/self/status").read_text()
     return int(re.search(rf"{field}:\s+(\d+)", text).group(1)) * 1024

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -80,10 +79,9 @@ LORA_R = 8
 
 
 def _status() -> tuple[int, int]:
-    text = Path("/proc/self/status").read_text()
-    hwm = int(re.search(r"VmHWM:\s+(\d+)", text).group(1)) * 1024
-    rss = int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) * 1024
-    return hwm, rss
+    from devices import hwm_and_rss
+
+    return hwm_and_rss()
 
 
 def _dtype(case: dict):

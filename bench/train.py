@@ -130,11 +130,9 @@ def bench_config(args: argparse.Namespace, **values: Any) -> Any:
 
 
 def _rss() -> tuple[int, int]:
-    import re
+    from devices import hwm_and_rss
 
-    text = Path("/proc/self/status").read_text()
-    return (int(re.search(r"VmHWM:\s+(\d+)", text).group(1)) * 1024,
-            int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) * 1024)
+    return hwm_and_rss()
 
 
 class _StepTimer:

@@ -57,6 +57,8 @@ from typing import Any, Callable, Iterator
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))
+from serve_helpers import random_adapters  # noqa: E402 - the tests' random LoRA adapters
 from serve import QUESTIONS, _finite  # noqa: E402 - the same prompts; strict JSON: NaN -> None
 
 MODELS = (("chat", "chat"), ("doctor", "doctor"), ("bare", "chat"))  # (model name, template), in turn
@@ -79,8 +81,7 @@ def build(root: Path, family: str, layers: int, hidden: int, init: float, dtype:
     """A random ``family`` model in ``root/<family>/base`` (weights drawn on ``device``, saved in
     ``dtype``) and the ``chat`` and ``doctor`` adapters; for BLOOM also each adapter merged."""
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BloomConfig, BloomForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import BloomConfig, BloomForCausalLM, LlamaConfig, LlamaForCausalLM
 
     from vichat.data.tokenizers import default_tokenizer
 
@@ -107,13 +108,7 @@ def build(root: Path, family: str, layers: int, hidden: int, init: float, dtype:
     del model
     tok.save_pretrained(str(out / "base"))
     paths: dict[str, Any] = {"base": out / "base", "params": n_params}
-    for i, name in enumerate(("chat", "doctor")):
-        torch.manual_seed(100 + i)
-        lora = get_peft_model(AutoModelForCausalLM.from_pretrained(str(out / "base")),
-                              LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False,
-                                         task_type="CAUSAL_LM"))
-        paths[name] = out / f"adapter-{name}"
-        lora.save_pretrained(str(paths[name]))
+    paths.update(random_adapters(out / "base", out, ("chat", "doctor"), targets))
     if family == "bloom":
         from vichat.plugins import get_registry
         from vichat.train.export import export

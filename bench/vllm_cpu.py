@@ -42,10 +42,9 @@ CPU_ENV = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU
 
 def build(root: Path, layers: int, hidden: int, init: float) -> tuple[Path, dict[str, Path], int]:
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import GPTJConfig, GPTJForCausalLM
 
-    from serve_helpers import tokenizer
+    from serve_helpers import random_adapters, tokenizer
 
     tok = tokenizer()
     config = GPTJConfig(vocab_size=len(tok), n_embd=hidden, n_layer=layers, n_head=hidden // 64, rotary_dim=32,
@@ -57,14 +56,7 @@ def build(root: Path, layers: int, hidden: int, init: float) -> tuple[Path, dict
     base = root / "base"
     model.save_pretrained(str(base))
     tok.save_pretrained(str(base))
-    adapters = {}
-    for i, name in enumerate(("a", "b")):
-        torch.manual_seed(100 + i)
-        lora = get_peft_model(GPTJForCausalLM.from_pretrained(str(base)),
-                              LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                         init_lora_weights=False, task_type="CAUSAL_LM"))
-        adapters[name] = root / f"adapter-{name}"
-        lora.save_pretrained(str(adapters[name]))
+    adapters = random_adapters(base, root, ("a", "b"), ["q_proj", "v_proj"])
     return base, adapters, n_params
 
 

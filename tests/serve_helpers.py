@@ -34,6 +34,24 @@ def tokenizer():
         return _cache["tok"]
 
 
+def random_adapters(base: Path, root: Path, names, targets: list[str], r: int = 8) -> dict[str, Path]:
+    """LoRA adapters with random weights (``init_lora_weights=False``, so each changes the output) on the
+    model saved in ``base``, one per name, saved as ``root/adapter-NAME``; seeded 100, 101, ..."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapters = {}
+    for i, name in enumerate(names):
+        torch.manual_seed(100 + i)
+        lora = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
+                              LoraConfig(r=r, lora_alpha=16, target_modules=list(targets), init_lora_weights=False,
+                                         task_type="CAUSAL_LM"))
+        adapters[name] = root / f"adapter-{name}"
+        lora.save_pretrained(str(adapters[name]))
+    return adapters
+
+
 def tiny_bloom() -> TinyBloom:
     """BLOOM (2 layers, hidden 64, 4 heads) with random weights plus adapters ``a`` and ``b``
     (``init_lora_weights=False``: random, so each changes the output)."""
@@ -41,7 +59,6 @@ def tiny_bloom() -> TinyBloom:
         if "bloom" in _cache:
             return _cache["bloom"]
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import BloomConfig, BloomForCausalLM
 
     tok = tokenizer()
@@ -56,14 +73,7 @@ def tiny_bloom() -> TinyBloom:
     base = root / "base"
     model.save_pretrained(str(base))
     tok.save_pretrained(str(base))
-    adapters = {}
-    for i, name in enumerate(("a", "b")):
-        torch.manual_seed(100 + i)
-        fresh = BloomForCausalLM.from_pretrained(str(base))
-        lora = get_peft_model(fresh, LoraConfig(r=4, lora_alpha=16, target_modules=["query_key_value"],
-                                                init_lora_weights=False, task_type="CAUSAL_LM"))
-        adapters[name] = root / f"adapter-{name}"
-        lora.save_pretrained(str(adapters[name]))
+    adapters = random_adapters(base, root, ("a", "b"), ["query_key_value"], r=4)
     built = TinyBloom(root, base, adapters)
     with _lock:
         _cache["bloom"] = built
