@@ -6,7 +6,18 @@ name per row, ``"__base__"`` for the bare base) runs every LoRA layer's base pro
 batch and adds each adapter's low-rank update to its own rows only (``LoraLayer._mixed_batch_forward``).
 Requests on different adapters therefore share every forward pass. (A batch whose rows all use one
 adapter, or none, runs without ``adapter_names`` after a one-off ``set_adapter`` /
-``disable_adapter_layers``: peft's per-call hook set-up costs as much as a tiny model's forward.)
+``disable_adapter_layers``.)
+
+The one thing the runner does instead of peft is how ``adapter_names`` reaches the layers. Given
+``adapter_names=`` on a call, peft walks every module of the model twice (to check the names, then
+to register a pre-forward hook on each LoRA layer) and removes the hooks afterwards: 1.1 ms of a
+10.6 ms decoding step on the tiny model at 8 requests, and the walk grows with the model's module
+count, not its width, so on a GPU, where a step of a big model takes milliseconds, it is paid on
+every token. The runner registers the same pre-forward hooks (peft's ``LoraLayer`` and
+``AuxiliaryTrainingWrapper`` modules, the ones peft hooks) once, and they pass the current pass's
+names, kept by the runner, to peft's own ``_mixed_batch_forward``; the runner checks the names
+itself (:meth:`BatchRunner.check`). Outside the runner's passes the hooks pass nothing, so calls
+such as ``model.generate(adapter_names=...)`` behave as peft documents.
 
 Rows are left-padded to a common length; ``attention_mask`` marks the real tokens. Positions come
 from the mask: BLOOM builds its ALiBi bias from the mask's cumulative sum, models with position
@@ -14,6 +25,14 @@ embeddings (GPT-J's rotary) get ``position_ids = cumsum(mask) - 1``, so a padded
 would alone. The KV cache is transformers' ``DynamicCache`` (``[batch, heads, seq, head_dim]`` per
 layer); the helpers below add rows (left-padding the shorter cache) and drop rows (``batch_select_indices``)
 so requests can join and leave the batch between steps.
+
+Its full-attention layers are :class:`GrowingLayer`: ``DynamicLayer`` appends each step's keys and
+values with ``torch.cat``, copying the whole cache of every layer on every token, so a decoding
+step's cost grows with the context for nothing. A ``GrowingLayer`` keeps ``GROW_BLOCK`` positions of
+spare room and writes the new token in place; the cache is copied once per ``GROW_BLOCK`` tokens.
+transformers' ``StaticCache`` avoids the copies too, but fixes the batch and the length when it is
+made (rows could not join or leave) and does not run on BLOOM (its ALiBi bias follows the mask, not
+the cache: a shape error in 5.24). Measured in bench/RESULTS.md, "Serving: the KV cache".
 """
 
 from __future__ import annotations
@@ -63,6 +82,7 @@ class BatchRunner:
                             in inspect.signature(model.set_adapter).parameters else {})
         self._state: Any = None
         if self.is_peft:
+            self._mixing = _mixing_hooks(model)
             self._prepare(_MIXED)
 
     def _prepare(self, state: Any) -> None:
@@ -93,15 +113,18 @@ class BatchRunner:
                 self._prepare(_MIXED)
 
     def new_cache(self) -> Any:
-        """An empty KV cache."""
+        """An empty KV cache: a ``DynamicCache`` whose full-attention layers grow in place."""
         from transformers import DynamicCache
 
+        cache = None
         if self.config is not None:
             try:
-                return DynamicCache(config=self.config)
+                cache = DynamicCache(config=self.config)
             except (TypeError, AttributeError):  # transformers 4.x takes no config; a stand-in model has none
                 pass
-        return DynamicCache()
+        if cache is None:
+            cache = DynamicCache()
+        return growing(cache)
 
     def check(self, adapter: str | None) -> None:
         """Raise ``ValueError`` if ``adapter`` is not loaded (``None``, the bare base, always is)."""
@@ -128,13 +151,136 @@ class BatchRunner:
                 distinct = set(adapters)
                 if len(distinct) > 1:
                     self._prepare(_MIXED)
-                    kwargs["adapter_names"] = [BASE if a is None else a for a in adapters]
+                    self._mixing.names = [BASE if a is None else a for a in adapters]
                 else:
                     only = distinct.pop()
                     self._prepare(_BARE if only is None else only)
-            out = self.model(**kwargs)
+            try:
+                out = self.model(**kwargs)
+            finally:
+                if self.is_peft:
+                    self._mixing.names = None
             self.forwards += 1
             return out.logits[:, -1]
+
+
+class _Mixing:
+    """The adapter names of the pass in progress (``None``: not a mixed pass), read by the hooks."""
+
+    names: list[str] | None = None
+
+    def __call__(self, module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        if self.names is None:
+            return None
+        kwargs["adapter_names"] = self.names
+        return args, kwargs
+
+
+def _mixing_hooks(model: Any) -> _Mixing:
+    """The pre-forward hooks that give ``model``'s LoRA layers a mixed pass's ``adapter_names``,
+    registered once per model (runners built on the same model share them)."""
+    mixing = getattr(model, "_vichat_mixing", None)
+    if isinstance(mixing, _Mixing):
+        return mixing
+    from peft.tuners.lora import LoraLayer
+
+    try:
+        from peft.utils.other import AuxiliaryTrainingWrapper
+        hooked: tuple[type, ...] = (LoraLayer, AuxiliaryTrainingWrapper)
+    except ImportError:  # peft < 0.15: ModulesToSaveWrapper is the only wrapper taking adapter_names
+        from peft.utils import ModulesToSaveWrapper
+        hooked = (LoraLayer, ModulesToSaveWrapper)
+    mixing = _Mixing()
+    for module in model.modules():
+        if isinstance(module, hooked):
+            module.register_forward_pre_hook(mixing, with_kwargs=True)
+    object.__setattr__(model, "_vichat_mixing", mixing)  # not a submodule: keep it out of nn.Module's registries
+    return mixing
+
+
+# --------------------------------------------------------------------------- the KV cache
+
+GROW_BLOCK = 64  # spare positions a GrowingLayer keeps: one copy of the cache per 64 tokens, not per token
+
+
+def _growing_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A ``DynamicLayer`` that appends in place: ``keys``/``values`` are views of the first
+        ``length`` positions of buffers with up to ``GROW_BLOCK`` more; a full buffer is copied into
+        one ``GROW_BLOCK`` longer. Whatever sets ``keys``/``values`` from outside (row selection,
+        cropping, offloading) is taken as the new buffers at the next update."""
+
+        _kbuf: Any = None  # the buffers keys/values are views of
+        _vbuf: Any = None
+        _kview: Any = None  # the views last handed out: anything else in keys/values was set from outside
+        _vview: Any = None
+        _length = 0
+        grown = 0  # buffers made (tests, benchmarks)
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            if self._kbuf is None or self.keys is not self._kview or self.values is not self._vview:
+                self.adopt(self.keys, self.values)
+            need = self._length + key_states.shape[-2]
+            kbuf = self._kbuf
+            if kbuf is None or need > kbuf.shape[-2] or kbuf.shape[:-2] != key_states.shape[:-2]:
+                self._grow(key_states, value_states, need)
+            self._kbuf[..., self._length:need, :] = key_states
+            self._vbuf[..., self._length:need, :] = value_states
+            self._length = need
+            self.keys = self._kview = self._kbuf[..., :need, :]
+            self.values = self._vview = self._vbuf[..., :need, :]
+            return self.keys, self.values
+
+        def _grow(self, key_states: Any, value_states: Any, need: int) -> None:
+            capacity = need + GROW_BLOCK
+            kbuf = key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1]))
+            vbuf = value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1]))
+            if self._length:
+                kbuf[..., :self._length, :] = self._kbuf[..., :self._length, :]
+                vbuf[..., :self._length, :] = self._vbuf[..., :self._length, :]
+            self._kbuf, self._vbuf = kbuf, vbuf
+            self.grown += 1
+
+        def adopt(self, keys: Any, values: Any) -> None:
+            """Take ``keys``/``values`` (``[batch, heads, seq, head_dim]``, or empty) as the cache,
+            with no spare room; the old buffers are let go at once."""
+            empty = keys is None or keys.dim() != 4 or keys.numel() == 0
+            self._kbuf, self._vbuf = (None, None) if empty else (keys, values)
+            self._length = 0 if empty else keys.shape[-2]
+            self.keys, self.values = keys, values
+            self._kview, self._vview = keys, values
+
+    return GrowingLayer
+
+
+_GROWING: type | None = None
+
+
+def growing_layer_class() -> type:
+    """:class:`GrowingLayer` (made on first use: it subclasses transformers' ``DynamicLayer``)."""
+    global _GROWING
+    if _GROWING is None:
+        _GROWING = _growing_layer_class()
+    return _GROWING
+
+
+def growing(cache: Any) -> Any:
+    """``cache`` with every plain ``DynamicLayer`` (full attention) replaced by a ``GrowingLayer``;
+    sliding-window and other layer types are kept."""
+    from transformers.cache_utils import DynamicLayer
+
+    cls = growing_layer_class()
+    layers = getattr(cache, "layers", None)
+    if layers:
+        cache.layers = [cls() if type(layer) is DynamicLayer and not layer.is_initialized else layer
+                        for layer in layers]
+    if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:  # layers made at first use
+        cache.layer_class_to_replicate = cls
+    return cache
 
 
 # --------------------------------------------------------------------------- cache rows
@@ -145,22 +291,29 @@ def _layers(cache: Any) -> list[Any]:
             and getattr(layer, "keys", None) is not None and layer.keys.numel()]
 
 
+def _store(layer: Any, keys: Any, values: Any) -> None:
+    """Give ``layer`` new keys and values (a growing layer also lets go of its old buffers now)."""
+    adopt = getattr(layer, "adopt", None)
+    if adopt is not None:
+        adopt(keys, values)
+    else:
+        layer.keys, layer.values = keys, values
+
+
 def select_rows(cache: Any, rows: Sequence[int]) -> None:
     """Keep only ``rows`` of ``cache`` (in that order): a finished request's keys and values go."""
     import torch
 
     index = torch.tensor(list(rows), dtype=torch.long)
     for layer in _layers(cache):
-        layer.keys = layer.keys[index.to(layer.keys.device)]
-        layer.values = layer.values[index.to(layer.values.device)]
+        _store(layer, layer.keys[index.to(layer.keys.device)], layer.values[index.to(layer.values.device)])
 
 
 def drop_left(cache: Any, n: int) -> None:
     """Drop the first ``n`` positions of every row (padding that no remaining row needs)."""
     if n > 0:
         for layer in _layers(cache):
-            layer.keys = layer.keys[..., n:, :]
-            layer.values = layer.values[..., n:, :]
+            _store(layer, layer.keys[..., n:, :], layer.values[..., n:, :])
 
 
 def _pad_left(t: Any, length: int) -> Any:
@@ -183,8 +336,8 @@ def append_rows(cache: Any, other: Any) -> None:
         raise ValueError("cannot merge KV caches with different layers")
     for a, b in zip(mine, theirs):
         length = max(a.keys.shape[-2], b.keys.shape[-2])
-        a.keys = torch.cat([_pad_left(a.keys, length), _pad_left(b.keys, length)], dim=0)
-        a.values = torch.cat([_pad_left(a.values, length), _pad_left(b.values, length)], dim=0)
+        _store(a, torch.cat([_pad_left(a.keys, length), _pad_left(b.keys, length)], dim=0),
+               torch.cat([_pad_left(a.values, length), _pad_left(b.values, length)], dim=0))
 
 
 def _input_device(model: Any) -> Any:
