@@ -25,6 +25,7 @@ greedy tokens (it must). On a GPU pass ``--device cuda`` (steps are synchronised
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="default: float32 on a CPU, bfloat16 on a GPU")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write every row here (rewritten after each row)")
     args = parser.parse_args()
 
     import torch
@@ -129,6 +131,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     dtype = args.dtype or ("bfloat16" if torch.device(args.device).type == "cuda" else "float32")
     kinds = ("dynamic", "vichat", "static")
+    rows: list[dict] = []
     print(f"device {args.device}, {dtype}, torch threads {torch.get_num_threads()}, {args.steps} timed steps, "
           f"median of {args.repeat}; GROW_BLOCK {GROW_BLOCK}; ms per decoding step", flush=True)
     print(f"{'shape':<12}{'batch':>6}{'context':>8}{'dynamic':>10}{'vichat':>10}{'static':>10}"
@@ -162,6 +165,11 @@ def main() -> None:
                 cells = "".join(f"{med[k]:>10.1f}" if k in med else f"{'failed':>10}" for k in kinds)
                 print(f"{shape:<12}{batch:>6}{context:>8}{cells}{med['dynamic'] / med['vichat']:>11.2f}x  "
                       f"{'yes' if same else 'NO'}", flush=True)
+                rows.append({"shape": shape, "batch": batch, "context": context, "device": args.device, "dtype": dtype,
+                             "ms_per_step": med, "dynamic_over_vichat": med["dynamic"] / med["vichat"],
+                             "same_tokens": same, "failed": failed})
+                if args.json is not None:
+                    args.json.write_text(json.dumps(rows, indent=1))
                 for kind, why in failed.items():
                     if kind not in told:
                         told.add(kind)

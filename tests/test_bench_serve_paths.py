@@ -120,3 +120,22 @@ def test_gpu_defaults_and_cuda_calls_without_a_gpu(monkeypatch, capsys):
     bench.synchronize(torch.device("cuda:0"))
     bench.synchronize("cpu")
     assert synced == [torch.device("cuda:0")]
+
+
+def test_kv_cache_bench_compares_the_caches_and_every_kind_draws_the_same_tokens(tmp_path):
+    """bench/kv_cache.py, the GPU kit's `kvcache` step, on the CPU at the smallest settings."""
+    out = tmp_path / "kv.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "kv_cache.py"), "--shapes", "tiny", "gptj-1024",
+                           "--batch", "2", "--context", "8", "--steps", "2", "--repeat", "1", "--threads", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300, env=env, cwd=REPO,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["shape"]: r for r in json.loads(out.read_text(encoding="utf-8"))}
+    assert set(rows) == {"tiny", "gptj-1024"}
+    for row in rows.values():
+        assert row["same_tokens"] is True and row["dynamic_over_vichat"] > 0
+        assert {"dynamic", "vichat"} <= set(row["ms_per_step"])
+    assert "static" in rows["gptj-1024"]["ms_per_step"]  # StaticCache runs GPT-J...
+    assert "static" in rows["tiny"]["failed"]  # ...but not BLOOM, and the bench says so instead of stopping

@@ -18,6 +18,8 @@
 #   memory  bench/memory.py --cuda: the memory model against torch.cuda.max_memory_allocated -> OUT/memory.json
 #   int8    `vichat train` (torchrun, 1 process; 2 in the CPU smoke run) on a random bloomz-7b1-shaped base loaded in int8, through
 #           DeepSpeed ZeRO-2, 20 steps; the dry run's memory plan against the peak it logs  -> OUT/int8.json
+#   kvcache bench/kv_cache.py --device cuda: time per decoding step with the engine's in-place KV cache
+#           against DynamicCache and StaticCache, bloomz-560m and GPT-J shapes           -> OUT/kv_cache.json
 #
 # Time: DEADLINE seconds for the whole run (default 540); each step gets at most its own cap and what is
 # left; a step that would get under 30 s is skipped and says so. A failed or timed-out step is recorded in
@@ -32,7 +34,7 @@ SMOKE=${GPU_SMOKE:-0}
 SITE=${SITE:-/tmp/vichat-gpu-site}
 BUNDLE=${BUNDLE:-.gpu-bundle}   # what pack.sh wrote
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(env loss train serve memory int8)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(env loss train serve memory int8 kvcache)
 START=$SECONDS
 mkdir -p "$OUT"
 LOG=$OUT/check.log
@@ -202,7 +204,15 @@ for s in "${STEPS[@]}"; do
                 step memory 170 "$PY" bench/memory.py --cuda --max-seconds 150 --json "$OUT/memory.json"
             fi ;;
         int8) step int8 300 int8_run ;;
-        *) say "unknown step '$s' (steps: env loss train serve memory int8)"; echo "$s unknown" >> "$SUMMARY" ;;
+        kvcache)
+            if [ "$SMOKE" = 1 ]; then
+                step kvcache 120 "$PY" bench/kv_cache.py --shapes tiny --batch 2 --context 64 --steps 4 --repeat 1 \
+                    --json "$OUT/kv_cache.json"
+            else
+                step kvcache 90 "$PY" bench/kv_cache.py --device cuda --shapes bloom-560m gptj-1024 --batch 8 32 \
+                    --context 512 2048 --steps 32 --repeat 3 --json "$OUT/kv_cache.json"
+            fi ;;
+        *) say "unknown step '$s' (steps: env loss train serve memory int8 kvcache)"; echo "$s unknown" >> "$SUMMARY" ;;
     esac
 done
 say "done in $((SECONDS - START))s"
