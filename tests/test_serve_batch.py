@@ -89,6 +89,26 @@ def test_the_token_limit_bounds_the_batch():
         e.close()
 
 
+def test_the_token_limit_counts_the_padded_cache_not_the_sum_of_the_requests():
+    # One left-padded cache holds every row at the longest row's length: a long conversation next to
+    # a short question costs 2 x the long one, so a limit between the sum and that runs them one by one.
+    tok = tokenizer()
+    long_q, short_q = " ".join([QUESTIONS[1]] * 6), QUESTIONS[2]
+    long_n, short_n = (len(encode_text(tok, fold_history(CHAT, q))) + GREEDY.max_new_tokens for q in (long_q, short_q))
+    assert 2 * long_n > long_n + short_n + 1
+    e = LocalEngine(replace(local_config(tiny_bloom()), max_batch_tokens=long_n + short_n + 1), registry=REG)
+    try:
+        texts, items = run_together(e, [("a", long_q), ("bare", short_q)], GREEDY)  # both on the chat template
+        assert [x.position for x in items[1] if isinstance(x, Queued)] == [1, 0]  # waited for the long one
+        assert texts == ["".join(e.stream("a", long_q, decoding=GREEDY)),
+                         "".join(e.stream("bare", short_q, decoding=GREEDY))]
+        # Two rows of the short one's length fit the same limit together: nobody waits.
+        texts, items = run_together(e, [("a", short_q), ("bare", short_q)], GREEDY)
+        assert not any(isinstance(x, Queued) for its in items for x in its)
+    finally:
+        e.close()
+
+
 def test_chunked_prefill_interleaves_with_decoding_and_changes_no_answer():
     e = LocalEngine(replace(local_config(tiny_bloom()), prefill_chunk=8), registry=REG)
     try:

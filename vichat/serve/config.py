@@ -12,7 +12,7 @@ The format (docs/serving.md has complete examples)::
         context: 2048              # optional context window in tokens
         seed: 0                    # optional: reproducible sampling
         max_batch_size: 16         # requests decoded together in one forward pass; the rest queue
-        max_batch_tokens: 8192     # KV-cache tokens in flight (each request: prompt + max_new_tokens)
+        max_batch_tokens: 8192     # KV-cache positions: rows x the longest (prompt + max_new_tokens)
         prefill_chunk: 256         # prompt tokens prefilled per step while the others keep decoding
                                    #   (default 512 on a GPU, 256 on a CPU)
         models:
@@ -96,7 +96,7 @@ class LocalBackendConfig:
     context: int | None = None
     seed: int | None = None
     max_batch_size: int = 16  # requests decoded together; more wait in a queue
-    max_batch_tokens: int = 8192  # KV-cache tokens in flight (each request: prompt + max_new_tokens)
+    max_batch_tokens: int = 8192  # KV-cache positions: rows x the longest (prompt + max_new_tokens)
     prefill_chunk: int | None = None  # prompt tokens prefilled per step (default: 512 on a GPU, 256 on a CPU)
     where: str = ""
 

@@ -5,8 +5,10 @@ adapters inside a batch, :mod:`vichat.serve.runner`). Each loop iteration:
 
 1. **admit**: waiting requests join, first come first served (an idle engine gathers arrivals for
    5 ms, so requests sent together share their prefill), while the batch stays within
-   ``max_batch_size`` requests and ``max_batch_tokens`` tokens (each request counts its prompt plus
-   its ``max_new_tokens``: what its KV cache can grow to). The others wait; each waiting request
+   ``max_batch_size`` requests and ``max_batch_tokens`` cache positions: the rows are left-padded
+   to the longest, so the batch counts rows x the longest prompt + ``max_new_tokens`` among them,
+   what its KV cache can grow to (the cache layers keep up to ``GROW_BLOCK`` spare positions per
+   row on top, :mod:`vichat.serve.runner`). The others wait; each waiting request
    is told its place in the queue (a :class:`vichat.serve.api.Queued` item in its stream).
 2. **prefill** one chunk (``prefill_chunk`` tokens in all, split over the joining requests' rows)
    of the joining requests' prompts, in their own small left-padded batch and cache. A long prompt
@@ -217,15 +219,18 @@ class Scheduler:
             self._pending.remove(r)
             r.finish()
         if self._joining is None and self._pending:
+            # The batch's cache is left-padded to its longest row, so what it can grow to is rows x
+            # the longest prompt + max_new_tokens, not the sum of the requests' own lengths.
             count = len(self._rows)
-            tokens = sum(r.reserved for r in self._rows)
+            width = max((r.reserved for r in self._rows), default=0)
             group: list[Request] = []
             for r in self._pending:
-                fits = count < self.max_batch_size and tokens + r.reserved <= self.max_batch_tokens
+                fits = (count < self.max_batch_size
+                        and (count + 1) * max(width, r.reserved) <= self.max_batch_tokens)
                 if not fits and (count or group):  # alone, an oversize request still runs
                     break
                 group.append(r)
-                count, tokens = count + 1, tokens + r.reserved
+                count, width = count + 1, max(width, r.reserved)
             if group:
                 del self._pending[: len(group)]
                 self._joining = self._start(group)
