@@ -206,6 +206,9 @@ GROW_BLOCK = 64  # spare positions a GrowingLayer keeps: one copy of the cache p
 def _growing_layer_class() -> type:
     from transformers.cache_utils import DynamicLayer
 
+    # transformers 5.24 passes keys and values to lazy_initialization; some earlier releases only keys.
+    init_takes_values = len(inspect.signature(DynamicLayer.lazy_initialization).parameters) >= 3
+
     class GrowingLayer(DynamicLayer):
         """A ``DynamicLayer`` that appends in place: ``keys``/``values`` are views of the first
         ``length`` positions of buffers with up to ``GROW_BLOCK`` more; a full buffer is copied into
@@ -221,7 +224,10 @@ def _growing_layer_class() -> type:
 
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
             if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
+                if init_takes_values:
+                    self.lazy_initialization(key_states, value_states)
+                else:  # pragma: no cover - older transformers
+                    self.lazy_initialization(key_states)
             if self._kbuf is None or self.keys is not self._kview or self.values is not self._vview:
                 self.adopt(self.keys, self.values)
             need = self._length + key_states.shape[-2]
