@@ -20,6 +20,8 @@
 #           DeepSpeed ZeRO-2, 20 steps; the dry run's memory plan against the peak it logs  -> OUT/int8.json
 #   kvcache bench/kv_cache.py --device cuda: time per decoding step with the engine's in-place KV cache
 #           against DynamicCache and StaticCache, bloomz-560m and GPT-J shapes           -> OUT/kv_cache.json
+#           then bench/pass_overhead.py --device cuda: one decoding pass of the bloomz-560m shape, bare,
+#           one adapter, mixed adapters (the runner's hooks and peft's per-call ones)    -> check.log
 #   vllm    only where the machine has a `vllm` program (or VICHAT_VLLM_COMMAND names one; the `env` step
 #           says whether it does): bench/vllm_bench.py --device cuda, the local engine against vLLM
 #           serving LoRA modules, Llama shape, 1 and 8 users                              -> OUT/vllm.json
@@ -232,9 +234,11 @@ for s in "${STEPS[@]}"; do
             if [ "$SMOKE" = 1 ]; then
                 step kvcache 120 "$PY" bench/kv_cache.py --shapes tiny --batch 2 --context 64 --steps 4 --repeat 1 \
                     --json "$OUT/kv_cache.json"
+                step passes 120 "$PY" bench/pass_overhead.py --layers 2 --passes 2
             else
                 step kvcache 90 "$PY" bench/kv_cache.py --device cuda --shapes bloom-560m gptj-1024 --batch 8 32 \
                     --context 512 2048 --steps 32 --repeat 3 --json "$OUT/kv_cache.json"
+                step passes 60 "$PY" bench/pass_overhead.py --device cuda --hidden 1024 --passes 50
             fi ;;
         vllm) step vllm 240 vllm_run ;;
         *) say "unknown step '$s' (steps: env loss train serve memory int8 kvcache vllm)"; echo "$s unknown" >> "$SUMMARY" ;;
