@@ -238,7 +238,7 @@ for s in "${STEPS[@]}"; do
             else
                 step kvcache 90 "$PY" bench/kv_cache.py --device cuda --shapes bloom-560m gptj-1024 --batch 8 32 \
                     --context 512 2048 --steps 32 --repeat 3 --json "$OUT/kv_cache.json"
-                step passes 60 "$PY" bench/pass_overhead.py --device cuda --hidden 1024 --passes 50
+                step passes 90 "$PY" bench/pass_overhead.py --device cuda --hidden 1024 --passes 50
             fi ;;
         vllm) step vllm 240 vllm_run ;;
         *) say "unknown step '$s' (steps: env loss train serve memory int8 kvcache vllm)"; echo "$s unknown" >> "$SUMMARY" ;;
