@@ -142,3 +142,33 @@ def test_a_failed_mixed_pass_leaves_no_adapter_names_behind(peft_model):
     with pytest.raises(IndexError):
         runner.forward(torch.cat([bad, bad]), torch.ones(2, 2, dtype=torch.long), runner.new_cache(), ["a", "b"])
     assert runner._mixing.names is None
+
+
+def test_a_requests_seen_ids_follow_its_tokens_past_its_budget():
+    from vichat.serve.sampling import Sampler
+    from vichat.serve.scheduler import Request
+    from vichat.specs import Decoding
+
+    class Text:  # the text stream is not what this test is about
+        stopped = False
+
+        def push(self, token):  # noqa: ANN001, ANN201
+            return ""
+
+        def flush(self):  # noqa: ANN201
+            return ""
+
+    r = Request(adapter=None, prompt_ids=[5, 6, 7], sampler=Sampler(Decoding(temperature=0)), text=Text(),
+                max_new_tokens=3, eos_ids=frozenset({0}))
+    assert r.seen().tolist() == [5, 6, 7]
+    r.take(8)
+    assert r.seen().tolist() == [5, 6, 7, 8]
+    r.generated += [9, 10]  # more than the buffer was sized for (as a caller may append directly)
+    r._ids = None
+    assert r.seen().tolist() == [5, 6, 7, 8, 9, 10]
+    r.max_new_tokens = 10
+    for t in (11, 12, 13):  # past the buffer: rebuilt from the lists
+        r.take(t)
+        assert r.seen().tolist() == [5, 6, 7, 8, 9, 10] + list(range(11, t + 1))
+    r.take(0)  # EOS: not an id of the answer
+    assert r.seen().tolist()[-1] == 13 and r.done

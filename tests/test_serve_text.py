@@ -109,6 +109,10 @@ def test_batched_sampling_equals_each_row_alone():
     rows = [(Sampler(d, seed=i), seen[i]) for i, d in enumerate(settings)]
     # Rows with equal settings go through the processors together (seen ids padded per row).
     assert sample_rows(logits, rows) == alone
+    # One group holding every row (the whole batch's logits, no row selection).
+    greedy = Decoding(temperature=0)
+    assert sample_rows(logits, [(Sampler(greedy), x) for x in seen]) == [Sampler(greedy)(logits[i], x)
+                                                                         for i, x in enumerate(seen)]
 
 
 def test_sampler_greedy_seeded_and_top_k_one():

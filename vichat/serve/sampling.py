@@ -98,8 +98,13 @@ def sample_rows(logits: "torch.Tensor", rows: "Sequence[tuple[Sampler, torch.Ten
         procs = rows[members[0]][0].processors
         seen = [rows[i][1] for i in members]
         width = max(len(x) for x in seen)
-        ids = torch.stack([torch.cat([x[:1].expand(width - len(x)), x]) if len(x) < width else x for x in seen])
-        scores = procs(ids.to(logits.device), logits[members].float())
+        ids = torch.empty(len(seen), width, dtype=torch.long)
+        for k, x in enumerate(seen):
+            ids[k, width - len(x):] = x
+            if len(x) < width:
+                ids[k, : width - len(x)] = x[0]
+        picked = logits if len(members) == logits.shape[0] else logits[members]  # members are in order
+        scores = procs(ids.to(logits.device), picked.float())
         if rows[members[0]][0].generator is None:
             for i, token in zip(members, scores.argmax(dim=-1).tolist()):
                 out[i] = token
