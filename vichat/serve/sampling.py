@@ -49,6 +49,15 @@ def logits_processors(decoding: Decoding) -> Any:
     return procs
 
 
+def apply(processors: Any, input_ids: "torch.Tensor", scores: "torch.Tensor") -> "torch.Tensor":
+    """``processors(input_ids, scores)`` without ``LogitsProcessorList.__call__``'s per-call
+    ``inspect.signature`` of every processor (for keyword arguments none of these take): 0.19 ms
+    of a one-user decoding step on the tiny model, paid for every step."""
+    for processor in processors:
+        scores = processor(input_ids, scores)
+    return scores
+
+
 class Sampler:
     """Next-token choice for one request; ``temperature <= 0`` is greedy (argmax).
 
@@ -76,7 +85,7 @@ class Sampler:
 
         if not isinstance(seen, torch.Tensor):
             seen = torch.tensor(list(seen), dtype=torch.long)
-        scores = self.processors(seen.to(logits.device).view(1, -1), logits.float().view(1, -1))
+        scores = apply(self.processors, seen.to(logits.device).view(1, -1), logits.float().view(1, -1))
         if self.generator is None:
             return int(torch.argmax(scores))
         return draw(scores, [self.generator])[0]
@@ -104,7 +113,7 @@ def sample_rows(logits: "torch.Tensor", rows: "Sequence[tuple[Sampler, torch.Ten
             if len(x) < width:
                 ids[k, : width - len(x)] = x[0]
         picked = logits if len(members) == logits.shape[0] else logits[members]  # members are in order
-        scores = procs(ids.to(logits.device), picked.float())
+        scores = apply(procs, ids.to(logits.device), picked.float())
         if rows[members[0]][0].generator is None:
             for i, token in zip(members, scores.argmax(dim=-1).tolist()):
                 out[i] = token
