@@ -327,3 +327,103 @@ def test_each_side_of_a_battle_shows_its_place_in_the_queue_and_keeps_only_its_a
     finally:
         generation._backend = previous
         e.close()
+
+
+class _CostRunner:
+    """A stand-in runner whose passes take time on a clock of its own: a decoding pass (one column)
+    1.0, a prefill pass 0.05 + 0.01 per prompt token. Always predicts token 7."""
+
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.passes: list[tuple[int, int]] = []  # (rows, columns)
+
+    def clock(self) -> float:
+        return self.now
+
+    def check(self, adapter) -> None:
+        pass
+
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
+    def forward(self, ids, mask, cache, adapters):
+        self.passes.append(tuple(ids.shape))
+        self.now += 1.0 if ids.shape[1] == 1 else 0.05 + 0.01 * ids.numel()
+        logits = torch.full((ids.shape[0], 50), -10.0)
+        logits[:, 7] = 10.0
+        return logits
+
+
+class _Quiet:
+    stopped = False
+
+    def push(self, token) -> str:
+        return ""
+
+    def flush(self) -> str:
+        return ""
+
+
+def test_a_prefill_chunk_costs_about_one_decoding_step_as_measured_when_steps_are_slow():
+    from vichat.serve.sampling import Sampler
+    from vichat.serve.scheduler import MIN_CHUNK, Request, Scheduler, consume
+
+    runner = _CostRunner()
+    scheduler = Scheduler(runner, prefill_chunk=512, max_batch_tokens=10**7)
+    scheduler.clock = runner.clock
+    scheduler.stall_s = 0.5  # on this clock a step (1.0) is longer: the step is the budget
+    greedy = Sampler(Decoding(temperature=0, repetition_penalty=1.0))
+
+    def request(prompt: int, new: int, cancel=None) -> Request:
+        return Request(adapter=None, prompt_ids=list(range(1, prompt + 1)), sampler=greedy, text=_Quiet(),
+                       max_new_tokens=new, eos_ids=frozenset({0}), cancel=cancel)
+
+    stop = threading.Event()
+    running = request(10, 100_000, cancel=stop)  # decodes until stopped
+    scheduler.submit(running)
+    drain = threading.Thread(target=lambda: list(consume(running)))
+    drain.start()
+    try:
+        for _ in range(2000):  # until it has decoded a few tokens
+            if len(running.generated) >= 3:
+                break
+            threading.Event().wait(0.005)
+        assert len(running.generated) >= 3
+        first = len(runner.passes)
+        newcomer = request(600, 2)
+        scheduler.submit(newcomer)
+        list(consume(newcomer))
+    finally:
+        stop.set()
+        drain.join(30)
+        scheduler.close()
+    assert newcomer.generated == [7, 7]
+    passes = runner.passes[first:]
+    chunks = [i for i, (rows, cols) in enumerate(passes) if cols > 1]
+    # Not one 512-token pass (5 decoding steps' worth of stall), but many, each followed by a step.
+    assert len(chunks) >= 5
+    assert all(passes[i + 1] == (1, 1) for i in chunks[:-1])
+    sizes = [passes[i][1] for i in chunks]
+    assert all(MIN_CHUNK <= n <= 512 for n in sizes[:-1])
+    # Once both times are measured, a chunk costs about one step (1.0 on this clock): 0.05 + 0.01 n.
+    costs = [0.05 + 0.01 * n for n in sizes[2:-1]]
+    assert costs and all(0.6 <= c <= 1.3 for c in costs), sizes
+    assert scheduler.step_s == pytest.approx(1.0) and 0.009 < scheduler.token_s < 0.02
+
+
+def test_when_steps_are_quick_a_prefill_chunk_may_take_the_stall_budget():
+    from vichat.serve.scheduler import Scheduler
+
+    scheduler = Scheduler(_CostRunner(), prefill_chunk=512)
+    scheduler.step_s, scheduler.token_s = 0.01, 0.001  # 10 ms steps, 1 ms per prompt token
+    assert scheduler.chunk_tokens() == 100  # 0.1 s of prompt, not 10 tokens (one step)
+    scheduler.step_s = 0.3
+    assert scheduler.chunk_tokens() == 300  # a slow step is the budget
+    scheduler.token_s = 0.1
+    assert scheduler.chunk_tokens() == 16  # never below MIN_CHUNK
+    scheduler.token_s = 1e-6
+    assert scheduler.chunk_tokens() == 512  # never above prefill_chunk
