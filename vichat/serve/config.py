@@ -13,8 +13,8 @@ The format (docs/serving.md has complete examples)::
         seed: 0                    # optional: reproducible sampling
         max_batch_size: 16         # requests decoded together in one forward pass; the rest queue
         max_batch_tokens: 8192     # KV-cache positions: rows x the longest (prompt + max_new_tokens)
-        prefill_chunk: 256         # at most this many prompt tokens per prefill pass while others
-                                   #   decode (passes are sized to about one step; default 512 on a GPU, 256 on a CPU)
+        prefill_chunk: 256         # prompt tokens prefilled per step while the others keep decoding
+                                   #   (default 512 on a GPU, 256 on a CPU)
         models:
           - name: bloomz-chat      # shown in the app, stored in votes
             adapter: runs/bloomz-chat   # local dir or hub id of a PEFT adapter; null = the bare base
@@ -97,7 +97,7 @@ class LocalBackendConfig:
     seed: int | None = None
     max_batch_size: int = 16  # requests decoded together; more wait in a queue
     max_batch_tokens: int = 8192  # KV-cache positions: rows x the longest (prompt + max_new_tokens)
-    prefill_chunk: int | None = None  # cap on prompt tokens per prefill pass (default: 512 on a GPU, 256 on a CPU)
+    prefill_chunk: int | None = None  # prompt tokens prefilled per step (default: 512 on a GPU, 256 on a CPU)
     where: str = ""
 
     @property

@@ -333,9 +333,9 @@ class LocalEngine:
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else ({gen_eos} if gen_eos is not None else set())
         cfg = self.config
-        # The cap on a prefill chunk; the scheduler sizes each chunk below it from measured times. On a
-        # GPU a step is memory-bound and 512 prompt tokens cost little more than one token; on a CPU
-        # every token costs compute.
+        # A prefill chunk should cost about one decoding step. On a GPU a step is memory-bound and
+        # 512 prompt tokens cost little more than one token. On a CPU every token costs compute:
+        # smaller chunks protect running streams but delay a newcomer's first token (more passes).
         chunk = cfg.prefill_chunk or (PREFILL_CHUNK if getattr(runner.device, "type", str(runner.device)) == "cuda"
                                       else PREFILL_CHUNK // 2)
         scheduler = Scheduler(runner, name=f"vichat-{cfg.base}", max_batch_size=cfg.max_batch_size,

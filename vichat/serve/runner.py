@@ -126,13 +126,6 @@ class BatchRunner:
             cache = DynamicCache()
         return growing(cache)
 
-    def synchronize(self) -> None:
-        """Wait for the passes queued on the model's device (a GPU runs them asynchronously)."""
-        import torch
-
-        if getattr(self.device, "type", None) == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def check(self, adapter: str | None) -> None:
         """Raise ``ValueError`` if ``adapter`` is not loaded (``None``, the bare base, always is)."""
         if adapter is not None and adapter not in self.adapters:

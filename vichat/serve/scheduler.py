@@ -10,16 +10,11 @@ adapters inside a batch, :mod:`vichat.serve.runner`). Each loop iteration:
    what its KV cache can grow to (the cache layers keep up to ``GROW_BLOCK`` spare positions per
    row on top, :mod:`vichat.serve.runner`). The others wait; each waiting request
    is told its place in the queue (a :class:`vichat.serve.api.Queued` item in its stream).
-2. **prefill** one chunk of the joining requests' prompts, in their own small left-padded batch and
-   cache, split over their rows. While others decode, a chunk is sized so that its pass holds them
-   up for no longer than one decoding step, or ``STALL_S`` (0.1 s, a pause no reader of a stream
-   notices) when a step is quicker than that: the scheduler keeps running averages of a decoding
-   step's time and of a prompt token's time in a prefill pass, and takes as many tokens as fit (at
-   least ``MIN_CHUNK``, at most ``prefill_chunk``). Where steps are slow (a CPU serving a large
-   model), a long prompt then slows the others' streams while it is read instead of stopping them
-   for seconds; where they are quick, chunks stay large and the newcomer's first token comes soon
-   (with nobody decoding, the prompts go in one pass). After the last chunk each joining request
-   samples its first token and its cache rows are appended to the decoding batch.
+2. **prefill** one chunk (``prefill_chunk`` tokens in all, split over the joining requests' rows)
+   of the joining requests' prompts, in their own small left-padded batch and cache. A long prompt
+   therefore costs the others at most one chunk's forward pass per step, not its whole prefill
+   (with nobody decoding, the prompts go in one pass). After the last chunk each joining request samples
+   its first token and its cache rows are appended to the decoding batch.
 3. **decode** one token for every request in the batch, in one forward pass.
 
 A request leaves as soon as it ends (EOS, stop marker, ``max_new_tokens``, cancel, consumer gone):
@@ -50,10 +45,6 @@ POLL_SECONDS = 0.05  # how often a waiting consumer looks at its cancel event
 MAX_BATCH_SIZE = 16
 MAX_BATCH_TOKENS = 8192
 PREFILL_CHUNK = 512
-MIN_CHUNK = 16  # prompt tokens a prefill pass takes at least while others decode (progress on any device)
-STALL_S = 0.1  # a prefill pass may hold the others up this long even when a decoding step is quicker
-FIRST_CHUNK = 64  # ...and before any step has been timed
-EMA = 0.25  # weight of the newest measurement in the running averages of step and token times
 # With nothing decoding, the first arrival waits this long for others to arrive with it (users that
 # click together, the two sides of a battle), so they share one prefill pass instead of one each.
 GATHER_SECONDS = 0.005
@@ -156,10 +147,6 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.tokens = 0  # tokens sampled, for benchmarks
-        self.clock: Callable[[], float] = time.perf_counter  # what passes are timed with (tests set their own)
-        self.stall_s = STALL_S
-        self.step_s: float | None = None  # running average of a decoding step's seconds
-        self.token_s: float | None = None  # ...and of a prompt token's seconds in a prefill pass
 
     # -- public ------------------------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -280,34 +267,13 @@ class Scheduler:
             mask[i, width - n:] = 1
         return _Joining(group, ids, mask, self.runner.new_cache())
 
-    def chunk_tokens(self) -> int:
-        """Prompt tokens for the next prefill pass while others decode: what costs one decoding
-        step, or ``STALL_S`` if that is longer (within ``MIN_CHUNK`` and ``prefill_chunk``).
-
-        The token time is measured on the chunks themselves, per-pass overhead included, so the
-        chunk converges to the size whose whole pass costs the budget."""
-        if self.step_s is None or self.token_s is None:
-            return min(self.prefill_chunk, FIRST_CHUNK)
-        budget = max(self.step_s, self.stall_s)
-        return int(min(self.prefill_chunk, max(MIN_CHUNK, budget / self.token_s)))
-
-    def _timed(self, average: str, seconds: float, units: int = 1) -> None:
-        value = seconds / max(1, units)
-        old = getattr(self, average)
-        setattr(self, average, value if old is None else (1 - EMA) * old + EMA * value)
-
     def _prefill_chunk(self) -> None:
         j = self._joining
-        # A group of n prompts advances chunk / n columns. With nobody decoding there is nobody to
-        # keep waiting: the whole prompt goes in one pass.
-        width = max(1, self.chunk_tokens() // len(j.rows)) if self._rows else j.ids.shape[1]
+        # prefill_chunk counts tokens: a group of n prompts advances prefill_chunk / n columns. With
+        # nobody decoding there is nobody to keep waiting: the whole prompt goes in one pass.
+        width = max(1, self.prefill_chunk // len(j.rows)) if self._rows else j.ids.shape[1]
         end = min(j.done + width, j.ids.shape[1])
-        t0 = self.clock()
         logits = self.runner.forward(j.ids[:, j.done:end], j.mask[:, :end], j.cache, [r.adapter for r in j.rows])
-        synchronize = getattr(self.runner, "synchronize", None)
-        if synchronize is not None:  # a GPU pass is timed when its kernels are done, not when they are queued
-            synchronize()
-        self._timed("token_s", self.clock() - t0, len(j.rows) * (end - j.done))
         j.done = end
         if end < j.ids.shape[1]:
             return
@@ -337,13 +303,11 @@ class Scheduler:
         import torch
 
         rows = self._rows
-        t0 = self.clock()
         ids = torch.tensor([[r.generated[-1]] for r in rows], dtype=torch.long)
         mask = torch.cat([self._mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
         logits = self.runner.forward(ids, mask, self._cache, [r.adapter for r in rows])
         self._mask = mask
-        self._sample(rows, logits)  # reads the tokens back: on a GPU the pass is done here
-        self._timed("step_s", self.clock() - t0)
+        self._sample(rows, logits)
 
     def _sample(self, rows: list[Request], logits: Any) -> None:
         live = [i for i, r in enumerate(rows) if not r.cancelled()]
