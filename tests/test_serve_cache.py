@@ -20,11 +20,6 @@ def kv(batch: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(batch, 2, n, 4, generator=g), torch.randn(batch, 2, n, 4, generator=g)
 
 
-def pair() -> tuple[DynamicCache, DynamicCache]:
-    """A plain DynamicCache and a growing one, their layers made at first use."""
-    return DynamicCache(), growing(DynamicCache())
-
-
 def feed(caches, batch: int, n: int, seed: int) -> None:
     for layer in range(2):
         k, v = kv(batch, n, seed + layer)
@@ -41,7 +36,7 @@ def same(plain: DynamicCache, grow: DynamicCache) -> None:
 
 
 def test_a_growing_cache_holds_what_dynamic_cache_holds_through_joins_leaves_and_trims():
-    plain, grow = pair()
+    plain, grow = DynamicCache(), growing(DynamicCache())  # layers made at first use
     feed((plain, grow), 3, 7, seed=0)  # a prefill of 7 positions
     same(plain, grow)
     for step in range(150):

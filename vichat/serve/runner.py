@@ -37,6 +37,7 @@ the cache: a shape error in 5.24). Measured in bench/RESULTS.md, "Serving: the K
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 from pathlib import Path
@@ -263,15 +264,10 @@ def _growing_layer_class() -> type:
     return GrowingLayer
 
 
-_GROWING: type | None = None
-
-
+@functools.cache
 def growing_layer_class() -> type:
     """:class:`GrowingLayer` (made on first use: it subclasses transformers' ``DynamicLayer``)."""
-    global _GROWING
-    if _GROWING is None:
-        _GROWING = _growing_layer_class()
-    return _GROWING
+    return _growing_layer_class()
 
 
 def growing(cache: Any) -> Any:
