@@ -28,6 +28,7 @@ from vichat.plugins import get_registry
 from vichat.tiny import build as tiny
 from vichat.tiny.pretrain import Document, read_documents, split_documents
 from vichat.tiny.build import TinyConfig, build_tiny
+from vichat.tiny.config import _stage
 from vichat.models import load_base
 
 SMALL = TinyConfig(vocab_size=800, n_layer=1, hidden_size=32, n_head=2, seq_len=64, batch_size=8, steps=40,
@@ -190,7 +191,7 @@ def test_minutes_fix_the_step_count_after_calibration(tmp_path):
 def test_stage_rename_is_atomic_on_failure(tmp_path):
     final = tmp_path / "stage"
     with pytest.raises(RuntimeError):
-        with tiny._stage(final) as tmp:
+        with _stage(final) as tmp:
             (tmp / "half.bin").write_bytes(b"x")
             raise RuntimeError("killed mid-write")
     assert list(tmp_path.iterdir()) == []

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
-
-RECORD_FIELDS = ("id", "instruction", "input", "output", "source", "language")
 
 
 class VichatError(Exception):
@@ -91,14 +88,6 @@ class Record:
             language=d.get("language") or "vi",
             meta=d.get("meta") or {},
         )
-
-    def content_key(self) -> str:
-        """Hash of the text fields: two records with the same key are exact duplicates."""
-        h = hashlib.sha1()
-        for part in (self.instruction, self.input, self.output):
-            h.update(part.encode("utf-8"))
-            h.update(b"\x00")
-        return h.hexdigest()
 
     def text(self) -> str:
         return "\n".join(p for p in (self.instruction, self.input, self.output) if p)

@@ -422,7 +422,3 @@ KINDS: dict[str, type] = {
     "templates": TemplateSpec,
     "judge_prompts": JudgePromptsSpec,
 }
-
-
-def spec_fields(spec_type: type) -> list[str]:
-    return [f.name for f in fields(spec_type)]

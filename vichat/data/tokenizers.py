@@ -34,8 +34,6 @@ from .templates import CHAT, DOCTOR, render_prompt
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-    from ..specs import BaseModelSpec
-
 
 @dataclass(frozen=True)
 class TokenizerStyle:
@@ -238,17 +236,3 @@ def load_tokenizer(name_or_path: str | None = None, *, registry: Any = None,
     else:
         tok = default_tokenizer()
     return apply_tokenizer_fixes(tok, spec)
-
-
-def tokenizer_summary(tokenizer: "PreTrainedTokenizerBase") -> dict[str, Any]:
-    """The special-token facts that matter for training, for logs and model cards."""
-    return {
-        "class": type(tokenizer).__name__,
-        "vocab_size": len(tokenizer),
-        "bos": tokenizer.bos_token,
-        "eos": tokenizer.eos_token,
-        "pad": tokenizer.pad_token,
-        "pad_is_eos": tokenizer.pad_token is not None and tokenizer.pad_token_id == tokenizer.eos_token_id,
-        "padding_side": tokenizer.padding_side,
-        "adds_bos": bool(getattr(tokenizer, "add_bos_token", False)),
-    }

@@ -40,7 +40,6 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from pathlib import Path
 from typing import Any, Sequence
 
 BASE = "__base__"  # peft's name for "no adapter" in adapter_names
@@ -350,8 +349,3 @@ def _input_device(model: Any) -> Any:
             return next(model.parameters()).device
         except (AttributeError, StopIteration):
             return "cpu"
-
-
-def is_local_path(value: str) -> bool:
-    """A path on this machine (as opposed to a hub id)."""
-    return Path(value).expanduser().exists()

@@ -48,7 +48,6 @@ from .config import (  # noqa: F401 - part of this module's interface
     TinyConfig,
     TinyPaths,
     _Reporter,
-    _stage,
     _write_json,
 )
 

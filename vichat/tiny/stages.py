@@ -1,7 +1,7 @@
 """The stages of a tiny build: tokenizer, base model (pretrain + held-out perplexity), adapters,
 held-out evaluation, report.
 
-Each stage writes into a temporary folder that :func:`vichat.tiny.build._stage` renames into place
+Each stage writes into a temporary folder that :func:`vichat.tiny.config._stage` renames into place
 once complete; :mod:`vichat.tiny.build` decides which stages run. torch, transformers and the
 trainer are imported inside the functions.
 """

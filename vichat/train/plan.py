@@ -22,9 +22,6 @@ from .shapes import (computed_total_params, family_of, lora_input_features, lora
                      quantizable_params, resolve_targets)
 from .validate import validate_config
 
-PAPER_BLOOMZ_TRAINABLE = 4_200_000
-PAPER_GPTJ_TRAINABLE = 3_600_000
-
 
 @dataclass
 class Plan:

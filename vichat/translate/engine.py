@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..records import VichatError, nfc
 from ..jobs import CANCELLED, FAILED, FATAL, HALT, ItemFailed, Outcome, run_pool
@@ -446,10 +446,3 @@ class Engine:
                 seg.error = str(exc)
         seg.done = True
         on_done(seg)
-
-
-def run_texts(engine: Engine, texts: Sequence[str]) -> list[Segment]:
-    """Add ``texts`` to ``engine``, run it, and return their segments in order."""
-    segs = [engine.add(t) for t in texts]
-    engine.run()
-    return segs
