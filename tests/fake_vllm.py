@@ -84,9 +84,11 @@ def main() -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
-            for text in (f"{body['model']} trả lời:", " Xin chào!", "\n###", " Instr", "uction: bịa"):
+            texts = (f"{body['model']} trả lời:", " Xin chào!", "\n###", " Instr", "uction: bịa", "")
+            for i, text in enumerate(texts):
+                finish = "stop" if i == len(texts) - 1 else None  # vLLM's last chunk says why it ended
                 event = {"id": "x", "object": "text_completion", "created": 0, "model": body["model"],
-                         "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}]}
+                         "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
                 self.wfile.write(f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())
                 self.wfile.flush()
             self.wfile.write(b"data: [DONE]\n\n")

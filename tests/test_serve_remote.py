@@ -31,6 +31,7 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.chunks: list[str] = ["Xin", " chào", " bạn", "!"]
         self.delay = 0.0
+        self.finish: str | None = "stop"  # the last chunk's finish_reason; None: the stream is cut off
         self.errors: list[tuple[int, str]] = []
         self.requests: list[dict[str, Any]] = []
         fake = self
@@ -68,16 +69,18 @@ class FakeOpenAI:
         h.send_response(200)
         h.send_header("Content-Type", "text/event-stream")
         h.end_headers()
-        for i, text in enumerate(self.chunks):
+        last = [("", self.finish)] if self.finish else []  # vLLM ends with an empty chunk that says why
+        for i, (text, finish) in enumerate([(t, None) for t in self.chunks] + last):
             if i and self.delay:
                 time.sleep(self.delay)
-            choice = ({"index": 0, "delta": {"content": text}, "finish_reason": None} if chat
-                      else {"index": 0, "text": text, "logprobs": None, "finish_reason": None})
+            choice = ({"index": 0, "delta": {"content": text}, "finish_reason": finish} if chat
+                      else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
             event = {"id": "x", "object": "chat.completion.chunk" if chat else "text_completion", "created": 0,
                      "model": body["model"], "choices": [choice]}
             h.wfile.write(f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())
             h.wfile.flush()
-        h.wfile.write(b"data: [DONE]\n\n")
+        if self.finish:
+            h.wfile.write(b"data: [DONE]\n\n")
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -130,6 +133,19 @@ def test_chat_api_sends_turns_as_messages(server, monkeypatch):
         {"role": "system", "content": "Nếu bạn là bác sĩ, vui lòng trả lời các câu hỏi y tế dựa trên mô tả của bệnh nhân."},
         {"role": "user", "content": "Tôi bị sốt"}, {"role": "assistant", "content": "Hãy uống nước."},
         {"role": "user", "content": "Còn đau đầu?"}]
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_a_stream_cut_off_before_its_finish_reason_is_an_error_not_an_answer(server, monkeypatch, api):
+    monkeypatch.setenv("VICHAT_TEST_KEY", "k")
+    server.finish = None  # the connection closes after the text: no finish_reason, no [DONE]
+    shown: list[str] = []
+    with pytest.raises(ModelError, match=r"ended before the answer did \(no chunk carried a finish_reason\)"):
+        for delta in backend(server, api=api).stream("bloomz-chat-remote", "?"):
+            shown.append(delta)
+    assert "".join(shown) == "Xin chào bạn!"  # what came was shown, then the missing end raised
+    server.finish = "length"  # cut by max_tokens: the server says so, and the answer is whole
+    assert "".join(backend(server, api=api).stream("bloomz-chat-remote", "?")) == "Xin chào bạn!"
 
 
 def test_a_server_that_ignores_stop_still_never_shows_the_marker(server, monkeypatch):

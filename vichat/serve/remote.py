@@ -154,6 +154,7 @@ class RemoteBackend:
         gone = threading.Event()
 
         def reader() -> None:
+            finished = False  # a chunk carried a finish_reason: the server ended the answer itself
             try:
                 for chunk in response:
                     if gone.is_set() or (cancel is not None and cancel.is_set()):
@@ -161,6 +162,12 @@ class RemoteBackend:
                     # A server streams U+FFFD for bytes that never form a character (vLLM does); the
                     # local engine holds such bytes back, so neither backend ever shows one.
                     chunks.put(("text", drop_garbage(_chunk_text(chunk))))
+                    finished = finished or _finish_reason(chunk) is not None
+                else:
+                    # The openai client ends the iteration at `[DONE]` and at a closed connection
+                    # alike: without a finish_reason the answer was cut off, and must not pass as whole.
+                    chunks.put(("end", None) if finished else ("cut", None))
+                    return
                 chunks.put(("end", None))
             except Exception as exc:  # noqa: BLE001 - handed to the consumer
                 chunks.put(("error", exc))
@@ -178,6 +185,10 @@ class RemoteBackend:
                     continue
                 if kind == "error":
                     raise ModelError(f"{model}: the stream from {self.config.base_url} broke: {_short(value)}") from value
+                if kind == "cut":
+                    raise ModelError(f"{model}: the stream from {self.config.base_url} ended before the answer did "
+                                     "(no chunk carried a finish_reason): the server stopped or the connection was "
+                                     "cut; try again")
                 if kind == "end":
                     tail = stop_filter.flush()
                     if tail:
@@ -190,6 +201,12 @@ class RemoteBackend:
                     return
         finally:
             gone.set()
+
+
+def _finish_reason(chunk: Any) -> str | None:
+    """Why the server ended the answer (``stop``, ``length``...), on the chunk that ends it; else ``None``."""
+    choices = getattr(chunk, "choices", None) or []
+    return getattr(choices[0], "finish_reason", None) if choices else None
 
 
 def _chunk_text(chunk: Any) -> str:
