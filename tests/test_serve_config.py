@@ -89,6 +89,26 @@ def test_errors_name_the_file_line_and_field(text, message):
         parse_config(text, "<t>")
 
 
+def test_a_missing_adapter_folder_is_caught_when_the_file_is_read_unless_optional(tmp_path):
+    text = "backends:\n  - base: tiny\n    models:\n      - name: a\n        adapter: ./nope{}\n"
+    with pytest.raises(ConfigError, match=r"m.yaml:5: backends\[0\]\.models\[0\]\.adapter: the adapter folder "
+                       r".*nope does not exist: .*`optional: true`"):
+        parse_config(text.format(""), "m.yaml", tmp_path)
+    optional = parse_config(text.format("\n        optional: true"), "m.yaml", tmp_path)
+    assert optional.backends[0].models[0].adapter == str(tmp_path / "nope")  # the engine hides it, with a warning
+    (tmp_path / "nope").mkdir()
+    assert parse_config(text.format(""), "m.yaml", tmp_path).backends[0].models[0].adapter == str(tmp_path / "nope")
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_with_its_line(tmp_path):
+    from vichat.serve.config import read_config
+
+    bad = tmp_path / "m.yaml"
+    bad.write_bytes("backends:\n  - base: tiny\n    models: [{name: a, description: ".encode() + b"caf\xe9}]\n")
+    with pytest.raises(ConfigError, match=r"m.yaml:3: the models configuration is not UTF-8 text \(byte 0xe9"):
+        read_config(bad)
+
+
 def test_the_old_path_key_still_reads_as_base_path_with_a_warning(tmp_path):
     with pytest.warns(FutureWarning, match=r"m.yaml:2: 'path' is renamed 'base_path'"):
         cfg = parse_config("- base: bloomz-560m\n  path: ./w\n  models:\n    - name: x\n", "m.yaml", tmp_path)

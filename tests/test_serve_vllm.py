@@ -76,6 +76,28 @@ def test_print_vllm_command_registers_every_adapter_as_a_lora_module(tmp_path):
         "--model-impl", "transformers", "--gpu-memory-utilization", "0.9"])
 
 
+def test_the_command_hides_optional_models_whose_adapter_is_missing_and_refuses_a_non_adapter_folder(tmp_path):
+    from vichat.serve.vllm import VllmBackend, print_commands
+
+    bloom = tiny_bloom()
+    path = write_config(tmp_path, f"""
+        - type: vllm
+          base: gptj-6b-vi
+          models:
+            - {{name: gptj-chat, adapter: {bloom.adapters['a']}}}
+            - {{name: gptj-doctor, adapter: ./runs/gptj-doctor, optional: true}}
+        """)
+    note, line = print_commands(read_config(path), REG)
+    assert note.startswith("# ") and "models.yaml:6: model 'gptj-doctor' hidden" in note
+    assert "--max-loras 1 --lora-modules" in line and "gptj-doctor" not in line
+    backend = VllmBackend(read_config(path).backends[0], registry=REG)
+    assert [m.name for m in backend.models()] == ["gptj-chat"] and "gptj-doctor" in backend.warnings[0]
+    (tmp_path / "runs" / "gptj-doctor").mkdir(parents=True)  # there, but not an adapter
+    with pytest.raises(ConfigError, match=r"models\.yaml:6: adapter: .*gptj-doctor holds no readable "
+                       r"adapter_config\.json"):
+        print_commands(read_config(path), REG)
+
+
 def test_bloom_adapters_are_refused_with_the_merge_advice_and_merged_models_are_served(tmp_path):
     from vichat.cli import main
 

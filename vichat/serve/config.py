@@ -220,6 +220,10 @@ def _model(r: Reader, value: Any, path: tuple, local: bool) -> ModelConfig:
     optional = raw.get("optional", False)
     if not isinstance(optional, bool):
         raise r.fail(path + ("optional",), f"expected true or false, got {optional!r}")
+    if adapter is not None and not optional and Path(adapter).is_absolute() and not Path(adapter).exists():
+        # A path (absolute, ./ or ../) is checked now, not when the model loads after the app is up.
+        raise r.fail(path + ("adapter",), f"the adapter folder {adapter} does not exist: train it with "
+                     "`vichat train`, correct the path, or add `optional: true` to hide the model while it is missing")
     return ModelConfig(
         name=name,
         adapter=adapter,
@@ -369,6 +373,11 @@ def parse_config(text: str, source: str = "<config>", base_dir: str | os.PathLik
     return config
 
 
+def text_line(data: bytes, offset: int) -> int:
+    """The 1-based line of byte ``offset`` in ``data``."""
+    return data.count(b"\n", 0, offset) + 1
+
+
 def read_config(path: str | os.PathLike) -> ServeConfig:
     """Read a config file (relative paths inside it are relative to its folder)."""
     p = Path(path).expanduser()
@@ -376,6 +385,10 @@ def read_config(path: str | os.PathLike) -> ServeConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the models configuration ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        line = text_line(p.read_bytes(), exc.start)
+        raise ConfigError(f"{p}:{line}: the models configuration is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                          "at that line): save it as UTF-8") from None
     return parse_config(text, str(p), p.resolve().parent)
 
 

@@ -77,14 +77,33 @@ def adapter_rank(path: str) -> int | None:
         return None
 
 
+def missing_adapter(m: ModelConfig) -> bool:
+    """``m``'s adapter is a local folder (the configuration made it absolute) that does not exist."""
+    return bool(m.adapter) and Path(m.adapter).is_absolute() and not Path(m.adapter).exists()
+
+
+def served_models(config: VllmBackendConfig) -> tuple[list[ModelConfig], list[str]]:
+    """The models vLLM is asked to serve, and a warning for each optional one hidden because its
+    adapter folder is missing (a missing folder of a model not marked optional is a configuration
+    error already)."""
+    models, hidden = [], []
+    for m in config.models:
+        if m.optional and missing_adapter(m):
+            hidden.append(f"{m.where}: model {m.name!r} hidden: its adapter {m.adapter} does not exist "
+                          "(train it with `vichat train`, or point the configuration to it)")
+        else:
+            models.append(m)
+    return models, hidden
+
+
 def check_vllm(config: VllmBackendConfig, spec: BaseModelSpec) -> None:
     """Raise :class:`ConfigError` when the configuration asks vLLM for LoRA it cannot serve."""
-    adapters = [m for m in config.models if m.adapter]
+    adapters = [m for m in served_models(config)[0] if m.adapter]
     if adapters and lora_mode(config, spec) is None:
         raise ConfigError(
             f"{config.where}: {config.label}: vLLM serves no LoRA adapters for {spec.architecture.family} models "
             f"({spec.name}); merge each adapter into the base with `vichat export --merge` and serve each merged "
-            f"model as its own `type: vllm` backend (path: the merged folder, a model without adapter), or set "
+            f"model as its own `type: vllm` backend (base_path: the merged folder, a model without adapter), or set "
             f"`lora: true` if your vLLM version supports it. Models with adapters: "
             f"{', '.join(m.name for m in adapters)}")
 
@@ -99,10 +118,14 @@ def vllm_command(config: VllmBackendConfig, spec: BaseModelSpec) -> list[str]:
         cmd += ["--dtype", config.dtype]
     if config.context:
         cmd += ["--max-model-len", str(config.context)]
-    adapters = [m for m in config.models if m.adapter]
+    adapters = [m for m in served_models(config)[0] if m.adapter]
     if adapters:
         mode = lora_mode(config, spec)
         ranks = [adapter_rank(m.adapter) for m in adapters]
+        for m, r in zip(adapters, ranks):
+            if r is None and Path(m.adapter).is_absolute():  # a hub id's rank is read by vLLM, not here
+                raise ConfigError(f"{m.where}: adapter: {m.adapter} holds no readable adapter_config.json with "
+                                  "a rank `r`: point the model to a PEFT adapter folder (what `vichat train` writes)")
         if config.max_lora_rank and config.max_lora_rank not in VLLM_LORA_RANKS:
             raise ConfigError(f"{config.where}: max_lora_rank: vLLM refuses {config.max_lora_rank}; use one of "
                               f"{', '.join(map(str, VLLM_LORA_RANKS))} (at least the adapters' largest r), or leave "
@@ -133,6 +156,7 @@ def print_commands(config: ServeConfig, registry: Any) -> list[str]:
                 spec = registry.base_model(b.base)
             except VichatError as exc:
                 raise ConfigError(f"{b.where}: base: {exc}") from None
+            lines += [f"# {warning}" for warning in served_models(b)[1]]
             lines.append(shlex.join(vllm_command(b, spec)))
     if not lines:
         raise ConfigError(f"{config.source}: no `type: vllm` backend; add one (docs/serving.md) to get its command")
@@ -163,12 +187,14 @@ class VllmBackend:
             raise VichatError(f"{config.where}: no plugin registry to find base model {config.base!r} in")
         self.spec = spec or registry.base_model(config.base)
         check_vllm(config, self.spec)
-        self.warnings: list[str] = []
+        self.served, self.warnings = served_models(config)
+        for warning in self.warnings:
+            log.warning(warning)
         decoding = asdict(self.spec.decoding)
         models = tuple(ModelConfig(name=m.name, model=served_name(config, m), template=m.template or
                                    self.spec.default_template, description=m.description or _describe(config, m),
                                    decoding={**decoding, **dict(m.decoding)}, stop=m.stop, where=m.where)
-                       for m in config.models)
+                       for m in self.served)
         self.remote = RemoteBackend(RemoteBackendConfig(base_url=config.url, models=models,
                                                         api_key_env=config.api_key_env, api="completions",
                                                         timeout=config.timeout, max_retries=config.max_retries,
@@ -190,7 +216,7 @@ class VllmBackend:
     def stream(self, model: str, message: str, history: Sequence[Turn] = (), *, template: str | None = None,
                decoding: Decoding | None = None, cancel: threading.Event | None = None) -> Iterator[str]:
         """See :meth:`vichat.serve.api.ChatBackend.stream` (starts or finds the server first)."""
-        if model in {m.name for m in self.config.models}:
+        if model in {m.name for m in self.served}:
             self.prepare()
         return self.remote.stream(model, message, history, template=template, decoding=decoding, cancel=cancel)
 
@@ -207,14 +233,14 @@ class VllmBackend:
                     raise ModelError(f"{self.config.label}: no server answers at {self.config.url} (start it with "
                                      f"`{shlex.join(self.command)}`, or set start: true)")
                 names = self._start(say)
-            wanted = {served_name(self.config, m) for m in self.config.models}
+            wanted = {served_name(self.config, m) for m in self.served}
             missing = sorted(wanted - set(names))
             if missing:
                 raise ModelError(f"{self.config.label}: the server at {self.config.url} does not serve "
                                  f"{', '.join(missing)} (it serves: {', '.join(sorted(names)) or 'nothing'}); "
                                  "is it the vLLM this configuration starts?")
             self._ready = True
-            say("ready", 1.0, f"vLLM at {self.config.url}: {', '.join(m.name for m in self.config.models)}")
+            say("ready", 1.0, f"vLLM at {self.config.url}: {', '.join(m.name for m in self.served)}")
 
     def close(self) -> None:
         """Close the client, and stop the server if this backend started it."""
