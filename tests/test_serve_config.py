@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -255,6 +259,13 @@ def test_models_commands_list_and_chat(tmp_path, monkeypatch):
     e = LocalEngine(parse_config(path.read_text(), "<t>").backends[0], registry=REG)
     assert out.stdout.strip() == "".join(e.stream("a", "Xin chào", decoding=Decoding(max_new_tokens=6, temperature=0)))
     e.close()
+    # A message longer than the context is cut, and the command says so on stderr (not only in a log).
+    long = subprocess.run([sys.executable, "-m", "vichat.cli", "models", "chat", "a", "xin chào " * 1500,
+                           "--temperature", "0", "--max-new-tokens", "2"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "VICHAT_MODELS_CONFIG": str(path)})
+    assert long.returncode == 0, long.stderr
+    assert re.search(r"a: the message is too long for the \d+-token context .*only its first \d+ characters were sent",
+                     long.stderr)
 
 
 def test_offline_default_builds_the_tiny_model_and_resolves_its_adapters(monkeypatch):

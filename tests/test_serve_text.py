@@ -172,6 +172,7 @@ def test_fit_prompt_drops_oldest_turns_then_cuts_the_message():
     fitted = fit_prompt(encode, CHAT, "x" * 500, history, context=bare + 20 + 5, max_new_tokens=5)
     assert fitted.message_cut and fitted.turns_dropped == 3
     assert fitted.text == fold_history(CHAT, "x" * 20) and len(fitted.ids) == bare + 20
+    assert fitted.message_kept == 20
     with pytest.raises(ModelError, match="lower max_new_tokens"):
         fit_prompt(encode, CHAT, "x", [], context=bare, max_new_tokens=5)
 

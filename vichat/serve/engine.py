@@ -166,9 +166,12 @@ class LocalEngine:
             raise
         except Exception as exc:  # noqa: BLE001 - a tokenizer failure is shown, not crashed on
             raise ModelError(f"could not encode the prompt: {type(exc).__name__}: {exc}") from exc
-        if fitted.turns_dropped or fitted.message_cut:
-            log.info("%s: prompt fitted to %d tokens (%d old turns dropped, message cut: %s)", model,
-                     len(fitted.ids), fitted.turns_dropped, fitted.message_cut)
+        if fitted.message_cut:  # the user's own words were not all sent: say so where they can see it
+            log.warning("%s: the message is too long for the %d-token context (%d tokens kept for the answer): "
+                        "only its first %d characters were sent", model, loaded.context, reserve, fitted.message_kept)
+        elif fitted.turns_dropped:
+            log.info("%s: prompt fitted to %d tokens (%d old turns dropped)", model, len(fitted.ids),
+                     fitted.turns_dropped)
         seed = None if self.seed is None else request_seed(self.seed, model, fitted.text)
         req = Request(adapter=loaded.keys[model], prompt_ids=fitted.ids, sampler=Sampler(dec, seed),
                       text=TokenTextStream(tok, stop_markers(tpl, mc.stop)),

@@ -30,6 +30,7 @@ class FittedPrompt:
     text: str
     turns_dropped: int
     message_cut: bool
+    message_kept: int | None = None  # when cut: how many of the message's characters were sent
 
 
 def fit_prompt(
@@ -99,7 +100,7 @@ def fit_prompt(
             lo, best = mid, (ids, text)
         else:
             hi = mid
-    return FittedPrompt(best[0], best[1], len(history), True)
+    return FittedPrompt(best[0], best[1], len(history), True, lo)
 
 
 def context_window(model: Any, tokenizer: Any, fallback: int = 2048) -> int:
