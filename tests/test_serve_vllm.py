@@ -111,7 +111,7 @@ def test_bloom_adapters_are_refused_with_the_merge_advice_and_merged_models_are_
     with pytest.raises(ConfigError, match=r"models\.yaml:\d+: .*no LoRA adapters for bloom .*vichat export --merge"):
         build_backend(path, registry=REG)
     result = CliRunner().invoke(main, ["serve", "--print-vllm-command", "--config", str(path)])
-    assert result.exit_code != 0 and "vichat export --merge" in result.output
+    assert result.exit_code == 2 and result.output.startswith("error: ") and "vichat export --merge" in result.output
     merged = write_config(tmp_path, """
         - type: vllm
           base: bloomz-7b1-mt

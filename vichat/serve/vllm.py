@@ -165,15 +165,11 @@ def print_commands(config: ServeConfig, registry: Any) -> list[str]:
 
 def print_commands_for(path: str | os.PathLike | None = None, *, registry: Any) -> list[str]:
     """:func:`print_commands` for the models file ``path`` (default: ``VICHAT_MODELS_CONFIG``, else
-    the machine's default); configuration errors become a clean CLI error."""
-    import click
-
+    the machine's default). A :class:`ConfigError` is a ``VichatError``: the CLI prints it as
+    ``error: ...`` and exits with 2, as every command does for a bad configuration."""
     from .config import load_config
 
-    try:
-        return print_commands(load_config(path), registry)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    return print_commands(load_config(path), registry)
 
 
 class VllmBackend:
