@@ -76,6 +76,32 @@ def test_a_full_batch_queues_requests_and_tells_each_its_place():
     assert all(isinstance(x, str) for its in items for x in its)  # a plain consumer just concatenates
 
 
+def test_a_bug_in_the_loops_bookkeeping_fails_the_requests_in_flight_and_the_engine_keeps_serving(monkeypatch):
+    from vichat.serve import scheduler as sched
+    from vichat.serve.api import ModelError
+
+    e = LocalEngine(local_config(tiny_bloom()), registry=REG)
+    try:
+        loop = e.prepare().scheduler
+        solo = "".join(e.stream("a", QUESTIONS[0], decoding=GREEDY))
+        real = sched.Scheduler._compact
+        broken = {"left": 1}
+
+        def compact_once_broken(self):  # noqa: ANN001, ANN202
+            if broken["left"] and self._rows:
+                broken["left"] -= 1
+                raise IndexError("a bookkeeping bug")
+            return real(self)
+
+        monkeypatch.setattr(sched.Scheduler, "_compact", compact_once_broken)
+        with pytest.raises(ModelError, match=r"generation failed: IndexError: a bookkeeping bug"):
+            "".join(e.stream("b", QUESTIONS[1], decoding=GREEDY))
+        assert loop._thread.is_alive() and loop.in_batch() == 0 and loop._cache is None
+        assert "".join(e.stream("a", QUESTIONS[0], decoding=GREEDY)) == solo  # the next visitor is served
+    finally:
+        e.close()
+
+
 def test_the_token_limit_bounds_the_batch():
     # Each request reserves its prompt + 16 new tokens: a limit below two of them runs one at a time.
     tok = tokenizer()

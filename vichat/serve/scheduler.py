@@ -155,7 +155,7 @@ class Scheduler:
             if self._closed:
                 raise ModelError("the model server is shutting down")
             self._pending.append(request)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 self._thread.start()
             self._cond.notify()
@@ -182,25 +182,49 @@ class Scheduler:
     # -- the loop ----------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            with self._cond:
-                while not self._closed and not self._pending and not self._rows and self._joining is None:
-                    self._cond.wait()
-                while (not self._closed and not self._rows and self._joining is None
-                       and 0 < len(self._pending) < self.max_batch_size):
-                    left = self._pending[0].submitted + GATHER_SECONDS - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-                if self._closed:
-                    self._shutdown()
+            try:
+                if self._step():
                     return
-                self._admit()
-            if self._joining is not None:
-                self._guard(self._prefill_chunk, list(self._joining.rows), prefill=True)
+            except Exception as exc:  # noqa: BLE001 - the loop outlives any bug: nobody waits forever
+                # A pass's own failure is handled by _guard; this is the bookkeeping around the
+                # passes (admission, joins, trimming), where a bug would otherwise end the thread and
+                # leave every visitor waiting for ever. Everything in flight and queued ends with
+                # the error (retrying the same state could fail the same way, in a loop), and the
+                # next request starts on a clean batch.
+                log.exception("the batching loop failed")
+                error = ModelError(f"generation failed: {type(exc).__name__}: {_short(exc)}")
+                reset = getattr(self.runner, "reset", None)
+                if reset is not None:
+                    reset()
+                with self._cond:
+                    joining = self._joining.rows if self._joining is not None else []
+                    for r in self._pending + self._rows + joining:
+                        r.finish(error)
+                    self._pending.clear()
+                    self._rows, self._cache, self._mask, self._joining = [], None, None, None
+
+    def _step(self) -> bool:
+        """One turn of the loop: admit, prefill a chunk, decode a step. True once closed."""
+        with self._cond:
+            while not self._closed and not self._pending and not self._rows and self._joining is None:
+                self._cond.wait()
+            while (not self._closed and not self._rows and self._joining is None
+                   and 0 < len(self._pending) < self.max_batch_size):
+                left = self._pending[0].submitted + GATHER_SECONDS - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            if self._closed:
+                self._shutdown()
+                return True
+            self._admit()
+        if self._joining is not None:
+            self._guard(self._prefill_chunk, list(self._joining.rows), prefill=True)
+        self._compact()
+        if self._rows:
+            self._guard(self._decode, list(self._rows), prefill=False)
             self._compact()
-            if self._rows:
-                self._guard(self._decode, list(self._rows), prefill=False)
-                self._compact()
+        return False
 
     def _guard(self, step: Callable[[], None], rows: list[Request], *, prefill: bool) -> None:
         try:
@@ -244,8 +268,8 @@ class Scheduler:
                 group.append(r)
                 count, width = count + 1, max(width, r.reserved)
             if group:
+                self._joining = self._start(group)  # then out of the queue: a failed start leaves them in it
                 del self._pending[: len(group)]
-                self._joining = self._start(group)
         for i, r in enumerate(self._pending, 1):
             if r.position != i:
                 r.position = i
