@@ -8,6 +8,9 @@ which are read only by the code that needs them. docs/app.md lists every variabl
 """
 
 from vichat.app.app import app_from_env, launch
+from vichat.cli import quiet_library_noise
+
+quiet_library_noise()  # what `vichat serve` does: no unactionable library messages in the Space's logs
 
 # Module-level `demo`, as Spaces and `gradio spaces_app.py` (hot reload) expect. Lenient: a models
 # configuration, a votes database or a VICHAT_* value that cannot be used shows in the page and in
