@@ -25,10 +25,18 @@ def resolve_base_dir(path_or_id: str | Path) -> Path:
 
 
 def load(spec: BaseModelSpec, path_or_id: str | None = None, **options: Any) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from ``path_or_id`` if given, else from the cached default build,
-    building it first (printing the plan and progress) when it is not there yet."""
+    """``(model, tokenizer)`` from the folder ``path_or_id`` if given, else from the cached default
+    build, building it first (printing the plan and progress) when it is not there yet.
+
+    The model's own names (``tiny``, the hub id ``vichat/tiny``, which is on no hub) mean the default
+    build too: adapters trained before vichat recorded the build folder name the hub id."""
     from vichat.plugin import load_causal_lm
 
+    if (path_or_id is not None and str(path_or_id) in (spec.name, spec.hub_id)
+            and not (resolve_base_dir(path_or_id) / "config.json").is_file()):
+        # (A folder of that name without a model in it, such as vichat's own source folder
+        # `vichat/tiny` in a checkout, is not a model either.)
+        path_or_id = None
     if path_or_id is None:
         from vichat.tiny.build import build_tiny, tiny_paths
 
@@ -56,7 +64,8 @@ def adapters(spec: BaseModelSpec, registry: Any, progress: Any = None) -> dict[s
 TINY = BaseModelSpec(
     name="tiny",
     description="Tiny BLOOM-architecture Vietnamese model trained from scratch offline (`vichat tiny build`).",
-    # Not on the hub: the model is built locally; this names it in reports and model cards.
+    # Not on the hub: the model is built locally; this names it in reports. Adapters record the build's
+    # base folder instead (what transformers can load), and `load` reads this id as the default build.
     hub_id="vichat/tiny",
     architecture=Architecture(
         family="bloom",
@@ -77,7 +86,7 @@ TINY = BaseModelSpec(
     # adapters' validation questions (docs/tiny.md). 256 new tokens: the bundled doctor answers run
     # to ~300 tokens of this tokenizer, so 128 would cut most of them before their EOS.
     decoding=Decoding(repetition_penalty=1.8),
-    license="Apache-2.0 (part of vichat)",
+    license="apache-2.0",  # part of vichat; a Hugging Face license id (model cards' front matter)
 )
 
 

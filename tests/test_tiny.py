@@ -224,6 +224,19 @@ def test_plugin_load_without_path_uses_the_default_build(built, monkeypatch):
     assert model.config.hidden_size == SMALL.hidden_size
 
 
+def test_plugin_load_by_its_own_names_uses_the_default_build(built, monkeypatch, tmp_path):
+    """"vichat/tiny" (the hub id older adapters recorded, on no hub) and "tiny" mean the default build,
+    even where a folder of that name holds no model (vichat's source folder, from a checkout's root)."""
+    monkeypatch.setattr(tiny, "DEFAULT_CONFIG", SMALL)  # the default build, at test size
+    (tmp_path / "vichat" / "tiny").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    spec = get_registry().base_model("tiny")
+    for name in ("vichat/tiny", "tiny"):
+        model, _ = load_base(spec, name)
+        assert model.config.hidden_size == SMALL.hidden_size
+        assert Path(model.name_or_path).resolve() == built[0].base.resolve()
+
+
 def test_plugin_import_is_light():
     code = "import sys, vichat_plugins.tiny; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

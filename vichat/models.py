@@ -106,7 +106,10 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = path_or_id or spec.hub_id
-    local = Path(source).exists()
+    local = Path(source).expanduser().exists()
+    if not local and _is_local_path(source):
+        raise VichatError(f"{source}: no such folder, so base model {spec.name!r} cannot be loaded from it (it was "
+                          "moved or deleted?); pass the folder that holds its weights (--base-path DIR)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, **_model_kwargs(load_in, dtype, device_map))
@@ -122,6 +125,12 @@ def load_causal_lm(
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _is_local_path(ref: str) -> bool:
+    """True for a reference that can only be a local path (absolute, ``~``, ``./``, ``../``), never a hub id."""
+    text = str(ref)
+    return text.startswith(("/", "~", "./", "../", "\\")) or Path(text).is_absolute()
 
 
 # --------------------------------------------------------------------------- references
@@ -245,6 +254,9 @@ def _load_plain(source: str, *, load_in: str, dtype: Any, device_map: Any) -> tu
     """A model no plugin registered: transformers' Auto classes, the generic tokenizer fixes."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not Path(source).expanduser().exists() and _is_local_path(source):
+        raise VichatError(f"{source}: no such folder (moved or deleted?); pass the folder that holds the base "
+                          "model's weights (--base-path DIR)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, **_model_kwargs(load_in, dtype, device_map))

@@ -33,6 +33,8 @@ MAX_EXAMPLES = 5
 DETECT_SAMPLE = 200
 
 # Records need an instruction and a response to be trained on; the hint says so and names the flag.
+# The default suits the commands that call load() themselves (`vichat data show`, `stats`): they have
+# --skip-invalid. A caller without that flag passes its own ``invalid_hint`` (see vichat.data.prepare).
 _REQUIRED_HINT = "fix the record, or pass --skip-invalid to skip invalid records and report them"
 
 
@@ -192,6 +194,7 @@ def load(
     dedupe: bool = True,
     language: str | None = None,
     registry: Any = None,
+    invalid_hint: str | None = None,
 ) -> LoadResult:
     """Load ``ref`` (a registered ``NAME[:SUBSET]`` or a path) into a :class:`LoadResult`.
 
@@ -200,6 +203,8 @@ def load(
     :param skip_invalid: skip and report invalid records instead of stopping at the first one.
     :param dedupe: remove exact duplicates (counted in ``duplicates_removed``).
     :param language: force the records' language instead of the dataset's or a detected one.
+    :param invalid_hint: what the error for an invalid record tells the user to do (default: fix it
+        or pass ``--skip-invalid``; a command without that flag passes advice that applies to it).
     :raises InvalidRecordError: on the first invalid record when ``skip_invalid`` is false.
     :raises VichatError: unknown name, missing file, or public data that cannot be fetched.
     """
@@ -211,7 +216,7 @@ def load(
         assert ref_path is not None
         source = re.sub(r"[^a-z0-9._-]+", "-", ref_path.stem.lower()).strip("-") or "data"
         return load_items(read_rows(ref_path), name=str(ref_path), source=source, skip_invalid=skip_invalid,
-                          dedupe=dedupe, language=language, path=str(ref_path))
+                          dedupe=dedupe, language=language, path=str(ref_path), invalid_hint=invalid_hint)
     check_subset(spec, subset)
     if path is not None and not Path(path).expanduser().exists():
         raise VichatError(f"{path}: no such file or folder (given for dataset {spec.name!r})")
@@ -221,7 +226,8 @@ def load(
         language = spec.languages[0]
     source = spec.name if not subset else f"{spec.name}:{subset}"
     return load_items(items, name=source, source=source, field_map=spec.field_map, skip_invalid=skip_invalid,
-                      dedupe=dedupe, language=language, path=str(local) if local else None)
+                      dedupe=dedupe, language=language, path=str(local) if local else None,
+                      invalid_hint=invalid_hint)
 
 
 def load_items(
@@ -234,6 +240,7 @@ def load_items(
     dedupe: bool = True,
     language: str | None = None,
     path: str | None = None,
+    invalid_hint: str | None = None,
 ) -> LoadResult:
     """Validate and normalise raw rows (or records) into a :class:`LoadResult`.
 
@@ -260,7 +267,7 @@ def load_items(
         fields, problem = _normalise(data, aliases)
         if problem is not None:
             if not skip_invalid:
-                raise InvalidRecordError(location, problem, _REQUIRED_HINT)
+                raise InvalidRecordError(location, problem, invalid_hint or _REQUIRED_HINT)
             skipped.add(location, problem)
             continue
         instruction, input_, output, rid, lang = fields

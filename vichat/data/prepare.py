@@ -22,12 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..records import Record, VichatError
-from .mixtures import Mixture, MixtureResult, adhoc_mixture, build_mixture, get_mixture
+from ..records import InvalidRecordError, Record, VichatError
+from .mixtures import Mixture, MixtureResult, SourceResult, adhoc_mixture, build_mixture, get_mixture
 
 FORMAT = "vichat-prepared/1"
 TRAIN_FILE, VALIDATION_FILE, MANIFEST_FILE = "train.jsonl", "validation.jsonl", "manifest.json"
 SKIPPED_FILE = "skipped.jsonl"
+
+#: What an invalid record's error advises when the caller gives no advice of its own. It must hold for
+#: every command that reaches :func:`prepare`: `vichat data prepare` (which has --skip-invalid) and
+#: `vichat train --data FILE` (which prepares the file itself and has no such flag).
+INVALID_HINT = ("fix or remove the record, or leave invalid records out with `vichat data prepare --skip-invalid "
+                "--out DIR`, which lists them in DIR/skipped.jsonl and writes a folder `vichat train --data DIR` "
+                "trains on")
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ def prepare(
     keep_corrupted_code: bool = False,
     drop_untranslated: bool = False,
     registry: Any = None,
+    invalid_hint: str | None = None,
 ) -> dict[str, Any]:
     """Build a mixture (``mixture`` or ad hoc from ``datasets``), split it, write it; return the manifest.
 
@@ -131,6 +139,11 @@ def prepare(
     Records whose code the translation broke are dropped unless ``keep_corrupted_code``; with
     ``drop_untranslated`` records that look untranslated are dropped too (see
     :func:`vichat.data.mixtures.screen_records`). Both are counted and listed in skipped.jsonl.
+
+    :param invalid_hint: the advice an invalid record's error gives (default :data:`INVALID_HINT`,
+        right for `vichat data prepare` and for `vichat train --data FILE` alike).
+    :raises InvalidRecordError: on the first invalid record unless ``skip_invalid``.
+    :raises VichatError: when no record is left to write; the message says why for each source.
     """
     if (mixture is None) == (not datasets):
         raise VichatError("pass either --mixture NAME or one or more --dataset NAME_OR_PATH (not both)")
@@ -141,12 +154,15 @@ def prepare(
     else:
         mix = adhoc_mixture(datasets, template or "chat")
     val = parse_val_size(val_size)
-    result: MixtureResult = build_mixture(
-        mix, sources=sources, limits=limits, seed=seed, skip_invalid=skip_invalid,
-        keep_corrupted_code=keep_corrupted_code, drop_untranslated=drop_untranslated, registry=registry,
-    )
+    try:
+        result: MixtureResult = build_mixture(
+            mix, sources=sources, limits=limits, seed=seed, skip_invalid=skip_invalid,
+            keep_corrupted_code=keep_corrupted_code, drop_untranslated=drop_untranslated, registry=registry,
+        )
+    except InvalidRecordError as exc:
+        raise InvalidRecordError(exc.location, exc.problem, invalid_hint or INVALID_HINT) from None
     if not result.records:
-        raise VichatError(f"mixture {mix.name!r} has no records to write (check --limit and the sources)")
+        raise VichatError(_no_records_message(result, named=mixture is not None))
     records = result.records
     n_val = validation_count(len(records), val)
     out_dir = Path(out).expanduser()
@@ -188,6 +204,41 @@ def prepare(
         skipped_path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
     write_json_atomic(out_dir / MANIFEST_FILE, manifest)
     return manifest
+
+
+def _why_empty(src: SourceResult) -> str:
+    """Why one source gave no record, in words that hold whichever command prepared it."""
+    load = src.load
+    if load.read == 0:
+        return "it holds no records (an empty file or folder?); add instruction/output records to it"
+    if load.kept == 0:
+        if load.skipped_invalid:
+            return (f"all {load.read} records are invalid and were skipped ({load.skipped.describe()}); "
+                    "fix them (each needs a non-empty instruction and output)")
+        return f"none of its {load.read} records could be used"
+    screened = src.dropped_by_screen
+    if screened and screened >= load.kept:
+        return (f"the quality screen dropped all {load.kept} records (code broken by translation, or untranslated "
+                "text; listed in skipped.jsonl; `vichat data prepare --keep-corrupted-code` keeps broken code)")
+    if src.duplicates_across and src.duplicates_across + screened >= load.kept:
+        return f"all its {load.kept} records repeat records of an earlier source"
+    if src.limit == 0:
+        return f"its limit is 0 (--limit {src.key}=0)"
+    return f"no record left of the {load.read} read"
+
+
+def _no_records_message(result: MixtureResult, *, named: bool) -> str:
+    """The error for an empty result: the mixture when the user named one (``--mixture chat``), else
+    the data itself (``--dataset FILE``, ``vichat train --data FILE``), with what each source lacked."""
+    reasons = [(src, _why_empty(src)) for src in result.sources]
+    if named:
+        detail = "; ".join(f"source {src.key!r} ({src.path or src.dataset}): {why}" for src, why in reasons)
+        return f"mixture {result.name!r} has no records to write: {detail}"
+    if len(reasons) == 1:
+        src, why = reasons[0]
+        return f"{src.path or src.dataset}: no records to use: {why}"
+    detail = "; ".join(f"{src.path or src.dataset}: {why}" for src, why in reasons)
+    return f"no records to use from {', '.join(str(s.path or s.dataset) for s, _ in reasons)}: {detail}"
 
 
 def _screen_summary(result: MixtureResult) -> dict[str, Any]:

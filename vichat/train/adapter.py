@@ -42,8 +42,41 @@ def expected_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def base_reference(base_path: str | None, hub_id: str) -> str:
-    """What ``adapter_config.json`` records as the base: the local folder (absolute) or hub id used."""
+def loaded_from(model: Any) -> str | None:
+    """The local folder (absolute) ``model``'s weights were read from, or None (a hub id, or a model
+    built in memory).
+
+    transformers records what ``from_pretrained`` was given in ``name_or_path`` (its config's
+    ``_name_or_path``); a peft model is looked through to its base. A plugin's loader may read the
+    weights from a folder of its own (the ``tiny`` model's build cache) while the run only knows the
+    hub id: this is where they really came from."""
+    base = model
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base):
+        try:
+            base = get_base()
+        except Exception:  # pragma: no cover - a wrapper without a base: fall back to the model itself
+            base = model
+    config = getattr(base, "config", None)
+    for name in (getattr(base, "name_or_path", None), getattr(config, "_name_or_path", None)):
+        if isinstance(name, str) and name:
+            path = Path(name).expanduser()
+            if (path / "config.json").is_file():
+                return str(path.resolve())
+    return None
+
+
+def base_reference(base_path: str | None, hub_id: str, model: Any = None) -> str:
+    """What ``adapter_config.json`` records as the base: the local folder (absolute) or hub id used.
+
+    With ``model`` (the loaded base, or the peft model on it), the folder its weights were read from
+    wins: it is what ``AutoModelForCausalLM.from_pretrained`` can load again, also when a plugin
+    found the weights itself (``tiny``: its build cache, or the ``base/`` inside a build folder given
+    as ``--base-path``). Without a local folder, the hub id."""
+    if model is not None:
+        folder = loaded_from(model)
+        if folder is not None:
+            return folder
     ref = base_path or hub_id
     p = Path(ref).expanduser()
     return str(p.resolve()) if p.exists() else ref
@@ -62,12 +95,19 @@ def save_adapter(
     """Save ``model``'s adapter to ``folder`` with ``model.save_pretrained`` and verify it.
 
     ``state_dict`` (peft-named, e.g. gathered under ZeRO-3) is passed through to peft when given.
+    ``base_model_name_or_path`` is replaced by the folder the base was loaded from when it was a
+    local one (:func:`loaded_from`), in ``adapter_config.json`` and in ``run_info`` alike.
     Returns the verification summary; raises :class:`EmptyAdapterError` when the file is wrong."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    # Record exactly what was loaded: the local folder the base's weights came from when there is one
+    # (the caller may only know the hub id, e.g. "vichat/tiny", which is no real hub model), else the
+    # reference given. The same value goes into vichat's own record, so the two never disagree.
+    base_model_name_or_path = loaded_from(model) or base_model_name_or_path
     for cfg in model.peft_config.values():
-        # peft takes the name from the loaded model's config; record exactly what was loaded.
         cfg.base_model_name_or_path = base_model_name_or_path
+    if run_info is not None and "base_model_name_or_path" in run_info:
+        run_info = {**run_info, "base_model_name_or_path": base_model_name_or_path}
     kwargs: dict[str, Any] = {"safe_serialization": True, "save_embedding_layers": False}
     if state_dict is not None:
         kwargs["state_dict"] = dict(state_dict)

@@ -2,10 +2,72 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 LOSS_CURVE = "loss_curve.png"
+
+#: License ids the Hugging Face Hub accepts in a card's ``license:`` (https://huggingface.co/docs/hub/repositories-licenses).
+HF_LICENSES = frozenset("""
+apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
+afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5
+cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0
+cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0
+cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl
+lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr mpl-2.0 odc-by odbl
+openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr deepfloyd-if-license
+fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma unknown other
+""".split())
+
+
+def hf_license(text: str) -> str:
+    """The Hub license id for a spec's free-text licence: itself when it is one (any case), the id it
+    starts with (``"Apache-2.0 (part of vichat)"`` -> ``apache-2.0``), else ``other``; "" for none."""
+    low = (text or "").strip().lower()
+    if not low:
+        return ""
+    if low in HF_LICENSES:
+        return low
+    first = re.split(r"[\s(;,]", low, maxsplit=1)[0]
+    return first if first in HF_LICENSES else "other"
+
+
+def recorded_base(output_dir: str | Path | None) -> str | None:
+    """``base_model_name_or_path`` of the adapter saved in ``output_dir``, if one is there: what
+    :func:`vichat.train.adapter.save_adapter` recorded (the folder the base was really loaded from)."""
+    if not output_dir:
+        return None
+    try:
+        config = json.loads((Path(output_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return str(value) if value else None
+
+
+def _data_rows(data: Mapping[str, Any]) -> list[str]:
+    """The card's line naming the data: ``file PATH`` for the user's own file(s) (``--data my.jsonl``,
+    prepared as an ad hoc mixture named after the file), else ``mixture NAME``."""
+    from ..data.loading import looks_like_path
+
+    refs = [str(s.get("dataset") or "") for s in data.get("sources") or []]
+    if refs and all(r and (looks_like_path(r) or Path(r).expanduser().exists()) for r in refs):
+        label = "file" if len(refs) == 1 else "files"
+        return [f"| {label} | {', '.join(f'`{r}`' for r in refs)} |"]
+    return [f"| mixture | {_fmt(data.get('mixture'))} |"]
+
+
+def _resumed_rows(results: Mapping[str, Any]) -> list[str]:
+    """A line saying the run was resumed, and from which checkpoint (``train_result.json``'s
+    ``resumed_from``, the checkpoint folder): nothing for a run that went through in one go."""
+    where = results.get("resumed_from")
+    if not where:
+        return []
+    m = re.search(r"checkpoint-(\d+)$", str(where).rstrip("/\\"))
+    step = f" at step {int(m.group(1)):,}" if m else ""
+    return [f"| resumed | yes: from `{where}`{step} (wall time and tokens include the work up to it) |"]
 
 
 def plot_loss_curve(log: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path | None:
@@ -82,11 +144,17 @@ def model_card(
     total_params: int,
     license: str = "",
 ) -> str:
-    """The README.md of an adapter folder: how to load it, the data, every setting, the results."""
+    """The README.md of an adapter folder: how to load it, the data, every setting, the results.
+
+    ``base_ref`` gives way to the base the adapter saved in ``results["output_dir"]`` records, when
+    there is one (the real folder a plugin loaded the base from, where the caller may know only a hub
+    id). ``license`` (the base model spec's) goes into the front matter as a Hub license id."""
+    base_ref = recorded_base(results.get("output_dir")) or base_ref
     front = ["---", "library_name: peft", f"base_model: {base_ref}", "language:", "- vi",
              "pipeline_tag: text-generation", "tags:", "- lora", "- vichat"]
-    if license:
-        front.append(f"license: {license}")
+    license_id = hf_license(license)
+    if license_id:
+        front.append(f"license: {license_id}")
     front.append("---")
     pct = 100 * trainable_params / total_params if total_params else 0.0
     sources = "; ".join(f"{s.get('key')}: {s.get('dataset')} ({_fmt(s.get('used'))} used)"
@@ -99,6 +167,8 @@ def model_card(
         f"A LoRA adapter trained with vichat on `{base_ref}` (vichat base model `{base_model}`), "
         f"prompt template `{config.get('template')}`.",
         "",
+        *([f"License: {license.strip()} (the base model's).", ""] if license_id and license.strip().lower() != license_id
+          else []),
         "## Load it",
         "",
         "Plain transformers + peft, no vichat needed:",
@@ -119,7 +189,7 @@ def model_card(
         "| | |",
         "|---|---|",
         f"| prepared folder | `{data.get('folder')}` |",
-        f"| mixture | {_fmt(data.get('mixture'))} |",
+        *_data_rows(data),
         f"| sources | {sources} |",
         f"| training records | {_fmt(data.get('train_records'))} |",
         f"| validation records | {_fmt(data.get('validation_records'))} |",
@@ -136,6 +206,7 @@ def model_card(
         f"| trainable parameters | {trainable_params:,} ({pct:.3f}% of {total_params:,}) |",
         f"| LoRA targets | {', '.join(lora_targets)} |",
         f"| optimizer steps | {_fmt(results.get('global_step'))} of {_fmt(results.get('total_steps'))} |",
+        *_resumed_rows(results),
         f"| final train loss | {_loss(results.get('final_train_loss'))} |",
         f"| final validation loss | {_loss(results.get('final_val_loss'))} |",
         f"| wall time | {results.get('wall_seconds', 0):,.1f} s (of which training steps {results.get('train_seconds', 0):,.1f} s) |",

@@ -70,8 +70,10 @@ def export(
     :param base_path: the base model's weights in a local folder (instead of where the adapter says).
     :param load_in: how to load the base; ``8bit``/``4bit`` are refused for a merge.
     :param dtype: dtype of the merged weights (``auto`` = as the base is stored).
+
+    A failed export removes the ``out_dir`` it created (a folder that existed before is left as it was).
     """
-    from ..models import load, resolve
+    from ..models import resolve
 
     adapter_dir = Path(adapter_dir).expanduser()
     out = Path(out_dir).expanduser()
@@ -83,10 +85,33 @@ def export(
         raise VichatError(f"--out {out} is the adapter folder itself; choose another folder")
     if dtype not in DTYPE_NAMES:
         raise VichatError(f"--dtype {dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
-    ref = resolved.base
-    out.mkdir(parents=True, exist_ok=True)
+    created = _first_missing(out)  # what a failure removes again: never a folder the user had
+    try:
+        return _write(adapter_dir, out, merge, resolved, load_in=load_in, dtype=dtype)
+    except BaseException:
+        if created is not None and created.exists():
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet, or None."""
+    path = path.absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _write(adapter_dir: Path, out: Path, merge: bool, resolved: Any, *, load_in: str, dtype: str) -> Path:
+    """The work of :func:`export` once the arguments are checked: the base is loaded (and the merge
+    refused onto a quantised one) before anything is written, so a failure leaves no output behind."""
+    from ..models import load
+
+    ref = resolved.base
     if not merge:
+        out.mkdir(parents=True, exist_ok=True)
         for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md", RUN_INFO, "loss_curve.png", *TOKENIZER_FILES):
             if (adapter_dir / name).is_file():
                 shutil.copy2(adapter_dir / name, out / name)
@@ -105,12 +130,13 @@ def export(
         check_merge("8bit" if getattr(model, "is_loaded_in_8bit", False) else "4bit", ref)
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     merged = model.merge_and_unload()
-    merged.save_pretrained(str(out), safe_serialization=True)
     if any((adapter_dir / f).is_file() for f in TOKENIZER_FILES):
         # The tokenizer saved next to the adapter is the one training used (pad fixes included).
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     (out / "README.md").write_text(_merged_card(adapter_dir, ref), encoding="utf-8")
     return out
