@@ -28,7 +28,7 @@ def visitor(url: str, k: int, deadline: float, accepted: list, errors: list, cha
     def chat(n: int) -> None:
         history, _ = client.predict(f"Khách {k} hỏi lần {n}", [], "bloomz-chat", "chat", 24, 0.5, 20, 1.0, 1.2,
                                     api_name="/chat")
-        assert text_of(history)[1].startswith("[bloomz-chat]")
+        assert text_of(history)[1].startswith("Xin chào!")  # the canned answer of the first model
         chats[k] += 1
 
     def battle_and_vote(n: int) -> None:

@@ -121,6 +121,18 @@ def test_message_and_turn_limits():
         check_turns(3, 3)
 
 
+@pytest.mark.parametrize("invisible", ["\u200b\u200b", "\u200c\u200d", "\ufeff", "\u2060 \u200b", "\u200e\u200f",
+                                       "\u3164", "\u00ad", " \u034f\t"])
+def test_a_message_of_invisible_characters_is_empty(invisible):
+    with pytest.raises(LimitError, match="trống"):
+        check_message(invisible, 100)
+
+
+def test_visible_text_with_invisible_characters_is_kept():
+    assert check_message("\u200bXin chào\u200d", 100) == "\u200bXin chào\u200d"
+    assert check_message("😀", 100) == "😀" and check_message("\u0301a", 100) == "\u0301a"
+
+
 def test_secrets_are_masked_in_messages(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-1234567890")
     monkeypatch.setenv("VICHAT_MAX_TURNS", "8")
@@ -159,17 +171,29 @@ def test_messages_with_block_content_become_turns():
     history = [
         {"role": "user", "content": [{"type": "text", "text": "Xin chào"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "Chào "}, {"type": "text", "text": "bạn"}]},
-        {"role": "user", "content": "câu bị lỗi"},  # no answer: dropped
+        {"role": "user", "content": "câu bị lỗi"},  # two user messages in a row: one turn, nothing lost
         {"role": "user", "content": "Bạn khỏe không?"},
         {"role": "assistant", "content": "Khỏe."},
     ]
-    assert to_turns(history) == [("Xin chào", "Chào bạn"), ("Bạn khỏe không?", "Khỏe.")]
+    assert to_turns(history) == [("Xin chào", "Chào bạn"), ("câu bị lỗi\nBạn khỏe không?", "Khỏe.")]
     assert content_text({"type": "file", "path": "x.png"}) == ""
     turns, last = last_user_message(history)
-    assert last == "Bạn khỏe không?" and turns == [("Xin chào", "Chào bạn")]
+    assert last == "câu bị lỗi\nBạn khỏe không?" and turns == [("Xin chào", "Chào bạn")]
     assert to_messages([("a", "b")], "c", "") == [
         {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
         {"role": "user", "content": "c"}, {"role": "assistant", "content": ""}]
+
+
+def test_consecutive_user_messages_are_one_turn_and_none_is_dropped():
+    user = lambda t: {"role": "user", "content": t}  # noqa: E731
+    bot = lambda t: {"role": "assistant", "content": t}  # noqa: E731
+    history = [user("Câu một."), user([{"type": "text", "text": "Câu hai."}]), bot("Trả lời."),
+               user("Tiếp:"), user("câu ba")]
+    assert to_turns(history) == [("Câu một.\nCâu hai.", "Trả lời.")]  # the unanswered tail is not a turn
+    turns, last = last_user_message(history)  # Regenerate answers the whole tail, as one message
+    assert turns == [("Câu một.\nCâu hai.", "Trả lời.")] and last == "Tiếp:\ncâu ba"
+    # a user message without text (a file) adds no empty line
+    assert to_turns([user({"type": "file", "path": "x.png"}), user("Hỏi"), bot("Đáp")]) == [("Hỏi", "Đáp")]
 
 
 # --------------------------------------------------------------------------- ZeroGPU helper
@@ -217,6 +241,30 @@ def test_canned_backend_streams_words_and_honours_cancel():
     assert list(gen) == []
     with pytest.raises(ModelError):
         list(backend.stream("nope", "hi"))
+
+
+def test_canned_answers_never_name_the_model_but_differ_between_models():
+    backend = CannedBackend(delay_s=0)
+    names = [m.name for m in backend.models()]
+    answers = {}
+    for name in names:
+        for history in ((), (("Hỏi", "Đáp"),)):
+            text = "".join(backend.stream(name, "Xin chào", history))
+            assert text == backend.answer(name, len(history) + 1)
+            assert not any(n in text for n in names) and "bloomz" not in text and "gptj" not in text, text
+        answers[name] = "".join(backend.stream(name, "Xin chào", template="chat"))
+    assert len(set(answers.values())) == len(names)  # the sides of a battle can still be told apart
+    assert "(lượt 2)" in backend.answer(names[0], 2)
+
+
+def test_anonymise_replaces_whole_names_longest_first():
+    from vichat.app.arena import anonymise
+
+    text = "tiny-chat: hết giờ; tiny: lỗi (xem tiny.yaml, tiny-chatbot, my-tiny)."
+    assert anonymise(text, ("tiny", "tiny-chat")) == (
+        "mô hình B: hết giờ; mô hình A: lỗi (xem tiny.yaml, tiny-chatbot, my-tiny).")
+    assert anonymise("tiny-chat và tiny.", ("tiny-chat", "tiny")) == "mô hình A và mô hình B."
+    assert anonymise("không có tên", ()) == "không có tên"
 
 
 # --------------------------------------------------------------------------- reports

@@ -164,6 +164,7 @@ def app_from_env(models_config: str | None = None, *, fake: bool = False, settin
     from .backend import NoModels, load_backend
     from .safety import describe_error
 
+    log_to_stderr()
     try:
         backend = load_backend(models_config, fake=fake)
     except VichatError as exc:
@@ -183,7 +184,24 @@ def app_from_env(models_config: str | None = None, *, fake: bool = False, settin
             settings = AppSettings()
     demo = build_app(backend, settings, lenient=lenient)
     text = banner(demo)
-    log.info("%s", text)
     if lenient:
         print(text, flush=True)  # a Space's log shows stdout: the first thing an operator reads
+    else:
+        log.info("%s", text)
     return demo
+
+
+def log_to_stderr() -> bool:
+    """Send the app's log (``vichat.*``, INFO and up: refusals, model errors, the banner) to stderr,
+    the server's log, unless logging is configured already (a handler on the root or ``vichat``
+    logger: then the host application decides). Without it Python prints warnings only, and the
+    one-line refusals that docs/app.md promises in the log never appear. Whether it installed one."""
+    root, ours = logging.getLogger(), logging.getLogger("vichat")
+    if root.handlers or ours.handlers:
+        return False
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    ours.addHandler(handler)
+    if ours.level == logging.NOTSET or ours.level > logging.INFO:
+        ours.setLevel(logging.INFO)
+    return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
@@ -19,9 +20,10 @@ import gradio as gr
 from ..records import VichatError
 from ..arena.battles import Battle, BattleError
 from .context import AppContext
+from .controls import refuse_bad_values
 from .generation import STOPS, SideRequest, shown, stream_pair
 from .messages import to_messages
-from .safety import LimitError, check_message, check_turns, describe_error, refuse
+from .safety import LimitError, check_message, check_turns, describe_error, refuse, scrub
 from ..arena.votes import DuplicateVoteError, Vote, now
 
 log = logging.getLogger("vichat.app")
@@ -37,6 +39,7 @@ INTRO = {
                  "tên mô hình chỉ hiện ra sau khi bạn bầu.",
     "named": "Chọn hai mô hình, đặt câu hỏi và so sánh câu trả lời của chúng cạnh nhau.",
 }
+SIDES = ("A", "B")
 PRIVACY = ("Phiếu bầu cùng câu hỏi và câu trả lời được lưu lại cho nghiên cứu và có thể được công bố; "
            "đừng nhập thông tin cá nhân.")
 
@@ -87,12 +90,25 @@ class ArenaHandlers:
         return [battle.id if battle else "", gr.update(value=msgs_a, label=label_a),
                 gr.update(value=msgs_b, label=label_b), status, box, *buttons]
 
+    def _blind(self, battle: Battle) -> bool:
+        """Whether the visitor must not learn which model is on which side yet."""
+        return self.mode == "anonymous" and battle.vote is None
+
     def _anonymise(self, text: str, battle: Battle) -> str:
-        """Replace model names in an error so a blind battle stays blind."""
-        if self.mode == "anonymous" and battle.vote is None:
-            for name, side in zip(battle.models, ("A", "B")):
-                text = text.replace(name, f"mô hình {side}")
-        return text
+        """Model names in ``text`` replaced by "mô hình A/B" while the battle is blind."""
+        return anonymise(text, battle.models) if self._blind(battle) else text
+
+    def _failure(self, battle: Battle, errors: list[str | None]) -> str:
+        """What the visitor reads when a side failed. Blind, it says only which side failed: an error's
+        details (a server URL or port, an adapter path, a configuration file and line, a remote's
+        model name) would tell which model is on which side, and expose a public Space's hosts
+        and files. The full errors are in the log; the named mode shows them, as the Chat tab does."""
+        failed = [side for side, e in zip(SIDES, errors) if e]
+        if self._blind(battle):
+            who = "Cả hai mô hình" if len(failed) == 2 else f"Mô hình {failed[0] if failed else 'A'}"
+            return f"{who} gặp lỗi; hãy thử lại. Trận này không thể bầu chọn; bấm “Trận mới” để bắt đầu trận khác."
+        return (f"Mô hình gặp lỗi ({battle.error}). Trận này không thể bầu chọn; "
+                "bấm “Trận mới” để thử lại.")
 
     # -- battles -------------------------------------------------------------------------------
     def _new_battle(self, session: str, model_a: str | None, model_b: str | None) -> Battle:
@@ -183,14 +199,17 @@ class ArenaHandlers:
             errors[0] = errors[0] or describe_error(exc)
         finally:
             stopped = stop.is_set()  # before finish(), which sets it
-            failed = [f"{side}: {e}" for side, e in zip(("A", "B"), errors) if e]
+            failed = [f"{side}: {e}" for side, e in zip(SIDES, errors) if e]
             turn = (text, answers[0], answers[1]) if any(answers) else None
             self.ctx.battles.end_turn(battle, turn, "; ".join(failed) if failed else None,
                                       self._unvotable(answers, done))
             STOPS.finish(key, stop)
         if battle.error:
-            message = self._anonymise(f"Mô hình gặp lỗi ({battle.error}). Trận này không thể bầu chọn; "
-                                      "bấm “Trận mới” để thử lại.", battle)
+            for side, model, error in zip(SIDES, battle.models, errors):
+                if error:  # the whole error, for the operator: the page may not show it (see _failure)
+                    log.warning("battle %s (%s): side %s, model %r failed: %s", battle.id, self.mode, side, model,
+                                error)
+            message = self._anonymise(self._failure(battle, errors), battle)
             gr.Warning(message)
             yield self._view(battle, None, "⚠️ " + message)
             return
@@ -218,7 +237,8 @@ class ArenaHandlers:
         try:
             visitor = self.ctx.visitor(request)
         except VichatError as exc:
-            return self._vote_view(None, f"⚠️ {exc}")
+            refuse(exc, f"vote ({self.mode})")  # the log line; the page gets the message in the status
+            return self._vote_view(None, f"⚠️ {scrub(str(exc))}")
         session = visitor.session
         battle = self.ctx.battles.get(battle_id, session)
         if battle is None:
@@ -280,6 +300,17 @@ class ArenaHandlers:
             pass  # no session could be issued: nothing of this visitor is running
 
 
+def anonymise(text: str, models: tuple[str, ...] | list[str]) -> str:
+    """``text`` with each of ``models`` (side A first) replaced by "mô hình A", "mô hình B", ...:
+    whole names only (not inside a longer name or word: with ``tiny`` and ``tiny-chat`` in one
+    battle, "tiny-chat" is B's name, not A's followed by "-chat"), longest first, in one pass."""
+    names = {name: f"mô hình {SIDES[k] if k < len(SIDES) else k + 1}" for k, name in enumerate(models) if name}
+    if not names:
+        return text
+    pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.sub(rf"(?<![\w.-])(?:{pattern})(?![\w-]|\.\w)", lambda m: names[m.group(0)], text)
+
+
 def build_battle_panel(ctx: AppContext, mode: str, rng: random.Random | None = None) -> tuple[ArenaHandlers, Panel]:
     """One arena panel inside the caller's layout; ``mode`` is ``anonymous`` or ``named``."""
     h = ArenaHandlers(ctx, mode, rng)
@@ -292,6 +323,7 @@ def build_battle_panel(ctx: AppContext, mode: str, rng: random.Random | None = N
             model_a = gr.Dropdown(names, value=names[0] if names else None, label="Mô hình A", elem_id=f"{prefix}-model-a")
             model_b = gr.Dropdown(names, value=names[1] if len(names) > 1 else None, label="Mô hình B",
                                   elem_id=f"{prefix}-model-b")
+        refuse_bad_values([model_a, model_b], f"{prefix}_send")
     battle_id = gr.State("")
     with gr.Row(equal_height=True):
         chat_a = gr.Chatbot(label="Mô hình A", height=380, elem_id=f"{prefix}-a", feedback_options=None,

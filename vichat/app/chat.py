@@ -14,7 +14,7 @@ from ..records import VichatError
 from ..serve.api import Turn
 from ..specs import Decoding
 from .context import AppContext
-from .controls import clamp_decoding, decoding_sliders, decoding_values
+from .controls import clamp_decoding, decoding_sliders, decoding_values, refuse_bad_values
 from .generation import STOPS, stream_answer
 from .messages import Message, last_user_message, to_messages, to_turns
 from .safety import LimitError, check_conversation, describe_error, refuse
@@ -162,6 +162,7 @@ def build_chat_tab(ctx: AppContext) -> ChatHandlers:
                 cache_examples=False)
 
     settings_inputs = [model, template, *sliders]
+    refuse_bad_values(settings_inputs, "chat")  # an unknown model or an out-of-range value: one log line
     sent = gr.on([box.submit, send.click], h.chat, [box, chatbot, *settings_inputs], [chatbot, box],
                  api_name="chat", **limit)
     regenerated = regen.click(h.regenerate, [chatbot, *settings_inputs], [chatbot, box], api_name="regenerate",

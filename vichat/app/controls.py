@@ -50,3 +50,24 @@ def decoding_sliders(gr: Any, decoding: Decoding | None = None) -> list[Any]:
         lo, hi, step = RANGES[name]
         sliders.append(gr.Slider(lo, hi, value=getattr(decoding, name), step=step, label=LABELS[name]))
     return sliders
+
+
+def refuse_bad_values(components: Any, what: str) -> None:
+    """Make Gradio's own check of a value sent to ``components`` (a choice not offered, a number
+    out of a slider's range) a refusal like the app's own: the client gets Gradio's message, the
+    log one ``refused <what>: ...`` line instead of a full traceback per bad request. The check
+    itself is Gradio's, unchanged: each component's ``preprocess`` is wrapped on the instance."""
+    from gradio.exceptions import Error
+
+    from .safety import refuse
+
+    for component in components:
+        check = component.preprocess
+
+        def preprocess(payload: Any, _check: Any = check) -> Any:
+            try:
+                return _check(payload)
+            except Error as exc:
+                raise refuse(exc.message if hasattr(exc, "message") else exc, what) from None
+
+        component.preprocess = preprocess

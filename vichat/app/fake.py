@@ -1,7 +1,10 @@
 """A canned :class:`~vichat.serve.api.ChatBackend` for tests, UI work and ``vichat serve --fake``.
 
 It streams fixed Vietnamese answers word by word with a small delay, so streaming, stop, the
-arena's simultaneous sides and the load test behave as with a real model, without one.
+arena's simultaneous sides and the load test behave as with a real model, without one. Answers
+never name the model (a blind battle between canned models must stay blind): each model has its
+own way of opening an answer (:data:`STYLES`, by its place in the list of models), so the two
+sides of a battle differ without saying who is who.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ MEDICAL = (
     "Chào bạn, với các triệu chứng bạn mô tả, bạn nên nghỉ ngơi, uống đủ nước và theo dõi nhiệt độ. "
     "Nếu sốt cao kéo dài hơn hai ngày, hãy đến cơ sở y tế gần nhất để được bác sĩ khám."
 )
+
+#: How each model opens an answer (model k of the list takes style k, cyclically): anonymous but
+#: deterministic, so the sides of a battle can be told apart and tests know what to expect.
+STYLES = ("", "Vâng. ", "Được thôi. ", "Câu hỏi hay! ", "Rất vui được giúp bạn. ", "Tôi hiểu rồi. ")
 
 DEFAULT_MODELS = (
     ModelInfo("bloomz-chat", "Bloomz-7b1-mt + LoRA, dữ liệu hội thoại (bản giả lập)", "chat"),
@@ -57,6 +64,16 @@ class CannedBackend:
     def models(self) -> list[ModelInfo]:
         return list(self._models)
 
+    def answer(self, model: str, turn: int = 1, template: str | None = None) -> str:
+        """The whole canned answer of ``model`` at conversation turn ``turn`` (1: no history) with
+        ``template`` (default: the model's own): its style's opening, "(lượt N)" after the first
+        turn, then the template's text. It never contains the model's name."""
+        index = next((k for k, m in enumerate(self._models) if m.name == model), 0)
+        template = template or (self._models[index].template if self._models else None)
+        body = MEDICAL if template == "doctor" else GENERAL
+        marker = f"(lượt {turn}) " if turn > 1 else ""
+        return STYLES[index % len(STYLES)] + marker + body
+
     def stream(
         self,
         model: str,
@@ -75,9 +92,7 @@ class CannedBackend:
         with self._lock:
             self.calls.append({"model": model, "message": message, "history": list(history),
                                "template": template, "decoding": decoding})
-        body = MEDICAL if template == "doctor" else GENERAL
-        prefix = f"[{model}] " if not history else f"[{model}, lượt {len(history) + 1}] "
-        words = (prefix + body).split(" ")
+        words = self.answer(model, len(history) + 1, template).split(" ")
         limit = min(len(words), decoding.max_new_tokens, self.max_words or len(words))
         for k, word in enumerate(words[:limit]):
             if cancel is not None and cancel.is_set():

@@ -31,20 +31,31 @@ def content_text(content: Any) -> str:
     return str(content)
 
 
+def _role_and_text(message: Any) -> tuple[Any, str]:
+    role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+    content = message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
+    return role, content_text(content)
+
+
+def _joined(texts: list[str]) -> str:
+    """Consecutive user messages as one: a newline between those with text."""
+    return "\n".join(t for t in texts if t)
+
+
 def to_turns(history: Sequence[Any] | None) -> list[Turn]:
-    """``(user, answer)`` pairs from chat messages. A user message left without an answer (a
-    failed or stopped generation) is dropped, so it never shifts later pairs."""
+    """``(user, answer)`` pairs from chat messages. Consecutive user messages (a visitor who sent
+    two before an answer, or a client-built history) are one turn, joined by a newline: none of
+    them is lost. User messages left without an answer at the end (a failed or stopped generation)
+    are dropped, so they never shift later pairs."""
     turns: list[Turn] = []
-    pending: str | None = None
+    pending: list[str] = []
     for message in history or ():
-        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
-        content = message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
-        text = content_text(content)
+        role, text = _role_and_text(message)
         if role == "user":
-            pending = text
-        elif role == "assistant" and pending is not None:
-            turns.append((pending, text))
-            pending = None
+            pending.append(text)
+        elif role == "assistant" and pending:
+            turns.append((_joined(pending), text))
+            pending = []
     return turns
 
 
@@ -77,12 +88,15 @@ def shown_text():  # noqa: ANN201 - returns a str -> str function
 
 
 def last_user_message(history: Sequence[Any] | None) -> tuple[list[Turn], str | None]:
-    """The turns before the last user message, and that message (for Regenerate)."""
+    """The turns before the last user message, and that message (for Regenerate); user messages
+    right before it are part of it, joined by a newline, as :func:`to_turns` joins them."""
     messages = list(history or ())
     for k in range(len(messages) - 1, -1, -1):
-        m = messages[k]
-        role = m.get("role") if isinstance(m, dict) else getattr(m, "role", None)
+        role, text = _role_and_text(messages[k])
         if role == "user":
-            content = m.get("content") if isinstance(m, dict) else getattr(m, "content", None)
-            return to_turns(messages[:k]), content_text(content)
+            start, texts = k, [text]
+            while start > 0 and _role_and_text(messages[start - 1])[0] == "user":
+                start -= 1
+                texts.insert(0, _role_and_text(messages[start])[1])
+            return to_turns(messages[:start]), _joined(texts)
     return to_turns(messages), None

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import traceback
+import unicodedata
 from typing import Sequence
 
 from ..records import VichatError, nfc
@@ -25,10 +26,23 @@ class LimitError(VichatError):
     """A visitor went over a limit; the message is shown in the page as is."""
 
 
+#: Characters that show nothing although they are not whitespace to ``str.strip``: fillers and the
+#: combining grapheme joiner (categories Cf, Cc, Z*, Mn and Me are invisible on their own too).
+_INVISIBLE_CHARS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180e\u2800\u3164\uffa0")
+_INVISIBLE_CATEGORIES = ("Cf", "Cc", "Cs", "Zs", "Zl", "Zp", "Mn", "Me")
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: empty, or only whitespace, zero-width and format characters
+    (zero-width space and joiners, BOM, word joiner, bidi marks), fillers, or lone combining marks."""
+    return all(c in _INVISIBLE_CHARS or unicodedata.category(c) in _INVISIBLE_CATEGORIES for c in text)
+
+
 def check_message(text: str | None, max_chars: int) -> str:
-    """The message, NFC-normalised and stripped; :class:`LimitError` if empty or too long."""
+    """The message, NFC-normalised and stripped; :class:`LimitError` if empty (nothing visible:
+    see :func:`is_blank`) or too long."""
     text = nfc(text or "").strip()
-    if not text:
+    if is_blank(text):
         raise LimitError("Hãy nhập một câu hỏi (tin nhắn đang trống).")
     if len(text) > max_chars:
         raise LimitError(f"Tin nhắn quá dài: {len(text)} ký tự, tối đa {max_chars}. Hãy rút gọn rồi gửi lại.")
@@ -65,7 +79,11 @@ def refuse(exc: BaseException | str, what: str = "request") -> Exception:
     import gradio as gr
 
     message = scrub(str(exc))
-    log.info("refused %s: %s", what, message[:200])
+    # A refusal tied to a client address (too many new sessions) names it as the app stores it:
+    # a prefix of its salted hash, never the address itself.
+    address = getattr(exc, "address", "") if isinstance(exc, BaseException) else ""
+    where = f" (address {address[:12]})" if address else ""
+    log.info("refused %s%s: %s", what, where, message[:200])
     return gr.Error(message, print_exception=False)
 
 

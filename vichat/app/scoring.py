@@ -25,6 +25,7 @@ from ..evaluate.judge import JudgeSettings
 from ..evaluate.runner import judge_keywords
 from ..records import VichatError
 from .context import AppContext
+from .controls import refuse_bad_values
 from .reports import find_reports, load_report
 from .safety import check_message, describe_error, refuse, scrub
 from .settings import REMOTE_JUDGES
@@ -78,7 +79,7 @@ class ScoringHandlers:
             matches = [p for p in book.prompts.values() if key in (p.key, p.prompt_id)]
             if matches:
                 return max(matches, key=lambda p: p.version)
-            raise VichatError(f"Không có lời nhắc chấm điểm {key!r}.")
+            raise VichatError(f"Không có lời nhắc chấm điểm {str(key)[:80]!r}.")
         return book.for_category("generic")
 
     def judge_default_model(self, name: str | None) -> str:
@@ -203,8 +204,12 @@ def build_scoring_tab(ctx: AppContext, tab: Any = None) -> ScoringHandlers:
         judge = gr.Dropdown(judges, value=default_judge, label="Giám khảo (judge)", elem_id="score-judge")
         judge_model = gr.Textbox(h.judge_default_model(default_judge), label="Mô hình giám khảo (tùy chọn)",
                                  interactive=not ctx.settings.judge_model)
-        prompt = gr.Dropdown(prompts, value=prompts[0] if prompts else None, label="Lời nhắc chấm điểm")
+        # allow_custom_value: the API takes a prompt by id ("vicuna-general": its newest version) as
+        # docs/app.md says, not only the listed keys; the handler resolves it or refuses in one line.
+        prompt = gr.Dropdown(prompts, value=prompts[0] if prompts else None, label="Lời nhắc chấm điểm",
+                             allow_custom_value=True)
         aspects = gr.Checkbox(False, label="Chấm từng khía cạnh")
+    refuse_bad_values([judge, prompt], "score")
     question = gr.Textbox(label="Câu hỏi", lines=2, elem_id="score-question")
     with gr.Row():
         answer1 = gr.Textbox(label="Trợ lý 1", lines=6, elem_id="score-answer1")

@@ -81,7 +81,12 @@ class SessionHasher:
 
 
 class SessionLimitError(VichatError):
-    """Too many new sessions from one address; the message is for the visitor."""
+    """Too many new sessions from one address; the message is for the visitor. ``address`` is the
+    address's salted hash (for the log line of the refusal), never the address itself."""
+
+    def __init__(self, message: str, address: str = "") -> None:
+        super().__init__(message)
+        self.address = address
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,7 @@ class Identities:
         if wait:
             raise SessionLimitError(
                 f"Có quá nhiều phiên mới từ địa chỉ mạng của bạn; hãy thử lại sau {math.ceil(wait / 60)} phút "
-                "(hoặc tiếp tục trong trang đang mở).")
+                "(hoặc tiếp tục trong trang đang mở).", address)
         token_id = secrets.token_hex(16)
         token = self.sign(token_id, int(time.time()), address)
         with self._lock:
