@@ -115,7 +115,7 @@ def test_resume_with_other_settings_is_refused(tiny, tmp_path):
     from vichat.train.trainer import run
 
     run(tiny.config(tmp_path / "o", epochs=0.5), registry=train_registry(), show_progress=False)
-    with pytest.raises(VichatError, match="optimizer"):
+    with pytest.raises(VichatError, match="--learning-rate 0.01 -> 0.005"):
         run(tiny.config(tmp_path / "o", epochs=0.5, learning_rate=5e-3, resume="auto"), registry=train_registry(),
             show_progress=False)
     with pytest.raises(VichatError, match="no such checkpoint folder"):
@@ -146,3 +146,93 @@ def test_resume_between_log_lines_keeps_the_unlogged_steps(tiny, tmp_path):
     assert [s for s, _ in res] == [s for s, _ in ref] == [4, 8, 12]
     for (_, a), (_, b) in zip(ref, res):
         assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_a_refused_resume_names_every_changed_setting_with_old_and_new_values(tiny, tmp_path):
+    """The clipping norm and the compute dtype change the math too; each change is named with its flag."""
+    from vichat.records import VichatError
+    from vichat.train.trainer import run
+
+    import shutil
+
+    out = tmp_path / "o"
+    run(tiny.config(out, epochs=1), registry=train_registry(), show_progress=False)
+    shutil.rmtree(out / "checkpoints" / "checkpoint-6")  # as if stopped after checkpoint-3
+    changes = {"max_grad_norm": 0.001, "compute_dtype": "bf16", "weight_decay": 0.1, "adam_beta2": 0.95,
+               "warmup_steps": 1, "lora_dropout": 0.1, "seed": 7}
+    with pytest.raises(VichatError) as err:
+        run(tiny.config(out, epochs=1, resume="auto", **changes), registry=train_registry(), show_progress=False)
+    msg = str(err.value)
+    for expected in ("--max-grad-norm 1.0 -> 0.001", "--compute-dtype fp32 -> bf16", "--weight-decay 0.0 -> 0.1",
+                     "--adam-beta2 0.999 -> 0.95", "--warmup-steps 2 -> 1", "--lora-dropout 0.05 -> 0.1",
+                     "--seed 42 -> 7"):
+        assert expected in msg, msg
+    with pytest.raises(VichatError, match=r"total steps \(from --epochs, the batch and the data\) 6 -> 12"):
+        run(tiny.config(out, epochs=2, resume="auto"), registry=train_registry(), show_progress=False)
+    # How the loss is computed (same math), logging and gradient checkpointing may change.
+    result = run(tiny.config(out, epochs=1, resume="auto", loss="plain", logging_steps=2, eval_steps=5,
+                             gradient_checkpointing=True), registry=train_registry(), show_progress=False)
+    assert result.resumed_from.endswith("checkpoint-3") and result.global_step == 6
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_refused_resume_leaves_the_prepared_data_untouched(tiny, tmp_path):
+    """`vichat train tiny-doctor --output-dir out --resume auto` on a tiny-chat run: refused, and out/data (the
+    chat run's records) is not rebuilt with the doctor data first."""
+    from vichat.records import VichatError
+    from vichat.train.trainer import run
+
+    out = tmp_path / "o"
+    run(tiny.config(out, data="vi-sample-chat", epochs=0.15), registry=train_registry(), show_progress=False)
+    before = _snapshot(out / "data")
+    with pytest.raises(VichatError, match="--template chat -> doctor"):
+        run(tiny.config(out, data="vi-sample-doctor", template="doctor", epochs=0.15, resume="auto"),
+            registry=train_registry(), show_progress=False)
+    assert _snapshot(out / "data") == before
+    with pytest.raises(VichatError, match=r"prepared from --data vi-sample-chat .*asks for --data vi-sample-doctor"):
+        run(tiny.config(out, data="vi-sample-doctor", epochs=0.15, resume="auto"), registry=train_registry(),
+            show_progress=False)
+    assert _snapshot(out / "data") == before
+
+    # A run on a prepared folder, resumed with a dataset name: the folder built for it is removed again.
+    out2 = tmp_path / "o2"
+    run(tiny.config(out2, epochs=0.5), registry=train_registry(), show_progress=False)
+    with pytest.raises(VichatError, match="--data"):
+        run(tiny.config(out2, data="vi-sample-chat", epochs=0.5, resume="auto"), registry=train_registry(),
+            show_progress=False)
+    assert not (out2 / "data").exists()
+
+
+def test_a_checkpoint_of_an_older_vichat_still_resumes(tiny, tmp_path):
+    """Checkpoints written before the plan named each setting (grouped lists, no clipping norm or dtype) are
+    compared as they were then: same settings resume, other ones are refused."""
+    import shutil
+
+    from vichat.records import VichatError
+    from vichat.train.checkpoint import STATE_FILE
+    from vichat.train.data import plan_fingerprint
+    from vichat.train.trainer import run
+
+    out = tmp_path / "o"
+    run(tiny.config(out, epochs=1), registry=train_registry(), show_progress=False)
+    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
+    path = out / "checkpoints" / "checkpoint-3" / STATE_FILE
+    state = json.loads(path.read_text())
+    p = state["plan"]
+    legacy = {k: p[k] for k in ("data", "base", "template", "max_length", "mode", "micro", "accumulation", "world",
+                                "seed", "load_in")}
+    legacy["lora"] = [p["lora_r"], p["lora_alpha"], p["lora_dropout"], p["lora_targets"]]
+    legacy["optimizer"] = [p["optimizer"], p["learning_rate"], p["weight_decay"], p["adam_beta1"], p["adam_beta2"],
+                           p["adam_epsilon"]]
+    legacy["schedule"] = [p["lr_scheduler"], p["warmup_steps"], p["total_steps"]]
+    state.update(plan=legacy, fingerprint=plan_fingerprint(legacy))
+    path.write_text(json.dumps(state))
+    with pytest.raises(VichatError, match="optimizer"):
+        run(tiny.config(out, epochs=1, learning_rate=5e-3, resume="auto"), registry=train_registry(),
+            show_progress=False)
+    result = run(tiny.config(out, epochs=1, resume="auto"), registry=train_registry(), show_progress=False)
+    assert result.resumed_from.endswith("checkpoint-3") and result.global_step == 6

@@ -8,10 +8,12 @@ import; the planner is pure Python; torch loads only for a real run.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any, Callable
 
 import click
@@ -56,42 +58,53 @@ def train_main(
 ) -> int:
     """What `vichat train` does; returns the exit code. Tests call it directly."""
     from ..plugins import get_registry
-    from .config import build_config, resolve
+    from .config import build_config_origins, resolve
     from .launcher import launch_command
     from .plan import plan
     from .presets import PRESETS
+    from .validate import check_devices
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if not preset and not config_file and "base_model" not in overrides:
         raise VichatError(f"name a preset ({', '.join(PRESETS)}), or give --config FILE or --base-model")
     if as_json and not (dry_run or print_command):
         raise VichatError("--json goes with --dry-run or --print-command")
-    cfg = build_config(preset, config_file, overrides)
+    cfg, origins = build_config_origins(preset, config_file, overrides)
     registry = get_registry()
     spec = registry.base_model(cfg.base_model)
     registry.template(cfg.template)  # an unknown template fails here, naming the registered ones
 
     if dry_run:
-        p = plan(cfg, spec, n_train_records=n_records, avg_tokens=avg_tokens)
+        p = plan(cfg, spec, n_train_records=n_records, avg_tokens=avg_tokens, origins=origins)
         echo(json.dumps(p.to_dict(), ensure_ascii=False, indent=2) if as_json else p.report())
         return 0
     if print_command:
-        plan(cfg, spec, n_train_records=n_records, avg_tokens=avg_tokens)  # refuse before printing
+        plan(cfg, spec, n_train_records=n_records, avg_tokens=avg_tokens, origins=origins)  # refuse before printing
         cmd = launch_command(cfg)
         echo(json.dumps(cmd) if as_json else shlex.join(cmd))
         return 0
+    # A run that needs GPUs this machine lacks is refused here, once, before a launcher starts N
+    # workers that each fail, or before the data is prepared and the weights loaded.
+    cuda = _cuda_available() if cfg.device != "cpu" else False
+    check_devices(cfg, cuda=cuda, cuda_devices=None if launched or not cuda else _cuda_device_count(),
+                  torch_version=None if cfg.device == "cpu" else _torch_version())
     if (cfg.world_size > 1 or cfg.hostfile) and not launched:
-        p = plan(cfg, spec, n_train_records=n_records, avg_tokens=avg_tokens)  # refuse before launching
+        # refuse before launching
+        p = plan(cfg, spec, n_train_records=n_records, avg_tokens=avg_tokens, origins=origins)
         if not p.fits:
             click.echo(f"warning: {p.verdict}", err=True)
         cmd = launch_command(cfg, python=sys.executable)
         if shutil.which(cmd[0]) is None:  # the console script may be off PATH inside a venv
             cmd = [sys.executable, "-m", "deepspeed.launcher.runner", *cmd[1:]]
         click.echo(f"launching: {shlex.join(cmd)}", err=True)
-        return subprocess.call(cmd)
+        try:
+            return subprocess.call(cmd)
+        except KeyboardInterrupt:  # the workers got the Ctrl-C too; rank 0 says what was kept
+            return 130
 
-    cfg = resolve(cfg, spec, cuda=_cuda_available() if cfg.device == "auto" else None)
-    p = plan(cfg, spec, n_train_records=n_records, avg_tokens=avg_tokens)
+    user_micro, user_accumulation = cfg.micro_batch_size, cfg.gradient_accumulation
+    cfg = resolve(cfg, spec, cuda=cuda if cfg.device == "auto" else None)
+    p = plan(cfg, spec, n_train_records=n_records, avg_tokens=avg_tokens, origins=origins)
     for w in p.warnings:
         click.echo(f"warning: {w}", err=True)
     if not p.fits:
@@ -106,8 +119,34 @@ def train_main(
             ) from None
         raise VichatError(f"cannot start training: {exc}. Install the training extras (torch, peft, "
                           "bitsandbytes, deepspeed)") from exc
-    run(p.config, registry=registry)
+    # The plan's micro-batch was chosen for the config's world size; the run may have another (a CPU
+    # run under torchrun has several processes), so only a micro-batch the user gave is passed on
+    # as given: an automatic one is chosen again for the real process count.
+    run_cfg = replace(p.config, micro_batch_size=user_micro, gradient_accumulation=user_accumulation)
+    try:
+        run(run_cfg, registry=registry)
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:
+            click.echo(interrupted_message(run_cfg), err=True)
+        return 130
     return 0
+
+
+def interrupted_message(cfg: Any) -> str:
+    """What Ctrl-C (or ``kill``) left: the checkpoint kept, and how to continue from it."""
+    from .checkpoint import latest_checkpoint, read_state
+
+    out = cfg.output_dir or "the output folder"
+    latest = latest_checkpoint(out) if cfg.output_dir else None
+    if latest is None:
+        return (f"interrupted: no checkpoint was saved yet in {out} (the first comes at step {cfg.save_steps}); "
+                "run the same command again to start over")
+    state = read_state(latest)
+    steps = f" (step {state.global_step} of {state.total_steps})" if state and state.total_steps else ""
+    again = ("run the same command again (it has --resume auto)" if cfg.resume == "auto"
+             else "run the same command with --resume auto")
+    return (f"interrupted: the latest checkpoint, {latest}{steps}, is kept; {again} to continue from it "
+            "(the steps after it are redone)")
 
 
 def _cuda_available() -> bool:
@@ -116,6 +155,20 @@ def _cuda_available() -> bool:
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
+
+
+def _cuda_device_count() -> int:
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def _torch_version() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return str(torch.__version__)
 
 
 @click.command(context_settings={"show_default": False})
@@ -147,6 +200,9 @@ def train(preset, config_file, dry_run, as_json, print_command, n_records, avg_t
 
 def run_worker(argv: list[str]) -> int:
     """Entry for each process the DeepSpeed launcher starts (``python -m vichat.train.launch ARGS``)."""
+    from ..cli import quiet_library_noise
+
+    quiet_library_noise()  # what `vichat` does: each worker's log without unactionable library messages
     try:
         train.main(args=[*argv, "--launched"], prog_name="vichat.train.launch", standalone_mode=False)
     except VichatError as exc:

@@ -179,8 +179,10 @@ def apply(cfg: TrainConfig, values: Mapping[str, Any], where: str) -> TrainConfi
     return replace(cfg, **changes)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML config file; errors name the file (and line for unknown keys)."""
+def read_yaml_lines(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The mapping in a YAML config file and the line of each key. Errors name the file and line: an
+    unknown key (with the closest known setting), a setting given twice (``lora_r`` and ``lora-r``
+    are the same setting)."""
     import yaml
 
     p = Path(path)
@@ -194,14 +196,68 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise VichatError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
-        return {}
+        return {}, {}
     if not isinstance(data, dict):
         raise VichatError(f"{path}: expected a mapping of setting: value, got {type(data).__name__}")
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
+    lines: dict[str, int] = {}
+    first: dict[str, tuple[str, int]] = {}  # setting -> (key as written, line) of its first appearance
+    for key_node, _ in node.value if node is not None else ():
+        key, line = key_node.value, key_node.start_mark.line + 1
+        name = str(key).replace("-", "_")
+        name = RENAMED.get(name, name)
+        if name in first:
+            was, at = first[name]
+            same = "" if was == key else f" (as {was!r})"
+            raise VichatError(f"{path}:{line}: {key!r} is given twice: it was set on line {at}{same} already, and "
+                              "only one value can apply; remove one of them")
+        first[name] = (key, line)
+        lines.setdefault(key, line)
     for key in data:
         if str(key).replace("-", "_") not in FIELDS and str(key).replace("-", "_") not in RENAMED:
             raise unknown_key_error(str(key), f"{path}:{lines.get(key, 1)}")
-    return data
+    return data, {str(k): v for k, v in lines.items()}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; errors name the file (and line for unknown or repeated keys)."""
+    return read_yaml_lines(path)[0]
+
+
+def build_config_origins(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[TrainConfig, dict[str, str]]:
+    """:func:`build_config`, and where each explicitly given setting came from: ``{name: "--flag"}`` for
+    a flag, ``{name: "FILE:LINE: key"}`` for a YAML value (what an error about that value names)."""
+    from .presets import get_preset
+
+    file_values, lines = read_yaml_lines(config_file) if config_file else ({}, {})
+    file_preset = file_values.get("preset")
+    if preset and file_preset is not None and str(file_preset) != preset:
+        raise VichatError(
+            f"preset {preset!r} is named on the command line, but {config_file}:{lines.get('preset', 1)} says "
+            f"preset: {file_preset}; a run starts from one preset: drop one of the two (the command line's "
+            "is not silently preferred)"
+        )
+    name = preset or file_preset
+    cfg = TrainConfig()
+    origins: dict[str, str] = {}
+    if name:
+        cfg = apply(cfg, {**get_preset(str(name)).values, "preset": str(name)}, f"preset {name!r}")
+    if file_values:
+        values = {k: v for k, v in file_values.items() if k != "preset"}
+        cfg = apply(cfg, values, str(config_file))
+        for key in values:
+            field_name = RENAMED.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
+            origins[field_name] = f"{config_file}:{lines.get(str(key), 1)}: {key}"
+    if overrides:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        cfg = apply(cfg, given, "command line")
+        for key in given:
+            field_name = RENAMED.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
+            origins[field_name] = "--" + field_name.replace("_", "-")
+    return cfg, origins
 
 
 def build_config(
@@ -210,19 +266,8 @@ def build_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
     """Defaults < preset < YAML file < ``overrides`` (flags). A YAML ``preset:`` key is used when
-    no positional preset is given."""
-    from .presets import get_preset
-
-    file_values = read_yaml(config_file) if config_file else {}
-    name = preset or file_values.get("preset")
-    cfg = TrainConfig()
-    if name:
-        cfg = apply(cfg, {**get_preset(str(name)).values, "preset": str(name)}, f"preset {name!r}")
-    if file_values:
-        cfg = apply(cfg, {k: v for k, v in file_values.items() if k != "preset"}, str(config_file))
-    if overrides:
-        cfg = apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
-    return cfg
+    no positional preset is given; a different preset on the command line and in the file is an error."""
+    return build_config_origins(preset, config_file, overrides)[0]
 
 
 def resolve(cfg: TrainConfig, spec: Any = None, cuda: bool | None = None) -> TrainConfig:

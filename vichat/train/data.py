@@ -72,13 +72,15 @@ def is_prepared_dir(path: str | Path) -> bool:
     return p.is_dir() and (p / TRAIN_FILE).is_file()
 
 
-def ensure_prepared(data: str, output_dir: Path, *, seed: int, template: str, registry: Any) -> Path:
+def ensure_prepared(data: str, output_dir: Path, *, seed: int, template: str, registry: Any,
+                    resuming: bool = False) -> Path:
     """The prepared folder for ``data``: itself when it is one, else ``output_dir/data`` built from
     a mixture name (``sample-chat``), a registered dataset (``vi-sample-chat``) or a file.
 
     Building is idempotent: the folder is reused when its manifest says it was built from the same
     reference and seed (a resumed run must see the same records). ``registry``: where a dataset
-    name is looked up (the caller's)."""
+    name is looked up (the caller's). ``resuming``: a folder built from other data belongs to the
+    run being resumed; it is not rebuilt, the resume is refused."""
     if is_prepared_dir(data):
         return Path(data).expanduser()
     from ..data.mixtures import MIXTURES
@@ -88,6 +90,13 @@ def ensure_prepared(data: str, output_dir: Path, *, seed: int, template: str, re
         built = json.loads((target / MANIFEST_FILE).read_text(encoding="utf-8")).get("vichat_train_ref")
         if built == {"data": data, "seed": seed}:
             return target
+        if resuming:
+            was = f"--data {built.get('data')} (seed {built.get('seed')})" if isinstance(built, dict) else "other data"
+            raise VichatError(
+                f"--resume: {target} holds the records of the run being resumed, prepared from {was}; this run asks "
+                f"for --data {data} (seed {seed}). Resuming with other data is refused and the folder is left as it "
+                "is: resume with the original --data, or start a new run in another --output-dir"
+            )
     if data in MIXTURES:
         manifest = prepare(target, mixture=data, seed=seed, template=template, registry=registry)
     else:
@@ -98,6 +107,47 @@ def ensure_prepared(data: str, output_dir: Path, *, seed: int, template: str, re
 
     write_json_atomic(target / MANIFEST_FILE, manifest)
     return target
+
+
+def data_report(data: TrainingData, train_examples: Sequence[Mapping[str, Any]], max_length: int, *,
+                large_share: float = 0.25) -> tuple[list[str], list[str]]:
+    """What the run's opening lines say about its data: ``(notes, warnings)``.
+
+    Notes: records the preparation removed (duplicates) or dropped (invalid rows, code broken by
+    translation, untranslated, over a limit) and where they are listed, and the training records
+    cut to ``max_length``. Warnings: more than ``large_share`` of them cut; a validation set of
+    0 or 1 record (its loss says little or nothing)."""
+    notes: list[str] = []
+    warnings: list[str] = []
+    counts = data.manifest.get("counts", {}) if data.manifest else {}
+    removed = [f"{n} {what}" for key, what in (
+        ("duplicates_removed", "duplicates removed"),
+        ("skipped_invalid", "invalid rows skipped"),
+        ("dropped_corrupted_code", "dropped for code broken by translation"),
+        ("dropped_untranslated", "dropped as untranslated"),
+        ("dropped_by_limit", "left out by a --limit"),
+    ) if (n := int(counts.get(key) or 0))]
+    if removed:
+        listed = data.folder / "skipped.jsonl"
+        where = (f"; the dropped ones are listed in {listed}" if listed.is_file() else "") + \
+            f"; counts in {data.folder / MANIFEST_FILE}"
+        notes.append(f"data: {', '.join(removed)} when {data.folder} was prepared{where}")
+    n = len(train_examples)
+    cut = sum(1 for e in train_examples if e.get("truncated"))
+    if cut:
+        share = cut / n if n else 0.0
+        text = (f"{cut} of {n} training records ({100 * share:.0f}%) are longer than --max-length {max_length} "
+                "and are cut to it (the response's end is lost; the EOS is kept)")
+        if share > large_share:
+            warnings.append(f"{text}: that is a large share; raise --max-length, or check the data")
+        else:
+            notes.append(f"data: {text}")
+    if len(data.validation) <= 1:
+        what = "no validation records" if not data.validation else "only 1 validation record"
+        warnings.append(f"{what} in {data.folder / VALIDATION_FILE}: the validation loss "
+                        + ("is not computed" if not data.validation else "says little")
+                        + "; prepare the data with a larger validation split (`vichat data prepare --val-size`)")
+    return notes, warnings
 
 
 def _read_records(path: Path) -> list[Record]:

@@ -7,10 +7,12 @@ parameters, the steps and tokens, and a per-GPU memory estimate with a verdict.
 from __future__ import annotations
 
 import math
+import shlex
 import textwrap
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+from ..records import VichatError
 from .batch import Batch, solve_batch, steps_per_epoch
 from .config import TrainConfig, resolve
 from .data_stats import DataStats, data_stats
@@ -140,13 +142,15 @@ def plan(
     gpus: int | None = None,
     gpu_mem_gb: float | None = None,
     count_tokens: Callable[[str], int] | None = None,
+    origins: Mapping[str, str] | None = None,
 ) -> Plan:
     """Plan the run ``cfg`` on base model ``spec`` without loading anything.
 
     ``gpus`` / ``gpu_mem_gb`` override the config's (the presets use the paper's 4 x 24 GiB).
     Records and mean tokens come from the arguments, else a prepared data dir (``cfg.data``), else
     the paper's Table I for the chat/doctor mixtures. Raises :class:`VichatError` for refused
-    settings (see :func:`validate_config`) and impossible batch splits.
+    settings (see :func:`validate_config`) and impossible batch splits. ``origins``: where the settings
+    came from (:func:`vichat.train.config.build_config_origins`), so errors name a YAML file and key.
     """
     if gpus is not None:
         cfg = replace(cfg, gpus=gpus)
@@ -154,7 +158,7 @@ def plan(
         cfg = replace(cfg, gpu_mem_gb=gpu_mem_gb)
     raw = cfg
     cfg = resolve(cfg, spec)
-    warnings = validate_config(cfg, spec)
+    warnings = validate_config(cfg, spec, origins=origins)
     arch = spec.architecture
     known = family_of(arch) is not None
     targets = resolve_targets(arch, cfg.lora_targets) if known else list(cfg.lora_targets or ())
@@ -181,6 +185,11 @@ def plan(
     source = stats.source if stats else "given"
     if stats and (n_train_records is not None or avg_tokens is not None):
         source += " (partly overridden)"
+    if records is not None and records < 1:
+        if n_train_records is not None:
+            raise VichatError(f"--records {n_train_records}: a run needs at least one training record")
+        raise VichatError(f"--data {cfg.data}: no training records ({source.split(' (')[0]} is empty); a run needs at "
+                          "least one. Check the data (`vichat data prepare` lists what it kept and skipped)")
     data = DataStats(records, avg, source)
     spe = total = tokens = None
     if records:
@@ -269,7 +278,7 @@ def format_report(p: Plan) -> str:
         f"    total             {m['total']:7.2f}  of {c.gpu_mem_gb:g}",
         "",
         f"  verdict      {p.verdict}",
-        f"  command      {' '.join(p.launch)}",
+        f"  command      {shlex.join(p.launch)}",
     ]
     for label, items in (("warning", p.warnings), ("note", p.notes)):
         for text in items:

@@ -28,12 +28,12 @@ from .adapter import base_reference, expected_shapes, save_adapter
 from .batch import Batch, solve_batch
 from .card import LOSS_CURVE, model_card, plot_loss_curve
 from .config import TrainConfig, resolve, training_arguments
-from .data import (TrainingData, ensure_prepared, eval_batches, load_prepared, make_units, plan_fingerprint,
-                   steps_per_epoch, tokenize_all)
+from .data import (TrainingData, data_report, ensure_prepared, eval_batches, load_prepared, make_units,
+                   plan_fingerprint, steps_per_epoch, tokenize_all)
 from .loss import loss_notes, resolve_loss
 from .model import add_lora, load_base, total_parameter_count, trainable_parameter_count, trainable_parameters
 from .progress import LogWindow, RunLogger
-from .validate import validate_config
+from .validate import check_devices, validate_config
 
 RESULT_FILE = "train_result.json"
 
@@ -113,6 +113,7 @@ class TrainingRun:
         self.registry = registry
         self.spec = registry.base_model(cfg.base_model)
         self.rank, self.world = _world()
+        check_devices(cfg, cuda=torch.cuda.is_available(), torch_version=torch.__version__)
         cfg = resolve(cfg, self.spec, cuda=torch.cuda.is_available())
         self.warnings = validate_config(cfg, self.spec, world=self.world)
         self.loss = resolve_loss(cfg.loss, device=cfg.device, zero_stage=cfg.zero_stage, world=self.world)
@@ -128,10 +129,18 @@ class TrainingRun:
 
         self.args = self._training_arguments()  # starts the process group of a multi-process run
         self.resume_from = self._find_resume()
-        self.data = self._load_data()
+        self.data: TrainingData | None = None
+        self.total_steps: int | None = None
+        # A refused resume must leave the run's folder as it was: the settings are checked before the
+        # data folder is (re)built, the data before the weights load, the step count once it is known.
+        self._check_resume()
+        self.data = self._load_data()  # checks the data against the checkpoint's too
         self._seed(cfg.seed)
         device = f"cuda:{self.args.local_process_index}" if cfg.device == "cuda" else "cpu"
         model, self.tokenizer = load_base(cfg, self.spec, device)
+        # What the adapter records and the run reports: the folder the weights really came from (the
+        # tiny build's cache, say). base_ref, what was asked for, stays the resume check's key.
+        self.loaded_ref = base_reference(cfg.base_path, self.spec.hub_id, model)
         self.total_params = total_parameter_count(model)
         self.model = add_lora(model, cfg, cfg.lora_targets or self.spec.lora_targets)
         self.trainable_params = trainable_parameter_count(self.model)
@@ -150,8 +159,7 @@ class TrainingRun:
         self.plan = self._plan_values()
         self.state = ckpt.TrainState(seed=cfg.seed, fingerprint=plan_fingerprint(self.plan), plan=self.plan,
                                      total_steps=self.total_steps, world_size=self.world)
-        if self.resume_from is not None:
-            self._check_resume(self.resume_from)
+        self._check_resume(final=True)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -195,12 +203,8 @@ class TrainingRun:
         set_seed(seed)
 
     def _batching_mode(self) -> str:
+        # --packing on BLOOM is refused by validate_config (the dry run refuses it too).
         if self.cfg.packing:
-            if self.spec.architecture.family == "bloom":
-                raise VichatError(
-                    f"--packing is refused for {self.spec.name} (BLOOM): BLOOM's ALiBi attention ignores position_ids, so "
-                    "packed samples would attend to each other. Use --group-by-length instead (about as little padding)"
-                )
             return "packed"
         return "length" if self.cfg.group_by_length else "random"
 
@@ -247,40 +251,115 @@ class TrainingRun:
 
     def _load_data(self) -> TrainingData:
         # One process builds the prepared folder (when --data names a mixture or dataset); the
-        # others wait and read it.
-        if self.is_main:
-            folder = ensure_prepared(self.cfg.data, self.out, seed=self.cfg.seed, template=self.cfg.template,
-                                     registry=self.registry)
-        self.barrier()
-        if not self.is_main:
-            folder = ensure_prepared(self.cfg.data, self.out, seed=self.cfg.seed, template=self.cfg.template,
-                                     registry=self.registry)
-        return load_prepared(folder)
+        # others wait and read it. A resumed run never rebuilds a folder prepared from other data.
+        resuming = self.resume_from is not None
+        created = resuming and not (self.out / "data").exists()
+        try:
+            if self.is_main:
+                folder = ensure_prepared(self.cfg.data, self.out, seed=self.cfg.seed, template=self.cfg.template,
+                                         registry=self.registry, resuming=resuming)
+            self.barrier()
+            if not self.is_main:
+                folder = ensure_prepared(self.cfg.data, self.out, seed=self.cfg.seed, template=self.cfg.template,
+                                         registry=self.registry, resuming=resuming)
+            data = load_prepared(folder)
+            self.data = data
+            self._check_resume()
+        except VichatError:
+            if created and self.is_main:  # built for a resume that is refused: leave the folder as it was
+                import shutil
+
+                shutil.rmtree(self.out / "data", ignore_errors=True)
+            raise
+        return data
+
+    #: The plan's entries (all that decides the trajectory) and how a user sets each, for the message
+    #: that refuses a resume. The loss implementation (--loss), gradient checkpointing, logging,
+    #: evaluation and saving do not change the math and may differ.
+    PLAN_SETTINGS: dict[str, str] = {
+        "data": "--data (the prepared records, manifest sha256)", "base": "--base-model / --base-path",
+        "template": "--template", "max_length": "--max-length", "mode": "batching (--packing / --group-by-length)",
+        "micro": "--micro-batch-size", "accumulation": "--gradient-accumulation",
+        "world": "processes (--gpus x --num-nodes, or torchrun's --nproc_per_node)", "seed": "--seed",
+        "lora_r": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
+        "lora_targets": "--lora-targets", "optimizer": "--optimizer", "learning_rate": "--learning-rate",
+        "weight_decay": "--weight-decay", "adam_beta1": "--adam-beta1", "adam_beta2": "--adam-beta2",
+        "adam_epsilon": "--adam-epsilon", "max_grad_norm": "--max-grad-norm", "lr_scheduler": "--lr-scheduler",
+        "warmup_steps": "--warmup-steps", "total_steps": "total steps (from --epochs, the batch and the data)",
+        "load_in": "--load-in", "compute_dtype": "--compute-dtype", "zero_stage": "--zero-stage",
+    }
+    PLAN_FORMAT = 2
 
     def _plan_values(self) -> dict[str, Any]:
-        """Everything that decides the trajectory; a resumed run must match it exactly."""
-        c = self.cfg
+        """Everything that decides the trajectory; a resumed run must match it exactly. ``data`` and
+        ``total_steps`` are None until the data is loaded and tokenised."""
+        c, d = self.cfg, self.data
+        data = (d.manifest_sha256 or d.describe()["train_sha256"] or str(len(d.train))) if d is not None else None
         return {
-            "data": self.data.manifest_sha256 or self.data.describe()["train_sha256"] or str(len(self.data.train)),
-            "base": self.base_ref, "template": c.template, "max_length": c.max_length, "mode": self.mode,
-            "micro": self.batch.micro, "accumulation": self.batch.accumulation, "world": self.world,
+            "format": self.PLAN_FORMAT, "data": data, "base": self.base_ref, "template": c.template,
+            "max_length": c.max_length, "mode": self.mode, "micro": self.batch.micro,
+            "accumulation": self.batch.accumulation, "world": self.world, "seed": c.seed, "lora_r": c.lora_r,
+            "lora_alpha": c.lora_alpha, "lora_dropout": c.lora_dropout, "lora_targets": sorted(c.lora_targets or ()),
+            "optimizer": c.optimizer, "learning_rate": c.learning_rate, "weight_decay": c.weight_decay,
+            "adam_beta1": c.adam_beta1, "adam_beta2": c.adam_beta2, "adam_epsilon": c.adam_epsilon,
+            "max_grad_norm": c.max_grad_norm, "lr_scheduler": c.lr_scheduler, "warmup_steps": c.warmup_steps,
+            "total_steps": self.total_steps, "load_in": c.load_in, "compute_dtype": c.compute_dtype,
+            "zero_stage": c.zero_stage if self.uses_deepspeed else None,
+        }
+
+    def _legacy_plan(self) -> dict[str, Any]:
+        """The plan as checkpoints before format 2 recorded it (grouped, without the clipping norm and dtype)."""
+        c, p = self.cfg, self._plan_values()
+        return {
+            "data": p["data"], "base": self.base_ref, "template": c.template, "max_length": c.max_length,
+            "mode": self.mode, "micro": self.batch.micro, "accumulation": self.batch.accumulation, "world": self.world,
             "seed": c.seed, "lora": [c.lora_r, c.lora_alpha, c.lora_dropout, sorted(c.lora_targets or ())],
             "optimizer": [c.optimizer, c.learning_rate, c.weight_decay, c.adam_beta1, c.adam_beta2, c.adam_epsilon],
             "schedule": [c.lr_scheduler, c.warmup_steps, self.total_steps], "load_in": c.load_in,
         }
 
-    def _check_resume(self, folder: Path) -> None:
+    def _check_resume(self, final: bool = False) -> None:
+        """Refuse resuming a checkpoint made with other settings, naming each one (old -> new value and
+        its flag). Called as soon as each part of the plan is known (settings, data, step count), so a
+        refusal comes before anything is written; ``final``: the whole plan, and adopt the state."""
+        folder = self.resume_from
+        if folder is None:
+            return
         state = ckpt.read_state(folder)
         assert state is not None  # find_resume_checkpoint only returns complete checkpoints
-        if state.fingerprint != self.state.fingerprint:
-            diff = [k for k in self.plan if state.plan.get(k) != self.plan[k]]
+        if state.plan.get("format") == self.PLAN_FORMAT:
+            new = self._plan_values()
+            diff = [k for k in self.PLAN_SETTINGS if k in state.plan and new.get(k) is not None
+                    and state.plan[k] != new[k]]
+            if not diff and final and state.fingerprint != plan_fingerprint(new):
+                diff = [k for k in new if state.plan.get(k) != new[k]]
+        elif final:  # a checkpoint of an older vichat: its grouped plan, compared as it was then
+            legacy = self._legacy_plan()
+            diff = [] if state.fingerprint == plan_fingerprint(legacy) else \
+                [k for k in legacy if state.plan.get(k) != legacy[k]] or ["settings"]
+        else:
+            diff = []
+        if diff:
             raise VichatError(
-                f"--resume {folder}: the checkpoint was made with other settings or data"
-                + (f" ({', '.join(diff)} differ)" if diff else "")
-                + "; resume with the original settings, or start a new run in another --output-dir"
+                f"--resume {folder}: the checkpoint was made with other settings: "
+                + "; ".join(self._describe_change(k, state.plan.get(k)) for k in diff)
+                + ". Resume with the checkpoint's settings, or start a new run in another --output-dir"
             )
-        self.state = state
-        self.wall_before = state.wall_seconds
+        if final:
+            self.state = state
+            self.wall_before = state.wall_seconds
+
+    def _describe_change(self, key: str, old: Any) -> str:
+        new = self._plan_values().get(key) if key in self.PLAN_SETTINGS else self._legacy_plan().get(key)
+
+        def show(v: Any) -> str:
+            if key == "data" and isinstance(v, str) and len(v) > 16:
+                return v[:12] + "…"
+            if isinstance(v, list):
+                return ",".join(map(str, v)) or "(none)"
+            return "(not recorded)" if v is None else str(v)
+
+        return f"{self.PLAN_SETTINGS.get(key, key)} {show(old)} -> {show(new)}"
 
     def checkpoint_state(self, step: int) -> ckpt.TrainState:
         """vichat's part of checkpoint ``step`` (called by the trainer while saving)."""
@@ -335,7 +414,7 @@ class TrainingRun:
         return self.wall_before + time.perf_counter() - self.wall_start
 
     def _run_info(self) -> dict[str, Any]:
-        return {"base_model": self.spec.name, "base_model_name_or_path": self.base_ref, "load_in": self.cfg.load_in,
+        return {"base_model": self.spec.name, "base_model_name_or_path": self.loaded_ref, "load_in": self.cfg.load_in,
                 "compute_dtype": self.cfg.compute_dtype, "template": self.cfg.template, "max_length": self.cfg.max_length,
                 "global_step": self.state.global_step, "config": self.cfg.to_dict()}
 
@@ -345,12 +424,17 @@ class TrainingRun:
             self.logger.say(f"warning: {w}")
         where = f"resuming from {self.resume_from} at step {self.state.global_step}" if self.resume_from else "starting"
         self.logger.say(
-            f"{where}: {self.spec.name} ({self.base_ref}), LoRA r={c.lora_r} on {', '.join(c.lora_targets or ())}: "
+            f"{where}: {self.spec.name} ({self.loaded_ref}), LoRA r={c.lora_r} on {', '.join(c.lora_targets or ())}: "
             f"{self.trainable_params:,} trainable of {self.total_params:,}; {len(self.data.train)} training / "
             f"{len(self.data.validation)} validation records; batch {b.total} = {b.micro} x {b.accumulation} x "
             f"{b.world} process(es), {self.mode} batching, {self.loss} loss; {self.total_steps} steps "
             f"({self.steps_per_epoch}/epoch)"
         )
+        notes, warnings = data_report(self.data, self.train_examples, c.max_length)
+        for note in notes:
+            self.logger.say(note)
+        for w in warnings:
+            self.logger.say(f"warning: {w}")
 
     def _finish(self) -> TrainResult:
         """Save the final adapter, tokenizer, loss curve, model card and result (main process)."""
@@ -371,14 +455,14 @@ class TrainingRun:
         state_dict = self._adapter_state_dict()
         if self.is_main:
             summary = save_adapter(
-                self.model, self.out, base_model_name_or_path=self.base_ref, expected=self.expected_adapter,
+                self.model, self.out, base_model_name_or_path=self.loaded_ref, expected=self.expected_adapter,
                 steps_done=st.global_step, state_dict=state_dict, run_info=self._run_info(),
             )
             self.tokenizer.save_pretrained(str(self.out))
             plot_loss_curve(st.log, self.out / LOSS_CURVE, title=f"{self.spec.name} LoRA ({self.cfg.template})")
             data = {**self.data.describe(), "truncated": sum(1 for e in self.train_examples if e.get("truncated"))}
             card = model_card(
-                base_model=self.spec.name, base_ref=self.base_ref, config=self.cfg.to_dict(),
+                base_model=self.spec.name, base_ref=self.loaded_ref, config=self.cfg.to_dict(),
                 batch={"total": self.batch.total, "micro": self.batch.micro, "accumulation": self.batch.accumulation,
                        "world": self.world, "mode": self.mode},
                 data=data, results=result.to_dict(), lora_targets=list(self.cfg.lora_targets or ()),
