@@ -236,3 +236,24 @@ def test_a_checkpoint_of_an_older_vichat_still_resumes(tiny, tmp_path):
             show_progress=False)
     result = run(tiny.config(out, epochs=1, resume="auto"), registry=train_registry(), show_progress=False)
     assert result.resumed_from.endswith("checkpoint-3") and result.global_step == 6
+
+
+def test_resuming_a_finished_run_trains_nothing_more_and_saves_the_same_adapter(tiny, tmp_path, capsys):
+    # 0.5 epoch: the last checkpoint falls mid-epoch, where Trainer, resumed, ran one step past the end.
+    from safetensors.torch import load_file
+
+    from vichat.train.trainer import run
+
+    out = tmp_path / "done"
+    first = run(tiny.config(out, epochs=0.5), registry=train_registry(), show_progress=True)
+    assert first.global_step == first.total_steps == 3
+    adapter = load_file(out / "adapter_model.safetensors")
+    log = (out / "training_log.jsonl").read_text()
+    for gone in ("adapter_model.safetensors", "train_result.json", "README.md"):  # as if stopped before the final save
+        (out / gone).unlink()
+    again = run(tiny.config(out, epochs=0.5, resume="auto"), registry=train_registry(), show_progress=True)
+    assert "checkpoint-3 is the run's last step (3 of 3): nothing left to train" in capsys.readouterr().err
+    assert again.global_step == 3 and again.resumed_from is not None
+    assert _result(out)["global_step"] == 3 and (out / "training_log.jsonl").read_text() == log
+    saved = load_file(out / "adapter_model.safetensors")
+    assert saved.keys() == adapter.keys() and all((saved[k] == adapter[k]).all() for k in adapter)

@@ -389,11 +389,39 @@ class TrainingRun:
         if getattr(self, "trainer", None) is None:
             self.trainer = self.build_trainer()
         self._announce()
+        if self.resume_from and self.total_steps is not None and self.state.global_step >= self.total_steps:
+            # The checkpoint is the run's last step (a finished run resumed, or one stopped between its
+            # last checkpoint and its final save). Trainer would run one more step here (it skips the
+            # resumed epoch's done batches, then steps before checking max_steps): take the
+            # checkpoint's weights as they are and save the run's outputs from them.
+            self.logger.say(f"{self.resume_from.name} is the run's last step ({self.state.global_step} of "
+                            f"{self.total_steps}): nothing left to train; saving its adapter")
+            self.logger.close()
+            self._load_checkpoint_adapter()
+            return self._finish()
         try:
             self.trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
         finally:
             self.logger.close()
         return self._finish()
+
+    def _load_checkpoint_adapter(self) -> None:
+        """The LoRA weights of the checkpoint being resumed, into the model (gathered under ZeRO-3)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        path = Path(self.resume_from) / "adapter_model.safetensors"
+        if not path.is_file():
+            raise VichatError(f"--resume {self.resume_from}: no adapter_model.safetensors in the checkpoint: it is "
+                              "not one this run wrote; resume from another checkpoint or start a new --output-dir")
+        weights = load_file(str(path))
+        if self.uses_deepspeed and self.cfg.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(trainable_parameters(self.model), modifier_rank=0):
+                set_peft_model_state_dict(self.model, weights)
+        else:
+            set_peft_model_state_dict(self.model, weights)
 
     # ------------------------------------------------------------------ saving
 
