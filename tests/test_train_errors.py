@@ -319,3 +319,10 @@ def test_data_report_notes_a_small_share_of_cut_records(tmp_path):
     assert warnings == []
     notes, warnings = data_report(data, [{"truncated": False}] * 10, 256)
     assert notes == warnings == []
+
+
+def test_a_configuration_warning_is_said_once_by_a_real_run(tiny, tmp_path, one_thread):  # noqa: F811
+    args = tiny.cli_args(tmp_path / "o", epochs=0.5, compute_dtype="fp16")
+    res = _cli(*args)
+    assert res.exit_code == 0, res.output
+    assert res.output.count("warning: fp16 on CPU is slow") == 1 and "done: adapter in" in res.output

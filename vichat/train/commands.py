@@ -62,7 +62,7 @@ def train_main(
     from .launcher import launch_command
     from .plan import plan
     from .presets import PRESETS
-    from .validate import check_devices
+    from .validate import check_devices, validate_config
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if not preset and not config_file and "base_model" not in overrides:
@@ -105,8 +105,12 @@ def train_main(
     user_micro, user_accumulation = cfg.micro_batch_size, cfg.gradient_accumulation
     cfg = resolve(cfg, spec, cuda=cuda if cfg.device == "auto" else None)
     p = plan(cfg, spec, n_train_records=n_records, avg_tokens=avg_tokens, origins=origins)
+    # The run announces the configuration's warnings itself (validate_config again, for its real
+    # process count): only what the plan alone knows (the warm-up against the step count) is said here.
+    announced = set(validate_config(p.config, spec, origins=origins))
     for w in p.warnings:
-        click.echo(f"warning: {w}", err=True)
+        if w not in announced:
+            click.echo(f"warning: {w}", err=True)
     if not p.fits:
         click.echo(f"warning: {p.verdict}", err=True)
     try:
