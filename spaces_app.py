@@ -8,7 +8,7 @@ which are read only by the code that needs them. docs/app.md lists every variabl
 """
 
 from vichat.app.app import app_from_env, launch
-from vichat.cli import quiet_library_noise
+from vichat.clitools import quiet_library_noise
 
 quiet_library_noise()  # what `vichat serve` does: no unactionable library messages in the Space's logs
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import warnings
 
-from vichat.cli import quiet_library_noise
+from vichat.clitools import quiet_library_noise
 
 
 class Keep(logging.Handler):

@@ -7,12 +7,12 @@ stays fast; torch, transformers and friends load inside the commands that need t
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import warnings
 
 import click
 
+from .clitools import quiet_library_noise
 from .records import VichatError
 
 
@@ -33,27 +33,6 @@ def main() -> None:
     """vichat: Vietnamese instruction-tuned chatbots (data, training, judging, demo)."""
     quiet_library_noise()
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"  # type: ignore[assignment]
-
-
-class _DropMessage(logging.Filter):
-    def __init__(self, start: str) -> None:
-        super().__init__()
-        self.start = start
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.start)
-
-
-def quiet_library_noise() -> None:
-    """Keep Python's default warning filters (vichat's own warnings show; other libraries'
-    DeprecationWarnings and ResourceWarnings do not), and drop two messages a user can do nothing
-    about: peft asking transformers for a renamed attribute, and bitsandbytes advising on CPUs with
-    AVX-512 BF16 to install ``kernels``, which fetches a 4-bit kernel from the hub (its own code is
-    the fallback, and vichat's 4-bit CPU path is tested on it)."""
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    if not any(isinstance(f, _DropMessage) for f in bnb.filters):
-        bnb.addFilter(_DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community"))
 
 
 def plugins_report(registry=None) -> list[dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Any, Callable
 
 import click
@@ -66,3 +68,24 @@ def renamed_option(old: str, new: str, dest: str, **kwargs: Any) -> Callable[[Ca
         return value
 
     return click.option(old, dest, hidden=True, default=None, callback=moved, expose_value=True, **kwargs)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
+def quiet_library_noise() -> None:
+    """Keep Python's default warning filters (vichat's own warnings show; other libraries'
+    DeprecationWarnings and ResourceWarnings do not), and drop two messages a user can do nothing
+    about: peft asking transformers for a renamed attribute, and bitsandbytes advising on CPUs with
+    AVX-512 BF16 to install ``kernels``, which fetches a 4-bit kernel from the hub (its own code is
+    the fallback, and vichat's 4-bit CPU path is tested on it)."""
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _DropMessage) for f in bnb.filters):
+        bnb.addFilter(_DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community"))

@@ -204,7 +204,7 @@ def train(preset, config_file, dry_run, as_json, print_command, n_records, avg_t
 
 def run_worker(argv: list[str]) -> int:
     """Entry for each process the DeepSpeed launcher starts (``python -m vichat.train.launch ARGS``)."""
-    from ..cli import quiet_library_noise
+    from ..clitools import quiet_library_noise
 
     quiet_library_noise()  # what `vichat` does: each worker's log without unactionable library messages
     try:

@@ -179,6 +179,12 @@ def apply(cfg: TrainConfig, values: Mapping[str, Any], where: str) -> TrainConfi
     return replace(cfg, **changes)
 
 
+def setting_name(key: Any) -> str:
+    """The setting a YAML key or flag names (``lora-r`` and ``lora_r`` are one; old names renamed)."""
+    name = str(key).replace("-", "_")
+    return RENAMED.get(name, name)
+
+
 def read_yaml_lines(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     """The mapping in a YAML config file and the line of each key. Errors name the file and line: an
     unknown key (with the closest known setting), a setting given twice (``lora_r`` and ``lora-r``
@@ -203,8 +209,7 @@ def read_yaml_lines(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     first: dict[str, tuple[str, int]] = {}  # setting -> (key as written, line) of its first appearance
     for key_node, _ in node.value if node is not None else ():
         key, line = key_node.value, key_node.start_mark.line + 1
-        name = str(key).replace("-", "_")
-        name = RENAMED.get(name, name)
+        name = setting_name(key)
         if name in first:
             was, at = first[name]
             same = "" if was == key else f" (as {was!r})"
@@ -249,14 +254,12 @@ def build_config_origins(
         values = {k: v for k, v in file_values.items() if k != "preset"}
         cfg = apply(cfg, values, str(config_file))
         for key in values:
-            field_name = RENAMED.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
-            origins[field_name] = f"{config_file}:{lines.get(str(key), 1)}: {key}"
+            origins[setting_name(key)] = f"{config_file}:{lines.get(str(key), 1)}: {key}"
     if overrides:
         given = {k: v for k, v in overrides.items() if v is not None}
         cfg = apply(cfg, given, "command line")
         for key in given:
-            field_name = RENAMED.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
-            origins[field_name] = "--" + field_name.replace("_", "-")
+            origins[setting_name(key)] = "--" + setting_name(key).replace("_", "-")
     return cfg, origins
 
 
