@@ -118,6 +118,32 @@ def test_the_named_mode_still_shows_the_error_as_the_chat_tab_does(app):
     assert "gặp lỗi" in status and "Connection error" in status and "tiny" in status
 
 
+def test_with_error_detail_off_visitors_read_only_that_it_failed_and_the_log_has_the_rest(tmp_path, caplog):
+    from vichat.app.safety import HIDDEN_DETAIL
+
+    caplog.set_level(logging.INFO, logger="vichat.app")
+    settings = test_settings(tmp_path, error_detail=False, trusted_proxy_header=HEADER)
+    with running_app(FailingBackend(), settings) as (_, url):
+        c = visitor(url, "203.0.113.95")
+        with pytest.raises(AppError) as chat_error:
+            c.predict("Câu hỏi #url", [], "tiny", "chat", *PAPER, api_name="/chat")
+        named = final(c, "So sánh #path", "tiny", "tiny-chat", api_name="/sbs_send")[2]
+    for shown in (str(chat_error.value), named):
+        assert HIDDEN_DETAIL in shown and "gặp lỗi" in shown
+        assert not any(leak in shown for leak in ("127.0.0.1", "59999", "/tmp", "yaml", "Qwen")), shown
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert URL_ERROR in logged and PATH_ERROR in logged
+
+
+def test_error_detail_is_off_on_a_space_unless_the_operator_turns_it_on():
+    from vichat.app.settings import AppSettings
+
+    assert AppSettings.from_env({}).error_detail is True
+    assert AppSettings.from_env({"SPACE_ID": "someone/vichat"}).error_detail is False
+    assert AppSettings.from_env({"SPACE_ID": "someone/vichat", "VICHAT_ERROR_DETAIL": "1"}).error_detail is True
+    assert AppSettings.from_env({"VICHAT_ERROR_DETAIL": "0"}).error_detail is False
+
+
 # -- 2. a judge prompt by id, as docs/app.md promises ------------------------------------------------
 def test_score_takes_a_judge_prompt_by_id_through_the_api(app, capfd):
     _, url = app

@@ -23,7 +23,7 @@ from .context import AppContext
 from .controls import refuse_bad_values
 from .generation import STOPS, SideRequest, shown, stream_pair
 from .messages import to_messages
-from .safety import LimitError, check_message, check_turns, describe_error, refuse, scrub
+from .safety import HIDDEN_DETAIL, LimitError, check_message, check_turns, describe_error, refuse, scrub
 from ..arena.votes import DuplicateVoteError, Vote, now
 
 log = logging.getLogger("vichat.app")
@@ -102,13 +102,14 @@ class ArenaHandlers:
         """What the visitor reads when a side failed. Blind, it says only which side failed: an error's
         details (a server URL or port, an adapter path, a configuration file and line, a remote's
         model name) would tell which model is on which side, and expose a public Space's hosts
-        and files. The full errors are in the log; the named mode shows them, as the Chat tab does."""
+        and files. The full errors are in the log; the named mode shows them, as the Chat tab does,
+        unless the app hides failures' details (``error_detail`` off, as on a Space)."""
         failed = [side for side, e in zip(SIDES, errors) if e]
         if self._blind(battle):
             who = "Cả hai mô hình" if len(failed) == 2 else f"Mô hình {failed[0] if failed else 'A'}"
             return f"{who} gặp lỗi; hãy thử lại. Trận này không thể bầu chọn; bấm “Trận mới” để bắt đầu trận khác."
-        return (f"Mô hình gặp lỗi ({battle.error}). Trận này không thể bầu chọn; "
-                "bấm “Trận mới” để thử lại.")
+        detail = battle.error if self.ctx.settings.error_detail else HIDDEN_DETAIL
+        return f"Mô hình gặp lỗi ({detail}). Trận này không thể bầu chọn; bấm “Trận mới” để thử lại."
 
     # -- battles -------------------------------------------------------------------------------
     def _new_battle(self, session: str, model_a: str | None, model_b: str | None) -> Battle:

@@ -17,7 +17,7 @@ from .context import AppContext
 from .controls import clamp_decoding, decoding_sliders, decoding_values, refuse_bad_values
 from .generation import STOPS, stream_answer
 from .messages import Message, last_user_message, to_messages, to_turns
-from .safety import LimitError, check_conversation, describe_error, refuse
+from .safety import LimitError, check_conversation, refuse, visitor_error
 
 
 CHAT_EXAMPLES = [
@@ -103,7 +103,8 @@ class ChatHandlers:
         except Exception as exc:  # noqa: BLE001 - shown in the page; the app stays up
             # Drop the failed exchange and give the message back, so one click retries it.
             yield to_messages(turns), restore
-            raise gr.Error(f"Mô hình {model} gặp lỗi: {describe_error(exc)}") from None
+            error = visitor_error(exc, self.ctx.settings.error_detail, f"chat with {model}")
+            raise gr.Error(f"Mô hình {model} gặp lỗi: {error}") from None
         finally:
             STOPS.finish(key, stop)
 

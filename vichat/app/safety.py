@@ -109,6 +109,20 @@ def scrub(text: str, environ: dict[str, str] | None = None) -> str:
     return text
 
 
+#: What a visitor reads instead of a failure's details when the app hides them (``error_detail`` off).
+HIDDEN_DETAIL = "lỗi phía máy chủ; chi tiết đã được ghi vào nhật ký"
+
+
+def visitor_error(exc: BaseException, detail: bool, what: str) -> str:
+    """What a visitor reads about ``exc``: :func:`describe_error` when ``detail``, else
+    :data:`HIDDEN_DETAIL`, the description going to the log as one line naming ``what`` failed."""
+    message = describe_error(exc)
+    if detail:
+        return message
+    log.warning("%s failed: %s", what, message)
+    return HIDDEN_DETAIL
+
+
 def describe_error(exc: BaseException, limit: int = 400) -> str:
     """A message for the page: a :class:`VichatError`'s own words, else the exception's type and
     message; secrets masked, length bounded. The scrubbed traceback goes to the log."""

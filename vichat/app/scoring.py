@@ -27,7 +27,7 @@ from ..records import VichatError
 from .context import AppContext
 from .controls import refuse_bad_values
 from .reports import find_reports, load_report
-from .safety import check_message, describe_error, refuse, scrub
+from .safety import check_message, refuse, scrub, visitor_error
 from .settings import REMOTE_JUDGES
 
 #: Judges that run a model inside this process: never offered unless listed, never with a
@@ -123,7 +123,7 @@ class ScoringHandlers:
         try:
             result = spec.judge(question, answer1, answer2, prompt, policy=None, **options)
         except Exception as exc:  # noqa: BLE001 - shown inline; the app stays up
-            message = f"Giám khảo {judge} gặp lỗi: {describe_error(exc)}"
+            message = f"Giám khảo {judge} gặp lỗi: {visitor_error(exc, self.ctx.settings.error_detail, f'judge {judge}')}"
             gr.Warning(message)
             return f"⚠️ {message}", empty, ""
         return scrub(_summary(result)), _aspects(result), scrub(_explanation(result))
@@ -154,7 +154,7 @@ class ScoringHandlers:
         try:
             view = load_report(directory)
         except VichatError as exc:
-            raise gr.Error(describe_error(exc)) from None
+            raise gr.Error(visitor_error(exc, self.ctx.settings.error_detail, f"report {label}")) from None
         image = gr.update(value=None, visible=False)
         if view.png is not None:
             from PIL import Image  # a PIL image, not a path: report roots need not be Gradio-allowed paths

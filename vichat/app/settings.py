@@ -90,6 +90,9 @@ class AppSettings:
     judges: tuple[str, ...] | None = None
     judge_model: str | None = None
     export_enabled: bool = True
+    # Whether a visitor reads a failure's details (server URL, adapter path, configuration line) or
+    # only that it failed, the details going to the log. from_env: off on a Space, else on.
+    error_detail: bool = True
     admin_token: str | None = field(default=None, repr=False)
     export_ttl_s: float = 300.0
     max_upload: str = "1mb"
@@ -167,6 +170,10 @@ class AppSettings:
             changes["judges"] = tuple(j.strip() for j in env["VICHAT_APP_JUDGES"].split(",") if j.strip())
         if env.get("VICHAT_APP_JUDGE_MODEL", "").strip():
             changes["judge_model"] = env["VICHAT_APP_JUDGE_MODEL"].strip()
+        if env.get("VICHAT_ERROR_DETAIL", "").strip():
+            changes["error_detail"] = env["VICHAT_ERROR_DETAIL"].strip().lower() not in ("0", "false", "no", "off")
+        elif env.get("SPACE_ID", "").strip():  # a public Space: its hosts and files are nobody's business
+            changes["error_detail"] = False
         if env.get("VICHAT_VOTES_EXPORT", "").strip():
             changes["export_enabled"] = env["VICHAT_VOTES_EXPORT"].strip().lower() not in ("0", "false", "no", "off")
         return replace(base, **changes)  # type: ignore[arg-type]
