@@ -118,16 +118,20 @@ def test_the_named_mode_still_shows_the_error_as_the_chat_tab_does(app):
     assert "gặp lỗi" in status and "Connection error" in status and "tiny" in status
 
 
-def test_with_error_detail_off_visitors_read_only_that_it_failed_and_the_log_has_the_rest(tmp_path, caplog):
+def test_with_error_detail_off_visitors_read_only_that_it_failed_and_the_log_has_the_rest(app, caplog):
     from vichat.app.safety import HIDDEN_DETAIL
 
+    demo, url = app
     caplog.set_level(logging.INFO, logger="vichat.app")
-    settings = test_settings(tmp_path, error_detail=False, trusted_proxy_header=HEADER)
-    with running_app(FailingBackend(), settings) as (_, url):
+    ctx = demo.vichat
+    kept, ctx.settings = ctx.settings, ctx.settings.with_(error_detail=False)  # what a Space gets
+    try:
         c = visitor(url, "203.0.113.95")
         with pytest.raises(AppError) as chat_error:
             c.predict("Câu hỏi #url", [], "tiny", "chat", *PAPER, api_name="/chat")
         named = final(c, "So sánh #path", "tiny", "tiny-chat", api_name="/sbs_send")[2]
+    finally:
+        ctx.settings = kept
     for shown in (str(chat_error.value), named):
         assert HIDDEN_DETAIL in shown and "gặp lỗi" in shown
         assert not any(leak in shown for leak in ("127.0.0.1", "59999", "/tmp", "yaml", "Qwen")), shown
