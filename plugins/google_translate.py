@@ -87,6 +87,19 @@ def translate(texts: list[str], source: str, target: str, *, timeout: float, mod
     return out
 
 
+MODELS = ("nmt", "base")
+
+
+def check_options(options: dict) -> None:
+    """Refuse, before anything is sent, a model Cloud Translation v2 does not have (vichat has
+    converted ``timeout`` to a number and checked it is above 0)."""
+    model = options["model"]
+    if model is not None and str(model) != "None" and str(model) not in MODELS:
+        raise ValueError(f"model={model!r}: expected {' or '.join(MODELS)} (or leave it unset for Google's default)")
+
+
+
+
 @hookimpl
 def register_translators(register):
     register(
@@ -100,5 +113,6 @@ def register_translators(register):
             max_batch_chars=5_000,
             cost_per_million_chars=20.0,
             options={"timeout": 60.0, "model": None},  # model: "nmt" or "base" (Google's default when None)
+            check_options=check_options,
         )
     )

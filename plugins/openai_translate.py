@@ -139,6 +139,17 @@ def translate(texts: list[str], source: str, target: str, *, model: str, tempera
         raise RetryableError(f"unusable answer from {model}: {exc}") from exc
 
 
+def check_options(options: dict) -> None:
+    """Refuse, before anything is sent, an option value no request could succeed with (vichat has
+    converted ``--option`` strings to the declared defaults' types and checked ``timeout`` > 0)."""
+    if not str(options["model"]).strip():
+        raise ValueError("model must name a model, e.g. model=gpt-4o-mini")
+    if not 0 <= options["temperature"] <= 2:
+        raise ValueError(f"temperature={options['temperature']!r}: expected a number from 0 to 2")
+
+
+
+
 @hookimpl
 def register_translators(register):
     register(
@@ -152,5 +163,6 @@ def register_translators(register):
             max_batch_chars=6_000,
             cost_per_million_chars=0.30,
             options={"model": "gpt-4o-mini", "temperature": 0.0, "timeout": 120.0},
+            check_options=check_options,
         )
     )

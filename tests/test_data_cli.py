@@ -172,3 +172,26 @@ def test_prepare_writes_every_skipped_record(runner, tmp_path, shared_data):
     train = (out / "train.jsonl").read_text(encoding="utf-8").count("\n")
     validation = (out / "validation.jsonl").read_text(encoding="utf-8").count("\n")
     assert train + validation == 1996
+
+
+def test_show_wrapper_whose_data_is_not_a_list_says_so(runner, tmp_path):
+    path = tmp_path / "weird.json"
+    path.write_text(json.dumps({"data": {"x": 1}}), encoding="utf-8")
+    result = runner.invoke(main, ["data", "show", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"error: {path}: 'data' is a JSON object, not a list of records" in result.stderr
+    assert "missing 'instruction'" not in result.output and "Traceback" not in result.output
+    # A single record that is a plain object is still read as one record.
+    (tmp_path / "one.json").write_text(json.dumps({"instruction": "Chào", "output": "Xin chào"}), encoding="utf-8")
+    assert runner.invoke(main, ["data", "show", str(tmp_path / "one.json")]).exit_code == 0
+
+
+def test_prepare_summary_prints_the_first_three_screened_records():
+    from vichat.data.prepare import summarise
+
+    first = [f"vi: id vi-{i}: code broken by translation: py-for at output line 1" for i in range(3)]
+    manifest = {"mixture": "m", "template": "chat", "seed": 42, "sources": [],
+                "screen": {"corrupted_code": {"dropped": 3, "kept": 0, "first": first}},
+                "counts": {"records": 1, "train": 1, "validation": 0}, "files": {}}
+    line = next(l for l in summarise(manifest).splitlines() if l.startswith("  first corrupted code: "))
+    assert line == "  first corrupted code: " + " | ".join(first)

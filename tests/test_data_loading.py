@@ -139,6 +139,26 @@ def test_json_array_and_wrapper(tmp_path):
     assert _texts(load(str(tmp_path / "w.json"))) == EXPECTED
 
 
+def test_json_and_jsonl_with_a_byte_order_mark(tmp_path):
+    # Windows editors and Excel exports start UTF-8 files with a BOM; CSV already accepted it.
+    from vichat.data.readers import read_rows
+
+    bom = "\ufeff"
+    files = {
+        "b.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS),
+        "a.json": json.dumps(ROWS, ensure_ascii=False, indent=1),
+        "w.json": json.dumps({"data": ROWS}, ensure_ascii=False),
+        "l.json": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS),  # JSON Lines named .json
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(bom + text, encoding="utf-8")
+        assert _texts(load(str(tmp_path / name))) == EXPECTED, name
+        rows = list(read_rows(tmp_path / name))
+        assert [r.data for r in rows] == ROWS and all(bom not in k for r in rows for k in r.data), name
+    assert [r.location for r in read_rows(tmp_path / "b.jsonl")][0].endswith("b.jsonl:1")
+    assert [r.location for r in read_rows(tmp_path / "a.json")][0].endswith("a.json:2 (item 0)")
+
+
 def test_csv(tmp_path):
     path = tmp_path / "d.csv"
     with open(path, "w", encoding="utf-8", newline="") as fh:

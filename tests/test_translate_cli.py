@@ -160,3 +160,140 @@ def test_ctrl_c_finishes_cleanly_with_exit_130(google, tmp_path):
     assert proc.returncode == 0, proc.stderr
     check_output(tmp_path, rows)
     assert not done & {t for s in google.seen[seen_before:] for t in s.texts}
+
+
+# ---------------------------------------------------------------- option values are checked first
+
+
+@pytest.mark.parametrize("translator, option, said", [
+    ("openai", "temperature=hot", "temperature='hot': expected a number"),
+    ("openai", "timeout=-5", "timeout=-5.0: expected a number of seconds above 0"),
+    ("openai", "temperature=7", "temperature=7.0: expected a number from 0 to 2"),
+    ("openai", "temperature=nan", "temperature='nan': expected a number"),
+    ("google", "timeout=soon", "timeout='soon': expected a number"),
+    ("google", "timeout=0", "timeout=0.0: expected a number of seconds above 0"),
+    ("google", "model=turbo", "model='turbo': expected nmt or base"),
+])
+def test_bad_option_value_is_a_user_error_before_any_request(google, tmp_path, monkeypatch, translator, option, said):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", google.openai_url)
+    make_input(tmp_path / "in.jsonl", 5)
+    out = tmp_path / "o.jsonl"
+    for extra in ([], ["--dry-run"]):
+        result = CliRunner().invoke(main, ["translate", str(tmp_path / "in.jsonl"), str(out), "-t", translator,
+                                           "-o", option, "--retries", "0"] + extra)
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and result.output.startswith("error: "), result.output
+        assert f"translator {translator!r}: bad option" in result.output and said in result.output
+        assert "Traceback" not in result.output and "requests" not in result.output
+    assert google.requests == 0
+    assert not out.exists() and not (tmp_path / "o.failed.jsonl").exists() and not (tmp_path / "o.jsonl.partial").exists()
+
+
+def test_option_values_are_converted_to_the_declared_type(google, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", google.openai_url)
+    make_input(tmp_path / "in.jsonl", 2)
+    args = ["translate", str(tmp_path / "in.jsonl"), str(tmp_path / "o.jsonl"), "-t", "openai"]
+    result = CliRunner().invoke(main, args + ["-o", "temperature=0.5", "-o", "timeout=30"])
+    assert result.exit_code == 0, result.output
+    assert google.seen and all(s.body["temperature"] == 0.5 for s in google.seen)
+    # "temperature=0" is the default 0.0: the same cache key, so nothing is sent again.
+    spec = get_registry().translator("openai")
+    assert output_options(spec, {"temperature": "0"}) == output_options(spec, {})
+    before = google.requests
+    CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, args + ["-o", "temperature=0"])
+    assert result.exit_code == 0 and "requests: 0 " in result.output, result.output
+    assert google.requests > before
+
+
+def test_third_party_translator_options_keep_working():
+    from vichat.records import VichatError
+    from vichat.specs import TranslatorSpec
+    from vichat.translate.job import translate_texts
+
+    calls = []
+
+    def translate(texts, source, target, *, beam, shout, style, extra):
+        calls.append((beam, shout, style, extra))
+        return [t.upper() if shout else t for t in texts]
+
+    spec = TranslatorSpec(name="shout", description="x", translate=translate,
+                          options={"beam": 4, "shout": False, "style": "plain", "extra": None})
+    res = translate_texts(["hi there"], spec, options={"beam": "2", "shout": "yes", "style": "5", "extra": "x"}, cache=False)
+    assert res.translations == ["HI THERE"] and calls == [(2, True, "5", "x")]
+    translate_texts(["hi there"], spec, options={"beam": 3, "shout": True}, cache=False)  # typed values (Python API)
+    assert calls[-1] == (3, True, "plain", None)
+    for bad, said in (({"beam": "two"}, "beam='two': expected a whole number"),
+                      ({"shout": "maybe"}, "shout='maybe': expected true or false")):
+        with pytest.raises(VichatError, match=said):
+            translate_texts(["hi"], spec, options=bad, cache=False)
+    assert len(calls) == 2
+
+
+def test_output_that_cannot_be_written_is_one_line(google, tmp_path):
+    make_input(tmp_path / "in.jsonl", 2)
+    (tmp_path / "afile").write_text("not a folder")
+    cases = [(tmp_path / "afile" / "x.jsonl", "afile is a file, not a folder"),
+             (tmp_path / "afile" / "deeper" / "x.jsonl", "afile is a file, not a folder"),
+             (tmp_path / "missing" / "x.jsonl", None)]  # a missing folder is made
+    for out, said in cases + [("/proc/x.jsonl", "/proc/x.jsonl")]:
+        result = CliRunner().invoke(main, ["translate", str(tmp_path / "in.jsonl"), str(out), "-t", "identity"])
+        if said is None:
+            assert result.exit_code == 0, result.output
+            continue
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: {out}: cannot write the output there") and said in result.output
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_repair_output_that_cannot_be_written_is_one_line(google, tmp_path):
+    make_input(tmp_path / "in.jsonl", 2)
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(main, ["translate", "--repair", str(tmp_path / "in.jsonl"), str(tmp_path / "afile" / "x.jsonl"),
+                                       "--source-records", str(tmp_path / "in.jsonl"), "-t", "identity"])
+    assert result.exit_code == 2 and "afile is a file, not a folder" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_unreadable_input_rows_are_reported_apart_from_failed_ones(google, tmp_path):
+    rows = make_input(tmp_path / "in.jsonl", 3)
+    with open(tmp_path / "in.jsonl", "a", encoding="utf-8") as fh:
+        fh.write("{not json\n")
+    args = ["translate", str(tmp_path / "in.jsonl"), str(tmp_path / "o.jsonl"), "-t", "google"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "failed records" not in result.output and "rerun to retry" not in result.output
+    assert f"unreadable input rows: 1, listed in {tmp_path / 'o.failed.jsonl'}" in result.output
+    assert "fix the input" in result.output
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
+    # Both kinds together: each counted once, on its own line.
+    google.push(*[("status", 500)] * 3)
+    (tmp_path / "in.jsonl").write_text("{not json\n" + json.dumps({**rows[0], "output": "A new text."}) + "\n")
+    result = CliRunner().invoke(main, args + ["--retries", "2", "--backoff-base", "0.001"])
+    assert result.exit_code == 1, result.output
+    assert "failed records: 1, written to" in result.output and "(rerun to retry them)" in result.output
+    assert "unreadable input rows: 1," in result.output
+
+
+def test_jsonl_with_a_byte_order_mark_translates_every_record(google, tmp_path):
+    rows = make_input(tmp_path / "plain.jsonl", 3)
+    (tmp_path / "bom.jsonl").write_text("\ufeff" + (tmp_path / "plain.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    result = CliRunner().invoke(main, ["translate", str(tmp_path / "bom.jsonl"), str(tmp_path / "o.jsonl"), "-t", "identity"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()] == rows
+    assert not (tmp_path / "o.failed.jsonl").exists()
+
+
+def test_characters_sent_counts_every_attempt(google, tmp_path):
+    make_input(tmp_path / "in.jsonl", 4)
+    google.push(("status", 500), ("status", 429), ("ok",), ("status", 500), ("status", 500), ("status", 500))
+    args = ["translate", str(tmp_path / "in.jsonl"), str(tmp_path / "o.jsonl"), "-t", "google",
+            "--retries", "2", "--backoff-base", "0.001", "--batch-size", "4", "-j", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output  # the second batch gave up after 3 attempts
+    sent = sum(len(t) for s in google.seen for t in s.texts)
+    assert google.requests == 6 and sent > 0
+    assert f"requests: 6 ({sent:,} characters sent)" in result.output, result.output

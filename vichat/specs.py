@@ -287,10 +287,16 @@ class TranslatorSpec:
     max_batch_chars: int = 20_000
     cost_per_million_chars: float = 0.0
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: ``check_options(options)``: called once per run with every option (strings already converted to
+    #: the defaults' types) before anything is sent; raises ``ValueError`` for a value no request can
+    #: succeed with (``temperature=5``), which becomes one ``error:`` line.
+    check_options: Callable[[dict], None] | None = None
 
     def validate(self) -> None:
         _check_common(self)
         _check_callable(self, "translate")
+        if self.check_options is not None:
+            _check_callable(self, "check_options")
         _check_options(self, ("texts", "source", "target"))
         _check_str_tuple(self, "env_vars")
         if self.max_batch_size < 1 or self.max_batch_chars < 1:

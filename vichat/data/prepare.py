@@ -292,7 +292,7 @@ def summarise(manifest: Mapping[str, Any]) -> str:
             lines.append("    quality: " + ", ".join(screen))
     for kind, info in manifest.get("screen", {}).items():
         if isinstance(info, dict) and info.get("first"):
-            lines.append(f"  first {kind.replace('_', ' ')}: " + " | ".join(info["first"][:2]))
+            lines.append(f"  first {kind.replace('_', ' ')}: " + " | ".join(info["first"]))  # the manifest's first 3
     c = manifest["counts"]
     lines.append(f"  total: {c['records']} records -> train {c['train']}, validation {c['validation']}")
     for name, info in manifest["files"].items():

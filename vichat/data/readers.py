@@ -91,7 +91,8 @@ def bundled_rows(name: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _read_jsonl(file: Path) -> Iterator[Row]:
-    with open(file, encoding="utf-8", errors="strict") as fh:
+    # utf-8-sig: a byte-order mark at the start (Windows editors, Excel exports) is skipped, as for CSV.
+    with open(file, encoding="utf-8-sig", errors="strict") as fh:
         lineno = 0
         while True:
             try:
@@ -116,7 +117,7 @@ def _read_jsonl(file: Path) -> Iterator[Row]:
 
 def _read_json(file: Path) -> Iterator[Row]:
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a leading byte-order mark is skipped
     except UnicodeDecodeError as exc:
         raise VichatError(f"{file}: not UTF-8 text ({exc.reason}); re-encode the file as UTF-8") from exc
     try:
@@ -133,6 +134,11 @@ def _read_json(file: Path) -> Iterator[Row]:
     if isinstance(data, dict):
         # {"data": [...]} / {"train": [...]} wrappers
         lists = [v for v in data.values() if isinstance(v, list)]
+        if not lists and len(data) == 1 and next(iter(data)) in WRAPPER_KEYS:
+            # {"data": {...}}: a wrapper whose records are not a list, not one record named "data"
+            key, value = next(iter(data.items()))
+            raise VichatError(f"{file}: {key!r} is a JSON {_json_type(value)}, not a list of records; expected "
+                              f'{{"{key}": [{{"instruction": ..., "output": ...}}, ...]}} or a JSON array of records')
         items = lists[0] if len(lists) == 1 else [data]
         for i, item in enumerate(items):
             yield _json_item(f"{file}:(item {i})", item)
@@ -154,6 +160,15 @@ def _array_rows(file: Path, text: str, data: list) -> Iterator[Row]:
         yield _json_item(f"{file}:{line} (item {i})", item)
         line += text.count("\n", pos, end)
         pos = end
+
+
+#: Keys that wrap a file's records (``{"data": [...]}``, Hugging Face's ``{"train": [...]}``).
+WRAPPER_KEYS = frozenset({"data", "train", "validation", "test", "records", "rows", "examples", "instances", "items"})
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _json_item(location: str, item: Any) -> Row:

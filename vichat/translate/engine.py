@@ -12,6 +12,7 @@ flight (:func:`vichat.jobs.run_pool` takes the batches from a generator).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -82,8 +83,8 @@ class Plan:
 class RunStats:
     """What a run did."""
 
-    requests: int = 0
-    characters_sent: int = 0
+    requests: int = 0  # every attempt, retries and failed ones included
+    characters_sent: int = 0  # the characters of every attempt (what a per-character API bills)
     batches_failed: int = 0
     elapsed: float = 0.0
 
@@ -94,16 +95,77 @@ class _Batch:
     texts: list[str]
 
 
+#: Words ``--option NAME=VALUE`` accepts for an option whose default is a bool.
+_TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
+
+
+def _convert(spec: TranslatorSpec, name: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of the declared ``default``: ``--option`` gives strings, and the
+    spec's default says what the option is (``0.0``: a number, ``120``: a whole number, ``False``: a
+    flag). A string or ``None`` default takes the value as given; a value of another type (the
+    Python API) is kept."""
+    if not isinstance(value, str) or default is None or isinstance(default, str):
+        return value
+    text = value.strip()
+    what = None
+    if isinstance(default, bool):
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        what = "true or false"
+    elif isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            what = "a whole number"
+    elif isinstance(default, float):
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            return number
+        what = "a number"
+    else:
+        return value
+    raise VichatError(f"translator {spec.name!r}: bad option {name}={value!r}: expected {what} "
+                      f"(default {default!r})")
+
+
+def _check_transport(spec: TranslatorSpec, options: Mapping[str, Any]) -> None:
+    """What every translator means by the transport options (:data:`TRANSPORT_OPTIONS`)."""
+    timeout = options.get("timeout")
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and not timeout > 0:
+        raise VichatError(f"translator {spec.name!r}: bad option timeout={timeout!r}: "
+                          "expected a number of seconds above 0")
+    retries = options.get("max_retries")
+    if isinstance(retries, int) and not isinstance(retries, bool) and retries < 0:
+        raise VichatError(f"translator {spec.name!r}: bad option max_retries={retries!r}: expected 0 or more")
+
+
 def call_options(spec: TranslatorSpec, options: Mapping[str, Any]) -> dict[str, Any]:
     """What ``spec.translate`` is called with: every option the spec declares, ``options`` over its
-    defaults (see :class:`vichat.specs.TranslatorSpec`). An undeclared option is refused here,
-    before anything is sent."""
+    defaults (see :class:`vichat.specs.TranslatorSpec`). Checked here, once, before anything is
+    sent (a bad value would otherwise fail every batch): an undeclared option is refused; a value
+    given as a string is converted to the type of the option's declared default (``temperature=hot``
+    for a ``0.0`` default is refused); ``timeout`` must be positive; and the spec's
+    ``check_options`` gets the result (a copy) and raises ``ValueError`` (or :class:`VichatError`) for a value it cannot use. All of these
+    become a :class:`VichatError`: one line, exit code 2 on the command line."""
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
         takes = ", ".join(f"{k} (default {v!r})" for k, v in spec.options.items()) or "none"
         raise VichatError(f"translator {spec.name!r} takes no option {', '.join(map(repr, unknown))}; "
                           f"its options: {takes}")
-    return {**spec.options, **options}
+    merged = {**spec.options, **{k: _convert(spec, k, v, spec.options[k]) for k, v in options.items()}}
+    _check_transport(spec, merged)
+    check = spec.check_options
+    if check is not None:
+        try:
+            check(dict(merged))
+        except (VichatError, ValueError, TypeError) as exc:
+            raise VichatError(f"translator {spec.name!r}: bad option: {exc}") from None
+    return merged
 
 
 def output_options(spec: TranslatorSpec, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -351,9 +413,10 @@ class Engine:
         stop = threading.Event()
         lock = threading.Lock()
 
-        def count_request() -> None:
+        def count_request(characters: int) -> None:
             with lock:
                 self.stats.requests += 1
+                self.stats.characters_sent += characters
 
         run_pool(batches, lambda batch: self._send(batch, stop, count_request),
                  lambda outcome: self._absorb(outcome, on_done, bar), concurrency=self.concurrency,
@@ -370,9 +433,14 @@ class Engine:
             if stop.wait(wait):
                 raise Cancelled()
 
-    def _send(self, batch: _Batch, stop: threading.Event, count_request: Callable[[], None]) -> list[str]:
+    def _send(self, batch: _Batch, stop: threading.Event, count_request: Callable[[int], None]) -> list[str]:
+        characters = sum(len(t) for t in batch.texts)
+
         def attempt() -> list[str]:
             self._wait_gate(stop)
+            # Every attempt is a request sent (and billed), whatever comes back: count it here,
+            # after any Retry-After wait, right before the translator is called.
+            count_request(characters)
             try:
                 return self.spec.translate(list(batch.texts), self.source, self.target, **self.options)
             except RetryableError as exc:
@@ -383,7 +451,7 @@ class Engine:
                 raise
 
         try:
-            out = call_with_retries(attempt, self.backoff, stop, on_attempt=count_request)
+            out = call_with_retries(attempt, self.backoff, stop)
         except VichatError as exc:  # missing key, rejected key, exhausted quota: stop the job
             raise exc if isinstance(exc, FatalTranslatorError) else FatalTranslatorError(str(exc)) from exc
         if not isinstance(out, (list, tuple)) or len(out) != len(batch.texts):
@@ -417,7 +485,6 @@ class Engine:
                 bad.append((key, problem))
             else:
                 good.append((key, got))
-        self.stats.characters_sent += sum(len(t) for t in batch.texts)
         self.cache.put_many(good, self.spec.name, self.source, self.target)  # before anyone relies on it
         for key, text in good:
             self._resolve(key, text, None, on_done)

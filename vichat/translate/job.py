@@ -32,7 +32,8 @@ class TranslateSummary:
     failed_path: str | None
     records: int = 0
     written: int = 0
-    failed_records: int = 0
+    failed_records: int = 0  # everything in the side file, unreadable input rows included
+    unreadable: int = 0  # of those, input rows the reader could not parse: a rerun cannot help
     segments: int = 0
     translated: int = 0
     from_cache: int = 0
@@ -54,8 +55,12 @@ class TranslateSummary:
             f"{self.skipped} with nothing to translate, {self.failed} failed",
             f"  requests: {self.requests} ({self.characters_sent:,} characters sent)",
         ]
-        if self.failed_records:
-            out.append(f"  failed records: {self.failed_records}, written to {self.failed_path} (rerun to retry them)")
+        untranslated = self.failed_records - self.unreadable
+        if untranslated:
+            out.append(f"  failed records: {untranslated}, written to {self.failed_path} (rerun to retry them)")
+        if self.unreadable:
+            out.append(f"  unreadable input rows: {self.unreadable}, listed in {self.failed_path} with line and "
+                       "reason (a rerun repeats them: fix the input)")
         if self.interrupted:
             out.append("  finished segments are cached: rerun the same command to resume")
         out.extend(f"  note: {n}" for n in self.notes)
@@ -264,10 +269,12 @@ def translate_file(
         except KeyboardInterrupt:
             writer.abort()
             _fill(summary, engine, writer, interrupted=True)
+            summary.unreadable = _unreadable_written(rows, writer)
             raise TranslationInterrupted(summary) from None
         except FatalTranslatorError as exc:
             writer.abort()
             _fill(summary, engine, writer)
+            summary.unreadable = _unreadable_written(rows, writer)
             raise FatalTranslatorError(
                 f"{exc} (stopped; {summary.translated} segments finished and are cached: rerun to resume)"
             ) from exc
@@ -276,6 +283,7 @@ def translate_file(
             raise
         writer.finish()
         _fill(summary, engine, writer)
+        summary.unreadable = _unreadable_written(rows, writer)
         summary.elapsed = stats.elapsed
         if not summary.failed_records:
             summary.failed_path = None
@@ -283,6 +291,14 @@ def translate_file(
     finally:
         if owned:
             db.close()
+
+
+def _unreadable_written(rows: Sequence[Any], writer: OrderedWriter) -> int:
+    """How many of the rows already written to the side file are input rows the reader could not
+    parse (written in input order: the first ``writer.next`` rows are out)."""
+    from ..data.readers import Unreadable
+
+    return sum(isinstance(row.data, Unreadable) for row in rows[: writer.next])
 
 
 def _result(row: Any, segs: list[tuple[str, Segment]], source: str, target: str) -> tuple[bool, dict[str, Any]]:

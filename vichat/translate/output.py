@@ -11,11 +11,14 @@ disk, on the thread that commits and prepares the next requests) would buy nothi
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
+
+from ..records import VichatError
 
 
 def failed_path_for(output: str | Path) -> Path:
@@ -69,14 +72,30 @@ class _Sink:
             os.replace(self.partial, self.path)
 
 
+def _why(exc: OSError, path: Path) -> str:
+    """What stops ``path`` from being written, in words (``afile is a file, not a folder``)."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        for parent in path.parents:  # the first existing ancestor that is no folder
+            if parent.exists() and not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+    what = exc.strerror or str(exc)
+    where = exc.filename if exc.filename is not None else None
+    return f"{what} ({where})" if where and str(where) != str(path) else what
+
+
 class OrderedWriter:
     """Takes finished records by input index; writes them to OUTPUT (or the failed file) in order."""
 
     def __init__(self, output: str | Path, failed: str | Path | None = None, sync_every: float = 0.25) -> None:
         self.output = Path(output)
         self.failed_path = Path(failed) if failed is not None else failed_path_for(output)
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.out = _Sink(self.output)
+        try:
+            if self.output.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "it is a folder", str(self.output))
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            self.out = _Sink(self.output)
+        except OSError as exc:  # before anything is sent: a user error, not a traceback
+            raise VichatError(f"{self.output}: cannot write the output there: {_why(exc, self.output)}") from None
         self.failed: _Sink | None = None
         self.waiting: dict[int, tuple[bool, Mapping[str, Any]]] = {}
         self.next = 0
