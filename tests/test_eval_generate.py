@@ -111,7 +111,8 @@ def test_local_judge_runs_in_process(tiny_bloom, questions, tmp_path, monkeypatc
                                   str(answers), "--out", str(out), "--judge", "local", "--judge-model", "bloomz-560m",
                                   "--option", f"base_path={tiny_bloom}", "--max-tokens", "4", "--protocol", "paper",
                                   "--limit", "1", "--cache", str(tmp_path / "c.sqlite")])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 4, r.output  # written, but no judgment has scores: not a success
+    assert "1 of 1 reviews have no scores (1 unreadable, 0 not judged)" in r.output
     (row,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert row["judge"] == "local" and row["judge_model"] == "bloomz-560m"
     assert row["usage"]["requests"] == 2 and row["reasked"]
@@ -152,3 +153,41 @@ def test_answers_are_clean_nfc_text_from_nfc_prompts(tiny_bloom, tmp_path, monke
     text = json.loads(out.read_text(encoding="utf-8"))["text"]
     assert text.startswith("Xin chào") and "\ufffd" not in text
     assert not any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in text)
+
+
+def test_answers_record_the_question_set_and_each_question_fingerprint(tiny_bloom, questions, tmp_path):
+    from vichat.evaluate.files import load_answers, question_fingerprint
+
+    out = tmp_path / "answers.jsonl"
+    r = run("--model", tiny_bloom, "--questions", questions, "--out", out, "--max-new-tokens", 3, "--limit", 2)
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [a["metadata"]["question_set"] for a in rows] == ["q.jsonl", "q.jsonl"]
+    assert [a["metadata"]["question_fingerprint"] for a in rows] == [question_fingerprint(q["text"]) for q in QUESTIONS[:2]]
+    assert load_answers(out)[2].question_fingerprint == question_fingerprint(QUESTIONS[1]["text"])
+    # Resuming into that file with other questions under the same ids is refused.
+    other = tmp_path / "q.jsonl"
+    other.write_text("".join(json.dumps({**q, "text": q["text"] + "?"}, ensure_ascii=False) + "\n" for q in QUESTIONS),
+                     encoding="utf-8")
+    r = run("--model", tiny_bloom, "--questions", other, "--out", out, "--max-new-tokens", 3)
+    assert r.exit_code == 2 and "already holds an answer to another question 1" in r.output
+
+
+def test_out_under_a_file_is_refused_before_the_model_loads(tmp_path, questions):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    # "no-such-model" would be its own error: the output path is checked first.
+    r = run("--model", "no-such-model", "--questions", questions, "--out", afile / "x.jsonl")
+    assert r.exit_code == 2 and f"error: --out {afile / 'x.jsonl'}: {afile} is a file, not a folder" in r.output
+
+
+def test_set_and_questions_together_are_refused_and_a_set_file_keeps_its_template(tmp_path, questions, shared_data,
+                                                                                   monkeypatch):
+    from vichat.evaluate.commands import _questions
+
+    monkeypatch.setenv("VICHAT_SHARED_DATA", str(shared_data))
+    r = run("--model", "no-such-model", "--set", "icliniq100-vi", "--questions", questions, "--out", tmp_path / "x.jsonl")
+    assert r.exit_code == 2 and "not both" in r.output
+    icliniq = shared_data / "eval" / "icliniq100_questions_vi.jsonl"
+    assert _questions(None, str(icliniq)) == (icliniq, "doctor")
+    assert _questions(None, str(questions))[1] == "chat"

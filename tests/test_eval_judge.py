@@ -331,3 +331,140 @@ def test_limits_start_low_and_follow_what_the_server_announces(server, files):
     r = cli(files, "--protocol", "paper", "--no-cache")
     assert "rate limit 10,000 requests/min, 2,000,000 tokens/min (announced by the server)" in r.output
     assert cli(files, "--rpm", "lots").exit_code == 2
+
+
+# -- answers to another question set, output paths, exit codes, messages ------------------------
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _generated(questions_path, set_name, model_id="bloomz-doctor"):
+    """Answers as `vichat eval generate` writes them, with the question set and fingerprints recorded."""
+    from vichat.evaluate.files import load_questions, question_fingerprint
+
+    return [{"question_id": q.question_id, "text": f"đáp án {q.question_id}", "answer_id": f"{model_id}-{q.question_id}",
+             "model_id": model_id, "metadata": {"question_set": set_name, "question_fingerprint": question_fingerprint(q.text)}}
+            for q in load_questions(questions_path).values()]
+
+
+def test_answers_to_another_question_set_are_refused_before_any_request(server, tmp_path, shared_data, monkeypatch):
+    monkeypatch.setenv("VICHAT_SHARED_DATA", str(shared_data))
+    eval_dir = shared_data / "eval"
+    icliniq = _write(tmp_path / "answer_doctor_icliniq.jsonl", _generated(eval_dir / "icliniq100_questions_vi.jsonl", "icliniq100-vi"))
+    baseline = str(eval_dir / "paper_outputs" / "answer_gpt4_instruct.jsonl")
+    for extra in (["--skip-missing"], [], ["--dry-run"]):
+        r = CliRunner().invoke(main, ["eval", "judge", "--set", "vicuna80-vi", "--answers", icliniq, "--baseline", baseline,
+                                      "--out", str(tmp_path / "r.jsonl"), "--no-cache", *extra])
+        assert r.exit_code == 2, r.output
+        assert f"{icliniq} answers the questions of icliniq100-vi, not those of vicuna80-vi" in r.output
+        assert "80 of its answers" in r.output and "Traceback" not in r.output
+    # As the baseline too.
+    ok = _write(tmp_path / "vicuna.jsonl", _generated(eval_dir / "vicuna80_questions_vi.jsonl", "vicuna80-vi", "m"))
+    r = CliRunner().invoke(main, ["eval", "judge", "--set", "vicuna80-vi", "--answers", ok, "--baseline", icliniq,
+                                  "--out", str(tmp_path / "r.jsonl"), "--no-cache", "--dry-run"])
+    assert r.exit_code == 2 and "answers the questions of icliniq100-vi" in r.output
+    assert server.requests == 0
+    # Matching answers pass, and with fingerprints there is no "matched by question_id only" note;
+    # the paper's file (no fingerprints) gets that note.
+    r = CliRunner().invoke(main, ["eval", "judge", "--set", "vicuna80-vi", "--answers", ok, "--baseline", baseline,
+                                  "--out", str(tmp_path / "r.jsonl"), "--no-cache", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert f"{ok} does not record" not in r.output and f"{baseline} does not record which questions" in r.output
+
+
+def test_answers_for_ids_not_in_the_set_are_reported(server, files, tmp_path):
+    rows = [json.loads(line) for line in Path(files["answers"]).read_text(encoding="utf-8").splitlines()]
+    rows += [{"question_id": i, "text": f"extra {i}", "answer_id": f"x{i}", "model_id": "bloomz-chat"} for i in range(100, 112)]
+    files = {**files, "answers": _write(tmp_path / "more.jsonl", rows)}
+    r = cli(files, "--protocol", "paper")
+    assert r.exit_code == 0, r.output
+    assert (f"12 answer(s) in {files['answers']} are for question ids not in q.jsonl "
+            "(question_id 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, …): not judged") in r.output
+    r = cli(files, "--protocol", "paper", "--dry-run")
+    assert "12 answer(s)" in r.output
+
+
+def test_generated_answers_record_their_questions_and_a_changed_set_is_refused(server, files, tmp_path):
+    from vichat.evaluate.files import load_answers
+
+    q = tmp_path / "q_other.jsonl"
+    _write(q, [{"question_id": i, "category": c, "text": t + " (khác)"} for i, c, t in QUESTIONS])
+    files_gen = {**files, "answers": _write(tmp_path / "gen.jsonl", _generated(files["questions"], "q.jsonl"))}
+    assert cli(files_gen, "--protocol", "paper").exit_code == 0
+    assert load_answers(files_gen["answers"])[1].question_set == "q.jsonl"
+    r = cli({**files_gen, "questions": str(q)}, "--protocol", "paper")
+    assert r.exit_code == 2 and "answers the questions of q.jsonl, not those of q_other.jsonl" in r.output
+
+
+def test_an_unwritable_out_is_refused_before_any_request(server, files, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for extra in ([], ["--dry-run"]):
+        r = cli({**files, "out": str(afile / "r.jsonl")}, "--no-cache", *extra)
+        assert r.exit_code == 2, r.output
+        assert f"error: --out {afile / 'r.jsonl'}: {afile} is a file, not a folder" in r.output
+        assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
+    r = cli({**files, "out": str(tmp_path)}, "--no-cache")
+    assert r.exit_code == 2 and "is a directory" in r.output
+    assert server.requests == 0
+
+
+def test_failed_judgments_and_nothing_to_judge_exit_non_zero(server, files, tmp_path, monkeypatch):
+    server.push(("text", "Both answers are decent."), ("text", "I would rather not say."))
+    r = cli(files, "--protocol", "paper", "--limit", "1", "--concurrency", "1", "--no-cache")
+    assert r.exit_code == 4, r.output
+    assert "1 of 1 reviews have no scores (1 unreadable, 0 not judged)" in r.output
+    # Nothing listens: every judgment fails to get an answer.
+    r = cli(files, "--protocol", "paper", "--no-cache", "--max-retries", "0", "--base-url", "http://127.0.0.1:9/v1")
+    assert r.exit_code == 4, r.output
+    assert "4 of 4 reviews have no scores (0 unreadable, 4 not judged)" in r.output
+    assert len(reviews(files)) == 4 and all(row["score"] is None for row in reviews(files))
+    # Nothing to judge at all: an error, not a success with an empty file.
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    for extra in ([], ["--dry-run"]):
+        r = cli({**files, "answers": str(empty)}, "--skip-missing", *extra)
+        assert r.exit_code == 2 and "nothing to judge" in r.output, r.output
+    assert cli(files, "--protocol", "paper", "--limit", "1").exit_code == 0
+
+
+def test_set_and_questions_together_are_refused(server, files, shared_data, monkeypatch):
+    monkeypatch.setenv("VICHAT_SHARED_DATA", str(shared_data))
+    r = cli(files, "--set", "icliniq100-vi", "--dry-run")
+    assert r.exit_code == 2 and "not both" in r.output and server.requests == 0
+
+
+def test_skip_missing_lists_shows_the_cut_and_dry_run_counts_skips(server, shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("VICHAT_SHARED_DATA", str(shared_data))
+    paper = shared_data / "eval" / "paper_outputs"
+    lines = (paper / "answer_bloomz_instruct.jsonl").read_text(encoding="utf-8").splitlines()[:5]
+    short = tmp_path / "short.jsonl"
+    short.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    base = ["eval", "judge", "--set", "vicuna80-vi", "--answers", str(short), "--baseline",
+            str(paper / "answer_gpt4_instruct.jsonl"), "--out", str(tmp_path / "r.jsonl"), "--protocol", "paper",
+            "--cache", str(tmp_path / "c.sqlite"), "--skip-missing"]
+    r = CliRunner().invoke(main, base + ["--dry-run"])
+    assert r.exit_code == 0 and server.requests == 0, r.output
+    assert "skipped questions  75 without both answers (question_id 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, …)" in r.output
+    r = CliRunner().invoke(main, base)
+    assert r.exit_code == 0, r.output
+    assert "skipped 75 question(s) without both answers: question_id 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, …" in r.output
+
+
+def test_summary_parts_add_up_after_a_cost_cap_stop(server, files, tmp_path):
+    import re
+
+    rows = [json.loads(line) for line in Path(files["baseline"]).read_text(encoding="utf-8").splitlines()]
+    rows[0]["text"] = MODEL[1]  # identical answers: one judgment fills both orders of question 1
+    files = {**files, "baseline": _write(tmp_path / "same.jsonl", rows)}
+    r = cli(files, "--max-cost", "1.5", "--price-in", "2000", "--price-out", "2000", "--max-tokens", "64",
+            "--concurrency", "2", "--no-cache")
+    assert r.exit_code == 3, r.output
+    m = re.search(r"(\d+) reviews written to .*: (\d+) with scores, (\d+) without readable scores, (\d+) not judged", r.output)
+    assert m, r.output
+    written, scored, unreadable, not_judged = map(int, m.groups())
+    assert written == 8 and scored + unreadable + not_judged == written and not_judged > 0
+    assert "1 review(s) share the judgment of the other order" in r.output
+    assert [row["score"] is not None for row in reviews(files)].count(True) == scored

@@ -112,3 +112,19 @@ def test_agrees_with_every_score_the_paper_did_read(shared_data):
         if (p.score1, p.score2) != tuple(map(float, r["score"])):
             disagree.add((name, r["question_id"]))
     assert n == 815 and disagree == HAND_ENTERED
+
+
+def test_scores_off_the_scale_say_so():
+    p = parse_scores("12 3\nAssistant 1 was better.")
+    assert p.score1 is None and "outside 0-10" in p.error and "no two scores" not in p.error
+
+
+def test_a_control_character_error_says_at_once(tmp_path):
+    from vichat.evaluate.files import load_answers
+    from vichat.records import VichatError
+
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"question_id": 1, "text": "a\tb"}\n', encoding="utf-8")
+    with pytest.raises(VichatError) as exc:
+        load_answers(path)
+    assert "at at" not in str(exc.value) and "Invalid control character at column" in str(exc.value)

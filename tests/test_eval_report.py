@@ -123,3 +123,10 @@ def test_table_iii_totals(shared_data, tmp_path):
     # The paper prints 44.26 and 73.55 with Coding/Math set to 5 / 31.5 / 8.5 by hand; from the
     # reviews themselves (two Bloomz reviews give no score and are left out: n = 78):
     assert totals == [49.35, 75.43] and [r.total.n for r in reports] == [78, 80]
+
+
+def test_an_answers_file_is_not_a_review(tmp_path):
+    answers = write(tmp_path / "answers.jsonl", [{"question_id": 1, "text": "x", "answer_id": "a1", "model_id": "m"}])
+    r = CliRunner().invoke(main, ["eval", "report", str(answers), "--out", str(tmp_path / "rep"), "--no-png"])
+    assert r.exit_code == 2
+    assert f"{answers}:1 is not a review (no score / answer1_id / answer2_id; it looks like an answers file)" in r.output

@@ -90,6 +90,12 @@ def bundled_rows(name: str) -> Iterator[tuple[int, dict[str, Any]]]:
         yield lineno, row.data
 
 
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """``exc``'s message and column (json's "Invalid control character at" already ends in "at")."""
+    msg = exc.msg[:-3] if exc.msg.endswith(" at") else exc.msg
+    return f"{msg} at column {exc.colno}"
+
+
 def _read_jsonl(file: Path) -> Iterator[Row]:
     # utf-8-sig: a byte-order mark at the start (Windows editors, Excel exports) is skipped, as for CSV.
     with open(file, encoding="utf-8-sig", errors="strict") as fh:
@@ -107,7 +113,7 @@ def _read_jsonl(file: Path) -> Iterator[Row]:
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield Row(f"{file}:{lineno}", Unreadable(f"invalid JSON: {exc.msg} at column {exc.colno}", line[:200]))
+                yield Row(f"{file}:{lineno}", Unreadable(f"invalid JSON: {_json_problem(exc)}", line[:200]))
                 continue
             if not isinstance(data, dict):
                 yield Row(f"{file}:{lineno}", Unreadable(f"expected a JSON object, got {type(data).__name__}", line[:200]))
@@ -127,7 +133,7 @@ def _read_json(file: Path) -> Iterator[Row]:
         if text.lstrip().startswith("{") and "\n" in text.strip():
             yield from _read_jsonl(file)
             return
-        raise VichatError(f"{file}:{exc.lineno}: invalid JSON: {exc.msg} at column {exc.colno}") from exc
+        raise VichatError(f"{file}:{exc.lineno}: invalid JSON: {_json_problem(exc)}") from exc
     if isinstance(data, list):
         yield from _array_rows(file, text, data)
         return

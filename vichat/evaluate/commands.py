@@ -19,10 +19,14 @@ SET_NAMES = ("vicuna80-vi", "vicuna80-en", "icliniq100-vi")
 
 
 def _questions(set_name: str | None, questions: str | None) -> tuple[Path, str]:
-    from .files import SETS, set_path
+    """The questions file and its default template: a named set's, or for a ``--questions`` file
+    the template of the set it is the file of (``doctor`` for the iCliniq file), else ``chat``."""
+    from .files import SETS, set_path, template_for
 
+    if questions and set_name:
+        raise click.UsageError(f"pass --set {set_name} or --questions {questions}, not both")
     if questions:
-        return Path(questions), "chat"
+        return Path(questions), template_for(questions)
     if not set_name:
         raise click.UsageError("pass --set NAME or --questions PATH")
     return set_path(set_name), SETS[set_name][1]
@@ -62,7 +66,7 @@ def generate_cmd(model_ref, set_name, questions, out, template, seed, batch_size
     try:
         registry = get_registry()
         written, existing = generate_job(
-            model_ref, qpath, out, template=registry.template(template or set_template),
+            model_ref, qpath, out, template=registry.template(template or set_template), question_set=set_name,
             base_models=registry.all("base_models"), aliases=preset_outputs(), decoding=decoding, seed=seed,
             batch_size=batch_size, limit=limit, base_path=base_path, load_in=load_in, model_id=model_id, device=device,
         )
@@ -179,6 +183,11 @@ def judge_cmd(set_name, questions, answers, baseline, out, judge_name, judge_mod
     if outcome.summary.stopped:
         click.echo(f"error: {outcome.summary.stopped}", err=True)
         sys.exit(3)
+    if outcome.failed:
+        click.echo(f"error: {outcome.failed} of {outcome.written} reviews have no scores ({outcome.unreadable} "
+                   f"unreadable, {outcome.not_judged} not judged); they are in {out} with \"score\": null. "
+                   "Rerun to ask again (--retry-failed for the unreadable ones)", err=True)
+        sys.exit(4)
 
 
 @eval_group.command("report")

@@ -87,6 +87,46 @@ class Answer:
     answer_id: str
     model_id: str
     where: str
+    #: What ``vichat eval generate`` recorded in ``metadata``: the question set it answered and a
+    #: fingerprint of the question's text (``None`` in older or hand-made files).
+    question_set: str | None = None
+    question_fingerprint: str | None = None
+
+
+def question_fingerprint(text: str) -> str:
+    """A short hash of a question's (NFC) text: which question an answer was generated for."""
+    return hashlib.sha256(nfc(str(text)).encode("utf-8")).hexdigest()[:16]
+
+
+def set_name_for(path: str | Path) -> str:
+    """The ``--set`` name of a questions file (by its file name), else the file's name."""
+    name = Path(path).name
+    for set_name, (file, _, _) in SETS.items():
+        if file == name:
+            return set_name
+    return name
+
+
+def template_for(path: str | Path) -> str:
+    """The default template for a questions file: its set's (``doctor`` for iCliniq), else ``chat``."""
+    name = Path(path).name
+    return next((template for file, template, _ in SETS.values() if file == name), "chat")
+
+
+def check_out_path(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output path that cannot be written (a folder, or under a regular file) before any
+    work is done: a model load or paid judgments must not end in a traceback at the write."""
+    path = Path(path)
+    if path.is_dir():
+        raise VichatError(f"{flag} {path}: is a folder; give a file path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise VichatError(f"{flag} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise VichatError(f"{flag} {path}: cannot write in {parent}")
+            break
+    return path
 
 
 def load_questions(path: str | Path, default_category: str = "general") -> dict[Any, Question]:
@@ -112,8 +152,12 @@ def load_answers(path: str | Path) -> dict[Any, Answer]:
         if qid in out:
             raise VichatError(f"{where}: a second answer for question_id {qid!r} (first at {out[qid].where})")
         text = obj["text"] if isinstance(obj["text"], str) else ""
+        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        fingerprint = meta.get("question_fingerprint")
         out[qid] = Answer(qid, nfc(text), str(obj.get("answer_id") or f"{Path(path).stem}-{qid}"),
-                          str(obj.get("model_id") or Path(path).stem), where)
+                          str(obj.get("model_id") or Path(path).stem), where,
+                          question_set=str(meta["question_set"]) if meta.get("question_set") else None,
+                          question_fingerprint=str(fingerprint) if fingerprint else None)
     return out
 
 

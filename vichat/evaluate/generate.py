@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..records import VichatError, clean_generated, nfc
 from ..specs import Decoding
-from .files import Question, short_id
+from .files import Question, check_out_path, question_fingerprint, set_name_for, short_id
+
 
 @dataclass(frozen=True)
 class GenerationSettings(Decoding):
@@ -73,25 +74,37 @@ def existing_answers(path: Path) -> dict[Any, dict]:
 def generate_answers(
     questions: Mapping[Any, Question], loaded: Any, template: Any, settings: GenerationSettings, out: Path, *,
     batch_size: int = 8, limit: int | None = None, progress: bool | None = None,
-    on_answer: Callable[[dict], None] = lambda a: None,
+    on_answer: Callable[[dict], None] = lambda a: None, question_set: str | None = None,
 ) -> tuple[int, int]:
     """Answer the questions not yet in ``out``; returns ``(written, already there)``.
 
     :param loaded: a :class:`vichat.evaluate.loading.LoadedModel`.
     :param template: a :class:`vichat.specs.TemplateSpec` (its ``stop`` markers end an answer).
+    :param question_set: the set's name (or the questions file's), recorded in each answer's
+        metadata with a fingerprint of the question's text, so judging can refuse answers to
+        other questions.
     """
     import torch
     from tqdm.auto import tqdm
 
     from ..data.templates import render_prompt
 
-    meta = {**asdict(settings), "stop": list(template.stop), "base_model": loaded.base_model, "adapter": loaded.adapter}
+    meta = {**asdict(settings), "stop": list(template.stop), "base_model": loaded.base_model, "adapter": loaded.adapter,
+            "question_set": question_set}
     done = existing_answers(out)
     for qid, ans in done.items():
         old = ans.get("metadata") or {}
-        if ans.get("model_id") != loaded.model_id or any(old.get(k) != v for k, v in meta.items() if k != "adapter"):
+        # Files from before question sets were recorded lack the key: those are not "other settings".
+        optional = {"adapter"} | ({"question_set"} if "question_set" not in old else set())
+        if ans.get("model_id") != loaded.model_id or any(old.get(k) != v for k, v in meta.items() if k not in optional):
             raise VichatError(
                 f"{out} already holds answers from another model or other settings (question {qid!r}); "
+                "use another --out, or delete the file to start over"
+            )
+        q = questions.get(qid)
+        if q is not None and old.get("question_fingerprint") not in (None, question_fingerprint(q.text)):
+            raise VichatError(
+                f"{out} already holds an answer to another question {qid!r} (of {old.get('question_set')}); "
                 "use another --out, or delete the file to start over"
             )
     todo = [q for q in questions.values() if q.question_id not in done][: limit if limit is not None else None]
@@ -120,7 +133,8 @@ def generate_answers(
                 text = cut_at_stop(clean_generated(tok.decode(ids, skip_special_tokens=True)), template.stop)
                 answer = {"question_id": q.question_id, "text": text,
                           "answer_id": short_id(loaded.model_id, q.question_id, text),
-                          "model_id": loaded.model_id, "metadata": meta}
+                          "model_id": loaded.model_id,
+                          "metadata": {**meta, "question_fingerprint": question_fingerprint(q.text)}}
                 f.write(json.dumps(answer, ensure_ascii=False) + "\n")
                 written += 1
                 on_answer(answer)
@@ -134,7 +148,7 @@ def generate_job(
     base_models: Sequence[Any], aliases: Mapping[str, str | Path] | None = None,
     decoding: Mapping[str, Any] | None = None, seed: int = 0, batch_size: int = 8,
     limit: int | None = None, base_path: str | None = None, load_in: str = "none", model_id: str | None = None,
-    device: str = "auto", progress: bool | None = None,
+    device: str = "auto", progress: bool | None = None, question_set: str | None = None,
 ) -> tuple[int, int]:
     """Load ``model_ref`` and answer the questions; see :func:`generate_answers`.
 
@@ -142,8 +156,12 @@ def generate_job(
     :param base_models: the registered base models (see :func:`vichat.models.resolve`).
     :param aliases: other names for adapter folders (training presets -> their output folder).
     :param decoding: overrides of the model's decoding settings (the paper's by default).
+    :param question_set: the ``--set`` name recorded in the answers [default: the set whose file
+        ``questions_path`` is, else its file name].
     """
     from .files import default_category, load_questions
+
+    check_out_path(out)  # before the model loads: not a traceback at the first write
     from .loading import load_for_generation
 
     questions = load_questions(questions_path, default_category(questions_path))
@@ -160,4 +178,5 @@ def generate_job(
     values = asdict(loaded.decoding)
     values.update({k: v for k, v in (decoding or {}).items() if v is not None})
     settings = GenerationSettings(**values, seed=seed, template=tmpl.name)
-    return generate_answers(questions, loaded, tmpl, settings, Path(out), batch_size=batch_size, limit=limit, progress=progress)
+    return generate_answers(questions, loaded, tmpl, settings, Path(out), batch_size=batch_size, limit=limit,
+                            progress=progress, question_set=question_set or set_name_for(questions_path))

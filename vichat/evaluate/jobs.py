@@ -9,7 +9,8 @@ from typing import Any, Sequence
 
 from ..records import VichatError
 from .cost import TYPICAL_COMPLETION_TOKENS, estimate_messages, price_for
-from .files import default_category, load_answers, load_questions, write_jsonl
+from .files import (Answer, Question, check_out_path, default_category, load_answers, load_questions,
+                    question_fingerprint, set_name_for, write_jsonl)
 from .judge import JudgeSettings, Task, plan_tasks
 from .runner import RunOptions, RunSummary, judge_keywords, run_tasks
 from .prompts import load_prompts
@@ -56,6 +57,8 @@ class Estimate:
     max_completion_tokens: int
     price: tuple[float, float] | None
     missing_env: list[str]
+    missing: list[Any] = field(default_factory=list)  # questions --skip-missing would skip
+    notes: list[str] = field(default_factory=list)
 
     def cost(self, completion_tokens: int) -> float | None:
         if self.price is None:
@@ -71,24 +74,75 @@ class JudgeOutcome:
     summary: RunSummary
     missing: list[Any]
     written: int
-    failed: int
-    not_judged: int
+    failed: int  # reviews without scores: unreadable + not judged
+    not_judged: int  # reviews whose judgment failed or was never sent
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def unreadable(self) -> int:
+        return self.failed - self.not_judged
+
+    @property
+    def scored(self) -> int:
+        return self.written - self.failed
 
 
-def _prepare(job: JudgeJob, spec: Any) -> tuple[list[Task], list[Any], JudgeSettings]:
+def _shown(ids: Sequence[Any], n: int = 10) -> str:
+    return ", ".join(map(str, ids[:n])) + (", …" if len(ids) > n else "")
+
+
+def check_answers_match(path: str | Path, answers: dict[Any, Answer], questions: dict[Any, Question],
+                        asked: str) -> list[str]:
+    """Refuse answers generated for other questions than ``questions`` (by the set and question
+    fingerprint ``vichat eval generate`` records); returns notes on what could not be checked and
+    on answers to question ids the set does not have."""
+    notes = []
+    wrong = [a for a in answers.values() if a.question_fingerprint and a.question_id in questions
+             and a.question_fingerprint != question_fingerprint(questions[a.question_id].text)]
+    if wrong:
+        theirs = next((a.question_set for a in wrong if a.question_set), None)
+        what = (f"answers the questions of {theirs}, not those of {asked}" if theirs and theirs != asked
+                else f"answers other question texts than {asked}'s")
+        raise VichatError(
+            f"{path} {what}: {len(wrong)} of its answers were generated for other questions "
+            f"(question_id {_shown([a.question_id for a in wrong])}); pass the question set they answer "
+            "(--set/--questions) or the answers to this set"
+        )
+    extra = [qid for qid in answers if qid not in questions]
+    if extra:
+        notes.append(f"note: {len(extra)} answer(s) in {path} are for question ids not in {asked} "
+                     f"(question_id {_shown(extra)}): not judged")
+    unchecked = sum(1 for a in answers.values() if not a.question_fingerprint)
+    if unchecked and answers:
+        notes.append(f"note: {path} does not record which questions it answers (not written by vichat eval "
+                     "generate, or an older version): answers are matched to questions by question_id only")
+    return notes
+
+
+def _prepare(job: JudgeJob, spec: Any) -> tuple[list[Task], list[Any], JudgeSettings, list[str]]:
     settings = job.settings
     if not settings.model and spec.default_model:
         settings = replace(settings, model=spec.default_model)
     judge_keywords(spec, settings)  # an option the judge does not take stops here, dry run included
+    check_out_path(job.out)  # before anything is sent: paid judgments must not be lost at the write
     questions = load_questions(job.questions, default_category(job.questions))
+    asked = set_name_for(job.questions)
+    answers, baseline = load_answers(job.answers), load_answers(job.baseline)
+    notes = check_answers_match(job.answers, answers, questions, asked)
+    notes += check_answers_match(job.baseline, baseline, questions, asked)
     if job.limit is not None:
         questions = dict(list(questions.items())[: job.limit])
     tasks, missing = plan_tasks(
-        questions, load_answers(job.answers), load_answers(job.baseline), protocol=job.protocol,
+        questions, answers, baseline, protocol=job.protocol,
         prompts=load_prompts(job.prompt_paths, job.prompt_sets), prompt_set=job.prompt_set, settings=settings,
         skip_missing=job.skip_missing,
     )
-    return tasks, missing, settings
+    if not tasks:
+        raise VichatError(
+            f"nothing to judge: none of the {len(questions)} question(s) of {asked} has both a model and a "
+            f"baseline answer (answers: {job.answers}, baseline: {job.baseline})"
+        )
+    return tasks, missing, settings, notes
 
 
 def _price(job: JudgeJob, spec: Any, settings: JudgeSettings) -> tuple[float, float] | None:
@@ -109,7 +163,7 @@ def _open_cache(job: JudgeJob):  # noqa: ANN202 - JudgmentCache or None
 def estimate_job(job: JudgeJob) -> Estimate:
     """What a run would send and cost, without sending anything."""
     spec = job.spec()
-    tasks, _, settings = _prepare(job, spec)
+    tasks, missing, settings, notes = _prepare(job, spec)
     unique = {t.key: t for t in tasks}
     cache = _open_cache(job)
     hits = cache.lookup(unique, include_failed=not job.run.retry_failed) if cache is not None else {}
@@ -122,7 +176,7 @@ def estimate_job(job: JudgeJob) -> Estimate:
         judgments=len(tasks), cached=len(hits), to_send=len(todo), requests=per * len(todo),
         prompt_tokens=per * prompt_tokens, typical_completion_tokens=per * len(todo) * TYPICAL_COMPLETION_TOKENS,
         max_completion_tokens=per * len(todo) * settings.max_tokens, price=_price(job, spec, settings),
-        missing_env=[v for v in spec.env_vars if not os.environ.get(v)],
+        missing_env=[v for v in spec.env_vars if not os.environ.get(v)], missing=missing, notes=notes,
     )
 
 
@@ -132,7 +186,7 @@ def judge_job(job: JudgeJob) -> JudgeOutcome:
     from .reviews import review_row
 
     spec = job.spec()
-    tasks, missing, settings = _prepare(job, spec)
+    tasks, missing, settings, notes = _prepare(job, spec)
     opts = replace(job.run, price=_price(job, spec, settings))
     cache = _open_cache(job)
     try:
@@ -149,7 +203,7 @@ def judge_job(job: JudgeJob) -> JudgeOutcome:
         not_judged += payload is None
         rows.append(row)
     written = write_jsonl(job.out, rows)
-    return JudgeOutcome(tasks, summary, missing, written, failed, not_judged)
+    return JudgeOutcome(tasks, summary, missing, written, failed, not_judged, notes)
 
 
 @dataclass

@@ -284,7 +284,17 @@ def parse_scores(text: str, output: str = "pair") -> ParsedScores:
         if _valid(s1, s2):
             return ParsedScores(s1, s2, method=name, aspects=aspects)
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    for name, strategy in order:  # scores were there, but not on the 0-10 scale: say so
+        got = strategy(text)
+        if got is not None:
+            (s1, s2), _ = got
+            return ParsedScores(None, None, error=f"scores {_plain_num(s1)} and {_plain_num(s2)} are outside "
+                                                  f"0-{_plain_num(MAX_SCORE)} (first line: {first[:80]!r})")
     return ParsedScores(None, None, error=f"no two scores found (first line: {first[:80]!r})")
+
+
+def _plain_num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 def parse_aspects_json(text: str) -> dict[str, tuple[float, float]]:

@@ -121,6 +121,11 @@ def read_reviews(
         raise VichatError(f"--reparse {reparse!r} must be one of {', '.join(REPARSE)}")
     out = []
     for where, obj in read_jsonl(path):
+        if "score" not in obj:
+            lacks = " / ".join(f for f in ("score", "answer1_id", "answer2_id") if f not in obj)
+            hint = "; it looks like an answers file" if "answer_id" in obj or "model_id" in obj else ""
+            raise VichatError(f"{where} is not a review (no {lacks}{hint}); "
+                              "`vichat eval report` reads the reviews `vichat eval judge` writes")
         if "question_id" not in obj:
             raise VichatError(f"{where}: missing field 'question_id'")
         qid = obj["question_id"]
