@@ -95,19 +95,13 @@ def save_adapter(
     """Save ``model``'s adapter to ``folder`` with ``model.save_pretrained`` and verify it.
 
     ``state_dict`` (peft-named, e.g. gathered under ZeRO-3) is passed through to peft when given.
-    ``base_model_name_or_path`` is replaced by the folder the base was loaded from when it was a
-    local one (:func:`loaded_from`), in ``adapter_config.json`` and in ``run_info`` alike.
-    Returns the verification summary; raises :class:`EmptyAdapterError` when the file is wrong."""
+    ``base_model_name_or_path``: what to record (:func:`base_reference` with the model: the folder
+    the base was really loaded from). Returns the verification summary; raises :class:`EmptyAdapterError` when the file is wrong."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    # Record exactly what was loaded: the local folder the base's weights came from when there is one
-    # (the caller may only know the hub id, e.g. "vichat/tiny", which is no real hub model), else the
-    # reference given. The same value goes into vichat's own record, so the two never disagree.
-    base_model_name_or_path = loaded_from(model) or base_model_name_or_path
     for cfg in model.peft_config.values():
+        # peft takes the name from the loaded model's config; record exactly what was loaded.
         cfg.base_model_name_or_path = base_model_name_or_path
-    if run_info is not None and "base_model_name_or_path" in run_info:
-        run_info = {**run_info, "base_model_name_or_path": base_model_name_or_path}
     kwargs: dict[str, Any] = {"safe_serialization": True, "save_embedding_layers": False}
     if state_dict is not None:
         kwargs["state_dict"] = dict(state_dict)

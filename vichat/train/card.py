@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -32,19 +31,6 @@ def hf_license(text: str) -> str:
         return low
     first = re.split(r"[\s(;,]", low, maxsplit=1)[0]
     return first if first in HF_LICENSES else "other"
-
-
-def recorded_base(output_dir: str | Path | None) -> str | None:
-    """``base_model_name_or_path`` of the adapter saved in ``output_dir``, if one is there: what
-    :func:`vichat.train.adapter.save_adapter` recorded (the folder the base was really loaded from)."""
-    if not output_dir:
-        return None
-    try:
-        config = json.loads((Path(output_dir) / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    value = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-    return str(value) if value else None
 
 
 def _data_rows(data: Mapping[str, Any]) -> list[str]:
@@ -146,10 +132,8 @@ def model_card(
 ) -> str:
     """The README.md of an adapter folder: how to load it, the data, every setting, the results.
 
-    ``base_ref`` gives way to the base the adapter saved in ``results["output_dir"]`` records, when
-    there is one (the real folder a plugin loaded the base from, where the caller may know only a hub
-    id). ``license`` (the base model spec's) goes into the front matter as a Hub license id."""
-    base_ref = recorded_base(results.get("output_dir")) or base_ref
+    ``base_ref``: what the adapter records as its base (the folder it was really loaded from, or
+    the hub id). ``license`` (the base model spec's) goes into the front matter as a Hub license id."""
     front = ["---", "library_name: peft", f"base_model: {base_ref}", "language:", "- vi",
              "pipeline_tag: text-generation", "tags:", "- lora", "- vichat"]
     license_id = hf_license(license)
