@@ -82,6 +82,11 @@ class ModelConfig:
     def decoding_over(self, base: Decoding) -> Decoding:
         return replace(base, **dict(self.decoding))
 
+    @property
+    def adapter_missing(self) -> bool:
+        """The adapter is a local folder (the file made it absolute: not a hub id) that is not there."""
+        return bool(self.adapter) and Path(self.adapter).is_absolute() and not Path(self.adapter).exists()
+
 
 @dataclass(frozen=True)
 class LocalBackendConfig:
@@ -220,11 +225,7 @@ def _model(r: Reader, value: Any, path: tuple, local: bool) -> ModelConfig:
     optional = raw.get("optional", False)
     if not isinstance(optional, bool):
         raise r.fail(path + ("optional",), f"expected true or false, got {optional!r}")
-    if adapter is not None and not optional and Path(adapter).is_absolute() and not Path(adapter).exists():
-        # A path (absolute, ./ or ../) is checked now, not when the model loads after the app is up.
-        raise r.fail(path + ("adapter",), f"the adapter folder {adapter} does not exist: train it with "
-                     "`vichat train`, correct the path, or add `optional: true` to hide the model while it is missing")
-    return ModelConfig(
+    model = ModelConfig(
         name=name,
         adapter=adapter,
         template=r.string(raw["template"], path + ("template",)) if raw.get("template") is not None else None,
@@ -235,6 +236,11 @@ def _model(r: Reader, value: Any, path: tuple, local: bool) -> ModelConfig:
         optional=optional,
         where=r.where(path),
     )
+    if model.adapter_missing and not optional:
+        # A path (absolute, ./ or ../) is checked now, not when the model loads after the app is up.
+        raise r.fail(path + ("adapter",), f"the adapter folder {adapter} does not exist: train it with "
+                     "`vichat train`, correct the path, or add `optional: true` to hide the model while it is missing")
+    return model
 
 
 def _models(r: Reader, value: Any, path: tuple, local: bool) -> tuple[ModelConfig, ...]:

@@ -110,7 +110,7 @@ class LocalEngine:
         self.warnings: list[str] = []
         self._models: dict[str, ModelConfig] = {}
         for m in config.models:
-            if m.optional and m.adapter and Path(m.adapter).is_absolute() and not Path(m.adapter).exists():
+            if m.optional and m.adapter_missing:
                 self.warnings.append(f"{m.where}: model {m.name!r} hidden: its adapter {m.adapter} does not exist "
                                      "(train it with `vichat train`, or point the configuration to it)")
                 continue

@@ -77,18 +77,13 @@ def adapter_rank(path: str) -> int | None:
         return None
 
 
-def missing_adapter(m: ModelConfig) -> bool:
-    """``m``'s adapter is a local folder (the configuration made it absolute) that does not exist."""
-    return bool(m.adapter) and Path(m.adapter).is_absolute() and not Path(m.adapter).exists()
-
-
 def served_models(config: VllmBackendConfig) -> tuple[list[ModelConfig], list[str]]:
     """The models vLLM is asked to serve, and a warning for each optional one hidden because its
     adapter folder is missing (a missing folder of a model not marked optional is a configuration
     error already)."""
     models, hidden = [], []
     for m in config.models:
-        if m.optional and missing_adapter(m):
+        if m.optional and m.adapter_missing:
             hidden.append(f"{m.where}: model {m.name!r} hidden: its adapter {m.adapter} does not exist "
                           "(train it with `vichat train`, or point the configuration to it)")
         else:
