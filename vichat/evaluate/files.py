@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..paths import existing_ancestor
 from ..records import VichatError, nfc
 
 _ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's, as FastChat's ids
@@ -119,13 +120,11 @@ def check_out_path(path: str | Path, flag: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise VichatError(f"{flag} {path}: is a folder; give a file path")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise VichatError(f"{flag} {path}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise VichatError(f"{flag} {path}: cannot write in {parent}")
-            break
+    parent = existing_ancestor(path)
+    if not parent.is_dir():
+        raise VichatError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise VichatError(f"{flag} {path}: cannot write in {parent}")
     return path
 
 

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..paths import existing_ancestor
 from ..records import VichatError
 from .config import FIELDS, TrainConfig, field_kind, resolve
 from .shapes import family_of, resolve_targets
@@ -91,12 +92,10 @@ def check_output_dir(output_dir: str, label: str = "--output-dir") -> None:
     if path.exists() and not path.is_dir():
         raise VichatError(f"{label} {output_dir}: this is an existing file, not a folder; choose a folder "
                           "(it is created if missing)")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise VichatError(f"{label} {output_dir}: {parent} is a file, so no folder can be created under "
-                                  "it; choose another --output-dir")
-            break
+    parent = existing_ancestor(path)
+    if not parent.is_dir():
+        raise VichatError(f"{label} {output_dir}: {parent} is a file, so no folder can be created under "
+                          "it; choose another --output-dir")
 
 
 #: How to run on CPUs instead (the end of the messages that refuse a GPU run without GPUs).

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..paths import existing_ancestor
 from ..records import VichatError
 
 
@@ -75,9 +76,9 @@ class _Sink:
 def _why(exc: OSError, path: Path) -> str:
     """What stops ``path`` from being written, in words (``afile is a file, not a folder``)."""
     if isinstance(exc, (FileExistsError, NotADirectoryError)):
-        for parent in path.parents:  # the first existing ancestor that is no folder
-            if parent.exists() and not parent.is_dir():
-                return f"{parent} is a file, not a folder"
+        parent = existing_ancestor(path)
+        if not parent.is_dir():
+            return f"{parent} is a file, not a folder"
     what = exc.strerror or str(exc)
     where = exc.filename if exc.filename is not None else None
     return f"{what} ({where})" if where and str(where) != str(path) else what
